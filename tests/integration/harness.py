@@ -1,0 +1,273 @@
+"""Harness for Sinkline's multi-process integration tests.
+
+Starts the stamp sink, the broker and the edge as real processes on port 0
+with temporary directories, waits until each serves, stops them by PID, and
+prints their logs when a test fails.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+BIN_DIR = os.environ.get("SINKLINE_BIN_DIR", "")
+START_TIMEOUT_S = 15.0
+
+
+def binary(name):
+    path = os.path.join(BIN_DIR, name)
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(f"{path} is not built (set SINKLINE_BIN_DIR)")
+    return path
+
+
+def wait_for(predicate, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def tcp_ready(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Process:
+    """One started service: its PID, log file and port."""
+
+    def __init__(self, name, argv, workdir):
+        self.name = name
+        self.argv = argv
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        self.port_file = os.path.join(workdir, f"{name}.port")
+        self.proc = None
+        self.port = None
+
+    def start(self):
+        if os.path.exists(self.port_file):
+            os.unlink(self.port_file)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.argv + [f"--port-file={self.port_file}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"{self.name} exited with {self.proc.returncode}:\n"
+                    + self.log()
+                )
+            try:
+                with open(self.port_file) as f:
+                    text = f.read().strip()
+            except FileNotFoundError:
+                return None
+            return int(text) if text else None
+
+        self.port = wait_for(ready, START_TIMEOUT_S, f"{self.name} port file")
+        wait_for(lambda: tcp_ready(self.port), START_TIMEOUT_S,
+                 f"{self.name} accepting")
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout_s=10.0):
+        if not self.running():
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self):
+        self.stop(signal.SIGKILL)
+
+    def log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+class Stack:
+    """A broker, an edge and sinks, each a real process on loopback."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.spool_dir = os.path.join(workdir, "spool")
+        self.queue_dir = os.path.join(workdir, "queue")
+        self.config_path = os.path.join(workdir, "bindings.yaml")
+        os.makedirs(self.spool_dir, exist_ok=True)
+        os.makedirs(self.queue_dir, exist_ok=True)
+        self.processes = []
+        self.sinks = {}
+        self.broker = None
+        self.edge = None
+
+    def _add(self, process):
+        self.processes.append(process)
+        return process.start()
+
+    def start_stamp_sink(self, name="stamp", header="X-Sinkline-Stamp"):
+        p = Process(name, [binary("sinkline-sink-stamp"),
+                           "--listen=127.0.0.1:0", f"--name={name}",
+                           f"--header={header}"], self.workdir)
+        self.sinks[name] = self._add(p)
+        return p
+
+    def write_config(self, bindings):
+        """bindings: list of dicts (YAML keys); sinks come from started ones."""
+        lines = ["sinks:"]
+        for name, p in self.sinks.items():
+            lines += [f"  - name: {name}", f"    target: 127.0.0.1:{p.port}"]
+        lines.append("bindings:" if bindings else "bindings: []")
+        for b in bindings:
+            first = True
+            for key, value in b.items():
+                if isinstance(value, bool):
+                    value = "true" if value else "false"
+                prefix = "  - " if first else "    "
+                lines.append(f"{prefix}{key}: {json.dumps(value)}"
+                             if isinstance(value, str)
+                             else f"{prefix}{key}: {value}")
+                first = False
+        with open(self.config_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def start_broker(self, listen="127.0.0.1:0"):
+        p = Process("broker", [binary("sinkline-broker"),
+                               f"--listen={listen}",
+                               f"--config={self.config_path}",
+                               f"--spool-dir={self.spool_dir}",
+                               f"--queue-dir={self.queue_dir}"], self.workdir)
+        self.broker = self._add(p)
+        return p
+
+    def start_edge(self, extra=()):
+        p = Process("edge", [binary("sinkline-edge"), "--listen=127.0.0.1:0",
+                             f"--broker=127.0.0.1:{self.broker.port}",
+                             "--hostname=mx.example.test",
+                             "--broker-connect-timeout-ms=2000"]
+                    + list(extra), self.workdir)
+        self.edge = self._add(p)
+        return p
+
+    def stop(self):
+        for p in reversed(self.processes):
+            p.stop()
+
+    def logs(self):
+        return "\n".join(f"===== {p.name} (pid {p.pid}) =====\n{p.log()}"
+                         for p in self.processes)
+
+    # The spool queue directory: <queue>/new/<queue id>, envelope JSON on the
+    # first line, then the message bytes.
+    def queued(self, queue_id, timeout_s=10.0):
+        path = os.path.join(self.queue_dir, "new", queue_id)
+        wait_for(lambda: os.path.exists(path), timeout_s,
+                 f"queue file {path}")
+        with open(path, "rb") as f:
+            data = f.read()
+        first, _, message = data.partition(b"\n")
+        return json.loads(first), message
+
+    def queue_ids(self):
+        d = os.path.join(self.queue_dir, "new")
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+class StackTestCase(unittest.TestCase):
+    """Gives each test a fresh temporary directory and stack, stops every
+    process by PID afterwards, and prints all logs when the test failed."""
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="sinkline-test-")
+        self.stack = Stack(self.workdir)
+
+    def tearDown(self):
+        failed = not self._outcome.success
+        self.stack.stop()
+        if failed:
+            print(f"\n--- logs of {self.id()} ---\n{self.stack.logs()}")
+        if failed and os.environ.get("SINKLINE_KEEP_TMP"):
+            print(f"kept {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def start_default_stack(self):
+        """Stamp sink bound to EOD after COMMIT, broker, edge."""
+        self.stack.start_stamp_sink()
+        self.stack.write_config([{
+            "name": "stamp-eod", "sink": "stamp", "event": "EOD",
+            "priority": 30000, "deadline_ms": 5000,
+            "failure_policy": "continue", "content_access": "read-write",
+        }])
+        self.stack.start_broker()
+        self.stack.start_edge()
+
+
+class RawSmtp:
+    """A minimal SMTP client over a raw socket, to see every reply exactly."""
+
+    def __init__(self, port, timeout_s=30.0):
+        self.sock = socket.create_connection(("127.0.0.1", port),
+                                             timeout=timeout_s)
+        self.buf = b""
+
+    def reply(self):
+        """Reads one (possibly multi-line) reply: (code, [lines])."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError(
+                        f"connection closed; partial reply {self.buf!r}")
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line.decode("utf-8", "replace"))
+            if len(line) < 4 or line[3:4] != b"-":
+                return int(line[:3]), lines
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def cmd(self, line):
+        self.send(line.encode() + b"\r\n")
+        return self.reply()
+
+    def closed_by_peer(self, timeout_s=5.0):
+        self.sock.settimeout(timeout_s)
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.sock.close()

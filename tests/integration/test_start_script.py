@@ -1,0 +1,114 @@
+"""The README's start command: scripts/start.sh brings the stack up on
+$SINKLINE_SMTP_PORT with $SINKLINE_HOME, Debian's swaks gets a 250 with a
+queue id, the queued file holds the stamp and the exact body, and Ctrl-C
+stops every process the script started."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import unittest
+
+from harness import BIN_DIR, wait_for
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class StartScriptTest(unittest.TestCase):
+
+    def setUp(self):
+        self.home = tempfile.mkdtemp(prefix="sinkline-home-")
+        self.port = free_port()
+        env = dict(os.environ, SINKLINE_HOME=self.home,
+                   SINKLINE_SMTP_PORT=str(self.port), SINKLINE_BIN_DIR=BIN_DIR)
+        self.out_path = os.path.join(self.home, "start.out")
+        self.out = open(self.out_path, "wb")
+        self.script = subprocess.Popen(
+            ["bash", os.path.join(ROOT, "scripts", "start.sh")], env=env,
+            stdout=self.out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+
+    def tearDown(self):
+        if self.script.poll() is None:
+            self.script.send_signal(signal.SIGINT)
+            try:
+                self.script.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.script.kill()
+        self.out.close()
+        if not self._outcome.success:
+            print(open(self.out_path, errors="replace").read())
+            logdir = os.path.join(self.home, "log")
+            for name in sorted(os.listdir(logdir)) if os.path.isdir(logdir) else []:
+                print(f"===== {name} =====")
+                print(open(os.path.join(logdir, name), errors="replace").read())
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def output(self):
+        with open(self.out_path, errors="replace") as f:
+            return f.read()
+
+    def test_swaks_through_started_stack_then_ctrl_c_stops_all(self):
+        wait_for(lambda: "sinkline: up" in self.output(), 60, "stack up")
+        self.assertIn(f"127.0.0.1:{self.port}", self.output())
+        pids = {}
+        for name in ("stamp", "broker", "edge"):
+            with open(os.path.join(self.home, "run", f"{name}.pid")) as f:
+                pids[name] = int(f.read())
+        self.assertTrue(all(pid_alive(p) for p in pids.values()), pids)
+
+        long_line = "x" * 998
+        body = ("Subject: swaks through sinkline\r\n\r\n"
+                f"hello\r\n.dot first\r\n{long_line}\r\nend\r\n")
+        body_file = os.path.join(self.home, "body.eml")
+        with open(body_file, "w", newline="") as f:
+            f.write(body)
+        swaks = subprocess.run(
+            ["swaks", "--server", f"127.0.0.1:{self.port}",
+             "--to", "someone@example.test", "--from", "alice@example.net",
+             "--data", body_file, "--timeout", "30"],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(swaks.returncode, 0, swaks.stdout + swaks.stderr)
+        m = re.search(r"<~  250 2\.0\.0 Ok: queued as (\S+)", swaks.stdout)
+        self.assertIsNotNone(m, swaks.stdout)
+        qid = m.group(1)
+
+        path = os.path.join(self.home, "queue", "new", qid)
+        wait_for(lambda: os.path.exists(path), 10, path)
+        with open(path, "rb") as f:
+            _, _, queued = f.read().partition(b"\n")
+        stamp = f"X-Sinkline-Stamp: stamp; {qid}\r\n".encode()
+        self.assertTrue(queued.startswith(stamp), queued[:200])
+        self.assertEqual(queued[len(stamp):], body.encode())
+
+        self.script.send_signal(signal.SIGINT)
+        self.script.wait(timeout=30)
+        for name, pid in pids.items():
+            self.assertFalse(pid_alive(pid), f"{name} ({pid}) still running")
+        self.assertIn("sinkline: stopped", self.output())
+
+
+if __name__ == "__main__":
+    unittest.main()
