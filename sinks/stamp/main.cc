@@ -28,7 +28,8 @@ int main(int argc, char** argv) {
 
   sinkline::sinks::StampSink sink(absl::GetFlag(FLAGS_name),
                                   absl::GetFlag(FLAGS_header));
-  auto server = sinkline::StartGrpcServer(absl::GetFlag(FLAGS_listen), {&sink});
+  auto server = sinkline::StartGrpcServer(absl::GetFlag(FLAGS_listen), {&sink},
+                                          {"sinkline.v1.Sink"});
   if (!server.ok()) {
     spdlog::critical("{}", server.status().ToString());
     return 1;
@@ -42,6 +43,6 @@ int main(int argc, char** argv) {
   spdlog::info("stamp sink serving on port {}", server->port);
   int sig = sinkline::WaitForShutdownSignal();
   spdlog::info("signal {}: shutting down", sig);
-  server->server->Shutdown();
+  server->Stop();
   return 0;
 }
