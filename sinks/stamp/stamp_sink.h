@@ -1,32 +1,28 @@
 // The stamp sink: on every event it is bound to, it continues the chain and,
 // when its binding grants read-write content access, adds a header
-// "<header>: <sink name>; <queue id>" at the top of the message.
+// "<header>: <sink name>; <queue id>" at the top of the message (the
+// transaction id stands in for the queue id before COMMIT).
 #pragma once
 
 #include <string>
 
-#include "sinkline/v1/sink.grpc.pb.h"
+#include "sinkline/sdk/sink.h"
 
 namespace sinkline::sinks {
 
-// The verdict for one request; pure so that it can be tested alone.
-sinkline::v1::Verdict StampVerdict(const std::string& sink_name,
-                                   const std::string& header_name,
-                                   const sinkline::v1::SinkRequest& request);
-
-class StampSink final : public sinkline::v1::Sink::CallbackService {
+class StampSink final : public sdk::Sink {
  public:
-  StampSink(std::string sink_name, std::string header_name)
-      : sink_name_(std::move(sink_name)),
-        header_name_(std::move(header_name)) {}
+  StampSink(std::string name, std::string header)
+      : name_(std::move(name)), header_(std::move(header)) {}
 
-  grpc::ServerUnaryReactor* OnEvent(grpc::CallbackServerContext* context,
-                                    const sinkline::v1::SinkRequest* request,
-                                    sinkline::v1::Verdict* verdict) override;
+  void OnEod(sdk::EventContext& ctx) override { Stamp(ctx); }
+  void OnOther(sdk::EventContext& ctx) override { Stamp(ctx); }
 
  private:
-  const std::string sink_name_;
-  const std::string header_name_;
+  void Stamp(sdk::EventContext& ctx);
+
+  const std::string name_;
+  const std::string header_;
 };
 
 }  // namespace sinkline::sinks
