@@ -16,6 +16,9 @@ import time
 import unittest
 
 BIN_DIR = os.environ.get("SINKLINE_BIN_DIR", "")
+# Python modules generated from proto/ (build/<preset>/python).
+PYTHON_DIR = os.environ.get("SINKLINE_PYTHON_DIR", "")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 START_TIMEOUT_S = 15.0
 
 
@@ -47,8 +50,9 @@ def tcp_ready(port):
 class Process:
     """One started service: its PID, log file and port."""
 
-    def __init__(self, name, argv, workdir):
+    def __init__(self, name, argv, workdir, env=None):
         self.name = name
+        self.env = env
         self.argv = argv
         self.log_path = os.path.join(workdir, f"{name}.log")
         self.port_file = os.path.join(workdir, f"{name}.port")
@@ -64,6 +68,7 @@ class Process:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=self.env,
         )
         log.close()
 
@@ -136,6 +141,17 @@ class Stack:
         p = Process(name, [binary("sinkline-sink-stamp"),
                            "--listen=127.0.0.1:0", f"--name={name}",
                            f"--header={header}"], self.workdir)
+        self.sinks[name] = self._add(p)
+        return p
+
+    def start_python_sink(self, name, script, args=()):
+        """A sink written in Python (sinks/python/<script>), run with
+        Debian's python3."""
+        env = dict(os.environ, PYTHONPATH=PYTHON_DIR)
+        p = Process(name, ["/usr/bin/python3",
+                           os.path.join(ROOT, "sinks", "python", script),
+                           "--listen=127.0.0.1:0"] + list(args),
+                    self.workdir, env=env)
         self.sinks[name] = self._add(p)
         return p
 

@@ -1,0 +1,161 @@
+"""A small SDK for Sinkline sinks written in Python, on Debian's
+python3-grpcio and python3-protobuf: any language that speaks gRPC can be a
+sink.
+
+    import sinkline_sink
+
+    def on_event(ctx):
+        if ctx.event.type == sinkline_sink.EOD:
+            ctx.add_header("X-Hello", "world")
+
+    sinkline_sink.serve(on_event, name="hello")
+
+The message classes come from `protoc --python_out` of proto/sinkline/v1
+(the build writes them to build/<preset>/python; put that on PYTHONPATH).
+"""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+
+import health_pb2
+from sinkline.v1 import sink_pb2, types_pb2
+
+EOD = types_pb2.EVENT_TYPE_EOD
+RCPT = types_pb2.EVENT_TYPE_RCPT
+MAIL = types_pb2.EVENT_TYPE_MAIL
+CONNECT = types_pb2.EVENT_TYPE_CONNECT
+
+
+class Context:
+    """One invocation: the request, and helpers that build the verdict."""
+
+    def __init__(self, request):
+        self.request = request
+        self.event = request.event
+        self.verdict = sink_pb2.Verdict(action=types_pb2.ACTION_CONTINUE)
+
+    @property
+    def content(self):
+        """The whole message if the broker sent it inline, else None."""
+        return self.request.inline_content if self.request.content_inline else None
+
+    def headers(self):
+        """(name, value) pairs of the inline message's header block."""
+        content = self.content
+        if content is None:
+            return []
+        block = content.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+        fields = []
+        for line in block.split("\r\n"):
+            if line[:1] in (" ", "\t") and fields:
+                fields[-1][1] += "\r\n" + line
+            elif ":" in line:
+                name, value = line.split(":", 1)
+                fields.append([name, value.lstrip(" ")])
+        return [tuple(f) for f in fields]
+
+    def _reply(self, code, enhanced, text):
+        self.verdict.reply.code = code
+        self.verdict.reply.enhanced_code = enhanced
+        del self.verdict.reply.lines[:]
+        self.verdict.reply.lines.append(text)
+
+    def consume(self, code, enhanced, text):
+        self.verdict.action = types_pb2.ACTION_CONSUME
+        self._reply(code, enhanced, text)
+
+    reject = consume
+
+    def continue_with_reply(self, code, enhanced, text):
+        self.verdict.action = types_pb2.ACTION_CONTINUE
+        self._reply(code, enhanced, text)
+
+    def add_header(self, name, value, index=0):
+        edit = self.verdict.content_edits.add().add_header
+        edit.name, edit.value = name, value
+        edit.position.index = index
+
+    def hold_lease(self):
+        self.verdict.hold_lease = True
+
+
+def parse_args(name, extra_args=None, argv=None):
+    """The common flags (--listen, --port-file, --workers, --log-level) plus
+    those `extra_args(parser)` adds."""
+    parser = argparse.ArgumentParser(prog=name)
+    parser.add_argument("--listen", default="127.0.0.1:7200")
+    parser.add_argument("--port-file", default="")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--log-level", default="info")
+    if extra_args:
+        extra_args(parser)
+    return parser.parse_args(argv)
+
+
+def serve(handler, name, args=None):
+    """Serves `handler(ctx)` as sinkline.v1.Sink/OnEvent, with
+    grpc.health.v1.Health/Check, until SIGTERM or SIGINT."""
+    if args is None:
+        args = parse_args(name)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s {name} %(levelname)s: %(message)s")
+    log = logging.getLogger(name)
+
+    def on_event(request, context):
+        ctx = Context(request)
+        try:
+            handler(ctx)
+        except Exception as e:  # a bug in the sink is a failed call
+            log.exception("handler failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"sink handler failed: {e}")
+        return ctx.verdict
+
+    def check(request, context):
+        if request.service not in ("", "sinkline.v1.Sink"):
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"unknown service {request.service}")
+        return health_pb2.HealthCheckResponse(
+            status=health_pb2.HealthCheckResponse.SERVING)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers))
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler("sinkline.v1.Sink", {
+            "OnEvent": grpc.unary_unary_rpc_method_handler(
+                on_event,
+                request_deserializer=sink_pb2.SinkRequest.FromString,
+                response_serializer=sink_pb2.Verdict.SerializeToString),
+        }),
+        grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                check,
+                request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
+        }),
+    ))
+    port = server.add_insecure_port(args.listen)
+    if port == 0:
+        log.critical("cannot listen on %s", args.listen)
+        return 1
+    server.start()
+    if args.port_file:
+        tmp = args.port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{port}\n")
+        os.rename(tmp, args.port_file)
+    log.info("%s sink serving on port %d", name, port)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    server.stop(grace=5).wait()
+    return 0
