@@ -144,6 +144,13 @@ class Stack:
         self.sinks[name] = self._add(p)
         return p
 
+    def start_sink(self, name, binary_name, args=()):
+        """Any C++ sink built on the SDK (it takes --listen/--port-file)."""
+        p = Process(name, [binary(binary_name), "--listen=127.0.0.1:0"]
+                    + list(args), self.workdir)
+        self.sinks[name] = self._add(p)
+        return p
+
     def start_python_sink(self, name, script, args=()):
         """A sink written in Python (sinks/python/<script>), run with
         Debian's python3."""
