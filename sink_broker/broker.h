@@ -1,0 +1,106 @@
+// The sink broker: serves the edge's session streams, runs each event's
+// chain of sinks in priority order around the native handler (COMMIT on
+// EOD), spools content, and submits committed messages to the queue backend
+// once their chain is over.
+#pragma once
+
+#include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "config.h"
+#include "sinkline/v1/admin.grpc.pb.h"
+#include "sinkline/v1/session.grpc.pb.h"
+#include "sinkline/v1/sink.grpc.pb.h"
+#include "spool.h"
+
+namespace sinkline::broker {
+
+struct BrokerOptions {
+  std::string spool_dir;
+  std::string broker_id = "broker-1";
+  // Content endpoint told to sinks (host:port of this broker).
+  std::string advertise;
+  // Messages up to this size travel inside the EOD event to sinks with
+  // content access.
+  uint64_t inline_max_bytes = 65536;
+  int workers = 4;
+};
+
+class SessionState;
+
+// Channels to sinks, one per target, created once and reused.
+class SinkChannels {
+public:
+  std::shared_ptr<v1::Sink::Stub> Stub(const std::string &target);
+
+private:
+  absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<v1::Sink::Stub>>
+      stubs_ ABSL_GUARDED_BY(mu_);
+};
+
+class Broker {
+public:
+  Broker(BrokerOptions options, Config config,
+         std::unique_ptr<QueueBackend> queue);
+  ~Broker();
+
+  // Submits messages a previous run committed but did not submit.
+  void RecoverSpool();
+
+  // Swaps in a new configuration and tells every edge stream.
+  void SetConfig(Config config);
+  std::shared_ptr<const Config> config() const;
+
+  // The gRPC services.
+  grpc::Service *session_service();
+  grpc::Service *admin_service();
+
+  // Waits for in-flight work (post-commit chains, submissions) to finish.
+  void Drain();
+
+  // Internal, used by sessions and chains.
+  const BrokerOptions &options() const { return options_; }
+  // Set once at start-up, before any session.
+  void set_advertise(std::string a) { options_.advertise = std::move(a); }
+  boost::asio::thread_pool &pool() { return pool_; }
+  SinkChannels &channels() { return channels_; }
+  QueueBackend &queue() { return *queue_; }
+  void Register(const std::shared_ptr<SessionState> &s);
+  void Unregister(SessionState *s);
+
+private:
+  class SessionServiceImpl;
+  class AdminServiceImpl;
+
+  BrokerOptions options_;
+  boost::asio::thread_pool pool_;
+  SinkChannels channels_;
+  std::unique_ptr<QueueBackend> queue_;
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);
+  std::map<SessionState *, std::weak_ptr<SessionState>>
+      sessions_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<SessionServiceImpl> session_service_;
+  std::unique_ptr<AdminServiceImpl> admin_service_;
+};
+
+// Checks a sink's verdict against the event and the binding. An invalid
+// verdict is a sink failure.
+absl::Status ValidateVerdict(const v1::Event &event, const v1::Binding &binding,
+                             bool after_commit, const v1::Verdict &verdict);
+
+// Checks a reply a sink gives: code class 2/4/5, enhanced code of the same
+// class, text without CR or LF.
+absl::Status ValidateReply(const v1::Reply &reply);
+
+// Applies envelope edits; returns whether anything changed.
+bool ApplyEnvelopeEdits(
+    const google::protobuf::RepeatedPtrField<v1::EnvelopeEdit> &edits,
+    v1::Envelope &envelope);
+
+} // namespace sinkline::broker

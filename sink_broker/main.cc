@@ -1,0 +1,122 @@
+// sinkline-broker: the sink broker service.
+#include <spdlog/spdlog.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "broker.h"
+#include "sinkline/common/flags.h"
+#include "sinkline/common/grpc_server.h"
+#include "sinkline/common/logging.h"
+#include "sinkline/common/metrics_http.h"
+#include "sinkline/common/port_file.h"
+#include "sinkline/common/shutdown.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7000",
+          "gRPC address for edges, sinks and operators (port 0 picks one)");
+ABSL_FLAG(std::string, port_file, "",
+          "write the bound gRPC port to this file once serving");
+ABSL_FLAG(std::string, config, "", "bindings file (YAML); required");
+ABSL_FLAG(std::string, spool_dir, "", "durable spool directory; required");
+ABSL_FLAG(std::string, queue_dir, "",
+          "spool queue directory messages are submitted to; required");
+ABSL_FLAG(std::string, advertise, "",
+          "content endpoint given to sinks (default 127.0.0.1:<port>)");
+ABSL_FLAG(std::string, broker_id, "broker-1", "name of this broker");
+ABSL_FLAG(uint64_t, inline_max_bytes, 65536,
+          "messages up to this size travel inside the EOD event");
+ABSL_FLAG(int, workers, 4, "threads for chains, spool and submission");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "serve Prometheus metrics over HTTP on this address (off if empty)");
+ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
+ABSL_FLAG(bool, log_json, false, "log one JSON object per line");
+
+namespace sb = sinkline::broker;
+
+int main(int argc, char **argv) {
+  sinkline::ParseFlags(argc, argv);
+  sinkline::BlockShutdownSignals();
+  sinkline::InitLogging("broker", absl::GetFlag(FLAGS_log_level),
+                        absl::GetFlag(FLAGS_log_json));
+  const std::string config_path = absl::GetFlag(FLAGS_config);
+  sb::BrokerOptions opts;
+  opts.spool_dir = absl::GetFlag(FLAGS_spool_dir);
+  const std::string queue_dir = absl::GetFlag(FLAGS_queue_dir);
+  if (config_path.empty() || opts.spool_dir.empty() || queue_dir.empty()) {
+    spdlog::critical("--config, --spool-dir and --queue-dir are required");
+    return 2;
+  }
+  auto config = sb::LoadConfig(config_path);
+  if (!config.ok()) {
+    spdlog::critical("configuration refused: {}", config.status().ToString());
+    return 2;
+  }
+  if (auto st = sb::PrepareSpool(opts.spool_dir); !st.ok()) {
+    spdlog::critical("{}", st.ToString());
+    return 1;
+  }
+  auto queue = sb::QueueDirBackend::Create(queue_dir);
+  if (!queue.ok()) {
+    spdlog::critical("{}", queue.status().ToString());
+    return 1;
+  }
+  opts.broker_id = absl::GetFlag(FLAGS_broker_id);
+  opts.inline_max_bytes = absl::GetFlag(FLAGS_inline_max_bytes);
+  opts.workers = absl::GetFlag(FLAGS_workers);
+
+  std::unique_ptr<sinkline::MetricsHttpServer> metrics;
+  if (const auto addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
+    auto m = sinkline::MetricsHttpServer::Start(
+        addr, &sinkline::MetricsRegistry::Default());
+    if (!m.ok()) {
+      spdlog::critical("{}", m.status().ToString());
+      return 1;
+    }
+    metrics = std::move(*m);
+    spdlog::info("metrics on port {}", metrics->port());
+  }
+
+  // The content endpoint needs the bound port, and the services need the
+  // broker: build the broker first with a placeholder, then fix it up.
+  opts.advertise = absl::GetFlag(FLAGS_advertise);
+  auto broker =
+      std::make_unique<sb::Broker>(opts, std::move(*config), std::move(*queue));
+  auto server = sinkline::StartGrpcServer(
+      absl::GetFlag(FLAGS_listen),
+      {broker->session_service(), broker->admin_service()},
+      {"sinkline.v1.SessionService", "sinkline.v1.Admin"});
+  if (!server.ok()) {
+    spdlog::critical("{}", server.status().ToString());
+    return 1;
+  }
+  if (opts.advertise.empty()) {
+    // Sinks on this machine reach the broker on loopback.
+    opts.advertise = absl::StrCat("127.0.0.1:", server->port);
+    broker->set_advertise(opts.advertise);
+  }
+  broker->RecoverSpool();
+  if (auto st =
+          sinkline::WritePortFile(absl::GetFlag(FLAGS_port_file), server->port);
+      !st.ok()) {
+    spdlog::critical("{}", st.ToString());
+    return 1;
+  }
+  spdlog::info("broker {} serving on port {} (content endpoint {})",
+               opts.broker_id, server->port, opts.advertise);
+
+  const int sig = sinkline::WaitForShutdownSignal([&] {
+    auto next = sb::LoadConfig(config_path);
+    if (!next.ok()) {
+      spdlog::error("configuration refused, keeping the running one: {}",
+                    next.status().ToString());
+      return;
+    }
+    broker->SetConfig(std::move(*next));
+  });
+  spdlog::info("signal {}: shutting down", sig);
+  server->Stop();
+  broker->Drain();
+  return 0;
+}

@@ -1,0 +1,93 @@
+// The broker's durable spool. Content arrives in chunks into
+// <spool>/incoming/<name>; COMMIT fsyncs it, writes the envelope record
+// (a binary sinkline.v1.QueueEntry) beside it, and moves both under
+// <spool>/committed/<queue id>.{msg,env}, fsyncing the directories, before
+// the client hears 250. After submission both files are removed.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "sinkline/v1/types.pb.h"
+
+namespace sinkline::broker {
+
+// Unique, time-ordered, unguessable-enough queue id: 10 base-36 digits of
+// microseconds since the epoch, then 6 random base-36 digits.
+std::string NewQueueId();
+// 32 random bytes from OpenSSL's CSPRNG, hex-encoded.
+std::string NewToken();
+
+// fsync of a file or directory by path.
+absl::Status FsyncPath(const std::string &path);
+
+// One transaction's content while it arrives.
+class IncomingMessage {
+public:
+  static absl::StatusOr<std::unique_ptr<IncomingMessage>>
+  Create(const std::string &spool_dir, const std::string &name);
+  ~IncomingMessage(); // removes the file unless committed
+
+  absl::Status Append(const std::string &data);
+  uint64_t size() const { return size_; }
+  const std::string &path() const { return path_; }
+
+  // Replaces the content with a rewritten file (content edits before
+  // COMMIT).
+  absl::Status ReplaceWith(const std::string &new_path, uint64_t new_size);
+
+  // Makes the message durable under `entry.queue_id()`: fsync content, write
+  // and fsync the envelope record, rename both, fsync the directories.
+  absl::Status Commit(const v1::QueueEntry &entry);
+
+private:
+  IncomingMessage(std::string spool_dir, std::string path, int fd);
+  const std::string spool_dir_;
+  std::string path_;
+  int fd_ = -1;
+  uint64_t size_ = 0;
+  bool committed_ = false;
+};
+
+// Paths of a committed message.
+std::string CommittedContentPath(const std::string &spool_dir,
+                                 const std::string &queue_id);
+std::string CommittedEnvelopePath(const std::string &spool_dir,
+                                  const std::string &queue_id);
+
+// Creates <spool>/incoming and <spool>/committed; removes partial incoming
+// files left by a crash (nothing uncommitted was ever acknowledged).
+absl::Status PrepareSpool(const std::string &spool_dir);
+
+// Writes a file atomically: <path>.tmp, fsync, rename, fsync the directory.
+absl::Status WriteFileDurably(const std::string &path, const std::string &data);
+
+// Where released messages go.
+class QueueBackend {
+public:
+  virtual ~QueueBackend() = default;
+  // Takes the message whose content is at `content_path`. OK means the
+  // backend owns it now and the spool copy may go.
+  virtual absl::Status Submit(const v1::QueueEntry &entry,
+                              const std::string &content_path) = 0;
+};
+
+// The spool queue directory: <dir>/tmp/<id> written and fsynced, then
+// renamed to <dir>/new/<id>. The file's first line is the QueueEntry as JSON
+// (proto field names), then the message bytes exactly.
+class QueueDirBackend : public QueueBackend {
+public:
+  static absl::StatusOr<std::unique_ptr<QueueDirBackend>>
+  Create(const std::string &dir);
+  absl::Status Submit(const v1::QueueEntry &entry,
+                      const std::string &content_path) override;
+
+private:
+  explicit QueueDirBackend(std::string dir) : dir_(std::move(dir)) {}
+  const std::string dir_;
+};
+
+} // namespace sinkline::broker
