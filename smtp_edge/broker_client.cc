@@ -1,0 +1,98 @@
+#include "broker_client.h"
+
+namespace sinkline::edge {
+
+std::shared_ptr<grpc::Channel> MakeBrokerChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(R"({"loadBalancingConfig":[{"round_robin":{}}]})");
+  // A broker that comes back is found again within a second or so.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
+                                   args);
+}
+
+std::shared_ptr<BrokerStream> BrokerStream::Open(v1::SessionService::Stub* stub,
+                                                 Handler handler) {
+  std::shared_ptr<BrokerStream> s(new BrokerStream(std::move(handler)));
+  s->self_ = s;
+  // Fail fast when no broker is there: the client hears 421, never 250.
+  s->context_.set_wait_for_ready(false);
+  stub->async()->Stream(&s->context_, s.get());
+  s->StartRead(&s->response_);
+  s->StartCall();
+  return s;
+}
+
+void BrokerStream::Send(v1::SessionRequest req) {
+  absl::MutexLock lock(&mu_);
+  if (closing_ || failed_) return;
+  out_.push_back(std::move(req));
+  if (!writing_) WriteNextLocked();
+}
+
+void BrokerStream::Close() {
+  absl::MutexLock lock(&mu_);
+  if (closing_) return;
+  closing_ = true;
+  if (!writing_) WriteNextLocked();
+}
+
+size_t BrokerStream::queued() const {
+  absl::MutexLock lock(&mu_);
+  return out_.size();
+}
+
+void BrokerStream::WriteNextLocked() {
+  if (failed_) return;
+  if (!out_.empty()) {
+    writing_ = true;
+    StartWrite(&out_.front());
+  } else if (closing_ && !writes_done_) {
+    writes_done_ = true;
+    writing_ = true;
+    StartWritesDone();
+  }
+}
+
+void BrokerStream::OnWriteDone(bool ok) {
+  {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!out_.empty()) out_.pop_front();
+    if (!ok) {
+      failed_ = true;
+      out_.clear();
+    } else {
+      WriteNextLocked();
+    }
+  }
+  if (handler_.on_writable) handler_.on_writable();
+}
+
+void BrokerStream::OnWritesDoneDone(bool) {
+  absl::MutexLock lock(&mu_);
+  writing_ = false;
+}
+
+void BrokerStream::OnReadDone(bool ok) {
+  if (!ok) return;  // OnDone follows with the status
+  handler_.on_response(std::move(response_));
+  response_.Clear();
+  StartRead(&response_);
+}
+
+void BrokerStream::OnDone(const grpc::Status& status) {
+  {
+    absl::MutexLock lock(&mu_);
+    failed_ = true;
+  }
+  if (handler_.on_done) handler_.on_done(status);
+  // Last: releasing the self-reference may delete this object.
+  auto keep = std::move(self_);
+}
+
+}  // namespace sinkline::edge

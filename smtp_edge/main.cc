@@ -1,0 +1,111 @@
+// sinkline-edge: the SMTP edge server.
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "broker_client.h"
+#include "server.h"
+#include "sinkline/common/flags.h"
+#include "sinkline/common/logging.h"
+#include "sinkline/common/metrics_http.h"
+#include "sinkline/common/port_file.h"
+#include "sinkline/common/shutdown.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:2525",
+          "SMTP address, host:port or [v6]:port (port 0 picks one)");
+ABSL_FLAG(std::string, port_file, "",
+          "write the bound SMTP port to this file once listening");
+ABSL_FLAG(std::string, broker, "127.0.0.1:7000",
+          "gRPC target of the brokers, e.g. dns:///sinkline-broker:7000");
+ABSL_FLAG(std::string, hostname, "",
+          "name in the greeting and replies (default: this host's name)");
+ABSL_FLAG(std::string, edge_id, "edge-1", "name of this edge");
+ABSL_FLAG(uint64_t, max_message_size, 52428800,
+          "largest message accepted, in octets (announced with SIZE)");
+ABSL_FLAG(int, max_recipients, 100, "recipients per message before 452");
+ABSL_FLAG(int, max_line_length, 512, "longest command line, with CRLF");
+ABSL_FLAG(int, idle_timeout_s, 300, "close sessions idle this long (421)");
+ABSL_FLAG(int, broker_connect_timeout_ms, 5000,
+          "how long a new session waits for the broker before 421");
+ABSL_FLAG(int, broker_timeout_ms, 120000,
+          "how long a command waits for the broker's answer before 451");
+ABSL_FLAG(int, threads, 2, "I/O threads");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "serve Prometheus metrics over HTTP on this address (off if empty)");
+ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
+ABSL_FLAG(bool, log_json, false, "log one JSON object per line");
+
+int main(int argc, char** argv) {
+  sinkline::ParseFlags(argc, argv);
+  sinkline::BlockShutdownSignals();
+  sinkline::InitLogging("edge", absl::GetFlag(FLAGS_log_level),
+                        absl::GetFlag(FLAGS_log_json));
+
+  sinkline::edge::EdgeOptions opts;
+  opts.hostname = absl::GetFlag(FLAGS_hostname);
+  if (opts.hostname.empty()) {
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    opts.hostname = host;
+  }
+  opts.edge_id = absl::GetFlag(FLAGS_edge_id);
+  opts.limits.max_message_size = absl::GetFlag(FLAGS_max_message_size);
+  opts.limits.max_recipients = absl::GetFlag(FLAGS_max_recipients);
+  opts.limits.max_line_length = absl::GetFlag(FLAGS_max_line_length);
+  opts.idle_timeout = std::chrono::seconds(absl::GetFlag(FLAGS_idle_timeout_s));
+  opts.broker_connect_timeout =
+      std::chrono::milliseconds(absl::GetFlag(FLAGS_broker_connect_timeout_ms));
+  opts.broker_timeout =
+      std::chrono::milliseconds(absl::GetFlag(FLAGS_broker_timeout_ms));
+
+  std::unique_ptr<sinkline::MetricsHttpServer> metrics;
+  if (const auto addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
+    auto m = sinkline::MetricsHttpServer::Start(
+        addr, &sinkline::MetricsRegistry::Default());
+    if (!m.ok()) {
+      spdlog::critical("{}", m.status().ToString());
+      return 1;
+    }
+    metrics = std::move(*m);
+    spdlog::info("metrics on port {}", metrics->port());
+  }
+
+  boost::asio::io_context io;
+  auto work = boost::asio::make_work_guard(io);
+  sinkline::edge::Server server(
+      io, opts, sinkline::edge::MakeBrokerChannel(absl::GetFlag(FLAGS_broker)));
+  auto port = server.Listen(absl::GetFlag(FLAGS_listen));
+  if (!port.ok()) {
+    spdlog::critical("{}", port.status().ToString());
+    return 1;
+  }
+  std::vector<std::thread> threads;
+  for (int i = 0; i < std::max(1, absl::GetFlag(FLAGS_threads)); ++i) {
+    threads.emplace_back([&io] { io.run(); });
+  }
+  if (auto st = sinkline::WritePortFile(absl::GetFlag(FLAGS_port_file), *port);
+      !st.ok()) {
+    spdlog::critical("{}", st.ToString());
+    return 1;
+  }
+  spdlog::info("edge {} listening for SMTP on port {} (broker {})",
+               opts.edge_id, *port, absl::GetFlag(FLAGS_broker));
+
+  const int sig = sinkline::WaitForShutdownSignal();
+  spdlog::info("signal {}: closing sessions", sig);
+  server.Stop();
+  // Let sessions finish closing, then stop.
+  for (int i = 0; i < 50 && server.sessions() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  work.reset();
+  io.stop();
+  for (auto& t : threads) t.join();
+  return 0;
+}

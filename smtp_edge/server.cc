@@ -1,0 +1,390 @@
+#include "server.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <deque>
+#include <random>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "broker_client.h"
+#include "sinkline/common/metrics.h"
+
+namespace sinkline::edge {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string RandomId() {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
+}
+
+v1::Address ToAddress(const tcp::endpoint& ep) {
+  v1::Address a;
+  auto addr = ep.address();
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
+    addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+  }
+  a.set_ip(addr.to_string());
+  a.set_port(ep.port());
+  return a;
+}
+
+Gauge& SessionsGauge() {
+  return MetricsRegistry::Default().GetGauge("sinkline_edge_sessions",
+                                             "Open SMTP sessions.");
+}
+
+}  // namespace
+
+class Connection : public std::enable_shared_from_this<Connection>,
+                   public SessionOutput {
+ public:
+  Connection(Server* server, tcp::socket socket)
+      : server_(server),
+        strand_(socket.get_executor()),
+        socket_(std::move(socket)),
+        wake_(strand_),
+        idle_(strand_) {}
+
+  asio::any_io_executor& strand() { return strand_; }
+
+  asio::awaitable<void> Run() {
+    const auto& opts = server_->options();
+    v1::SessionInfo info;
+    info.set_session_id(RandomId());
+    info.set_edge_id(opts.edge_id);
+    info.set_server_hostname(opts.hostname);
+    boost::system::error_code ec;
+    if (auto ep = socket_.remote_endpoint(ec); !ec) {
+      *info.mutable_client() = ToAddress(ep);
+    }
+    if (auto ep = socket_.local_endpoint(ec); !ec) {
+      *info.mutable_server() = ToAddress(ep);
+    }
+    session_id_ = info.session_id();
+    spdlog::info("session {} start client={}:{}", session_id_,
+                 info.client().ip(), info.client().port());
+    SessionsGauge().Add(1);
+    session_ = std::make_unique<Session>(opts.limits, info, this);
+
+    OpenStream(info);
+    const auto connect_deadline = Clock::now() + opts.broker_connect_timeout;
+    while (!got_map_ && !stream_done_) {
+      if (!co_await WaitWake(connect_deadline)) break;
+    }
+    if (!got_map_) {
+      spdlog::warn("session {}: no broker ({}); 421", session_id_,
+                   stream_error_.empty() ? "timeout" : stream_error_);
+      out_ = MakeReply(421, "4.3.0",
+                       absl::StrCat(opts.hostname,
+                                    " Service not available, try again later"))
+                 .Format();
+      co_await Flush();
+      Finish();
+      co_return;
+    }
+    session_->Start();
+    asio::co_spawn(strand_, Watchdog(shared_from_this()), asio::detached);
+    char buf[16384];
+    for (;;) {
+      co_await Flush();
+      if (session_->closed() || !socket_.is_open()) break;
+      if (session_->waiting() || (stream_ && stream_->queued() > 32)) {
+        const bool woke = co_await WaitWake(Clock::now() + opts.broker_timeout);
+        if (!woke && session_->waiting()) {
+          spdlog::warn("session {}: broker did not answer in time",
+                       session_id_);
+          session_->OnBrokerLost();
+        }
+        continue;
+      }
+      last_activity_ = Clock::now();
+      size_t n = co_await socket_.async_read_some(
+          asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) break;
+      last_activity_ = Clock::now();
+      session_->Feed(absl::string_view(buf, n));
+    }
+    Finish();
+  }
+
+  // Closes the connection from outside (shutdown).
+  void Shutdown() {
+    asio::post(strand_, [self = shared_from_this()] {
+      boost::system::error_code ec;
+      self->socket_.close(ec);
+      self->Wake();
+    });
+  }
+
+  // SessionOutput.
+  void Write(std::string bytes) override { out_ += bytes; }
+  void SendEvent(const v1::Event& event, bool notify_only) override {
+    if (!stream_ || stream_done_) return;
+    v1::SessionRequest req;
+    *req.mutable_event() = event;
+    req.set_notify_only(notify_only);
+    stream_->Send(std::move(req));
+  }
+  void SendData(const std::string& tx, std::string chunk) override {
+    if (!stream_ || stream_done_) return;
+    v1::SessionRequest req;
+    req.mutable_data()->set_transaction_id(tx);
+    req.mutable_data()->set_data(std::move(chunk));
+    stream_->Send(std::move(req));
+  }
+  void Close() override { close_after_flush_ = true; }
+
+ private:
+  void OpenStream(const v1::SessionInfo& info) {
+    std::weak_ptr<Connection> weak = shared_from_this();
+    BrokerStream::Handler h;
+    h.on_response = [weak](v1::SessionResponse resp) {
+      if (auto c = weak.lock()) {
+        asio::post(c->strand_,
+                   [c, resp = std::move(resp)] { c->OnResponse(resp); });
+      }
+    };
+    h.on_writable = [weak] {
+      if (auto c = weak.lock()) asio::post(c->strand_, [c] { c->Wake(); });
+    };
+    h.on_done = [weak](grpc::Status status) {
+      if (auto c = weak.lock()) {
+        asio::post(c->strand_, [c, status] {
+          c->stream_done_ = true;
+          c->stream_error_ = status.error_message();
+          if (c->got_map_ && c->session_ && !c->finished_) {
+            spdlog::warn("session {}: broker stream ended: {}", c->session_id_,
+                         status.error_message());
+            c->session_->OnBrokerLost();
+          }
+          c->Wake();
+        });
+      }
+    };
+    stream_ = BrokerStream::Open(server_->stub(), std::move(h));
+    v1::SessionRequest start;
+    *start.mutable_start()->mutable_session() = info;
+    stream_->Send(std::move(start));
+  }
+
+  void OnResponse(const v1::SessionResponse& resp) {
+    if (resp.has_binding_map()) {
+      session_->SetBindingMap(resp.binding_map());
+      got_map_ = true;
+    } else if (resp.has_result()) {
+      session_->OnResult(resp.result());
+    }
+    Wake();
+  }
+
+  void Wake() {
+    woken_ = true;
+    wake_.cancel();
+  }
+
+  // Waits for Wake() or the deadline; true when woken.
+  asio::awaitable<bool> WaitWake(Clock::time_point deadline) {
+    if (woken_) {
+      woken_ = false;
+      co_return true;
+    }
+    wake_.expires_at(deadline);
+    boost::system::error_code ec;
+    co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    const bool woke = woken_;
+    woken_ = false;
+    co_return woke;
+  }
+
+  asio::awaitable<void> Flush() {
+    while (!out_.empty() && socket_.is_open()) {
+      std::string w;
+      w.swap(out_);
+      boost::system::error_code ec;
+      co_await asio::async_write(socket_, asio::buffer(w),
+                                 asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        socket_.close(ec);
+        break;
+      }
+    }
+    if (close_after_flush_ && socket_.is_open()) {
+      boost::system::error_code ec;
+      socket_.shutdown(tcp::socket::shutdown_both, ec);
+      socket_.close(ec);
+    }
+  }
+
+  // Closes idle sessions (RFC 5321 §4.5.3.2 timeouts).
+  static asio::awaitable<void> Watchdog(std::shared_ptr<Connection> self) {
+    const auto idle = self->server_->options().idle_timeout;
+    while (self->socket_.is_open() && !self->finished_) {
+      self->idle_.expires_at(self->last_activity_ + idle);
+      boost::system::error_code ec;
+      co_await self->idle_.async_wait(
+          asio::redirect_error(asio::use_awaitable, ec));
+      if (self->finished_ || !self->socket_.is_open()) co_return;
+      if (!self->session_->waiting() &&
+          self->last_activity_ + idle <= Clock::now()) {
+        spdlog::info("session {}: idle timeout", self->session_id_);
+        const std::string bye =
+            MakeReply(421, "4.4.2",
+                      absl::StrCat(self->server_->options().hostname,
+                                   " Error: timeout exceeded"))
+                .Format();
+        co_await asio::async_write(
+            self->socket_, asio::buffer(bye),
+            asio::redirect_error(asio::use_awaitable, ec));
+        self->socket_.close(ec);
+        co_return;
+      }
+    }
+  }
+
+  void Finish() {
+    if (finished_) return;
+    finished_ = true;
+    boost::system::error_code ec;
+    idle_.cancel();
+    if (stream_) {
+      if (!stream_done_ && got_map_) {
+        v1::Event bye;
+        bye.set_type(v1::EVENT_TYPE_DISCONNECT);
+        *bye.mutable_session() = session_->info();
+        SendEvent(bye, /*notify_only=*/true);
+      }
+      if (got_map_) {
+        stream_->Close();
+      } else {
+        stream_->Cancel();
+      }
+    }
+    socket_.close(ec);
+    SessionsGauge().Add(-1);
+    spdlog::info("session {} end", session_id_);
+    server_->Untrack(this);
+  }
+
+  Server* const server_;
+  // The socket's executor: a strand, so handlers of one connection never
+  // run at once.
+  asio::any_io_executor strand_;
+  tcp::socket socket_;
+  asio::steady_timer wake_;
+  asio::steady_timer idle_;
+  bool woken_ = false;
+  std::unique_ptr<Session> session_;
+  std::shared_ptr<BrokerStream> stream_;
+  std::string session_id_;
+  std::string out_;
+  bool close_after_flush_ = false;
+  bool got_map_ = false;
+  bool stream_done_ = false;
+  std::string stream_error_;
+  bool finished_ = false;
+  Clock::time_point last_activity_ = Clock::now();
+};
+
+Server::Server(asio::io_context& io, EdgeOptions options,
+               std::shared_ptr<grpc::Channel> broker_channel)
+    : io_(io),
+      options_(std::move(options)),
+      channel_(std::move(broker_channel)),
+      stub_(v1::SessionService::NewStub(channel_)),
+      acceptor_(io) {}
+
+Server::~Server() = default;
+
+absl::StatusOr<int> Server::Listen(const std::string& address) {
+  const auto colon = address.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos ||
+      !absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 0 ||
+      port > 65535) {
+    return absl::InvalidArgumentError("listen address must be host:port, got " +
+                                      address);
+  }
+  std::string host = address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[') {
+    host = host.substr(1, host.size() - 2);
+  }
+  boost::system::error_code ec;
+  auto ip = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
+  if (ec) return absl::InvalidArgumentError("bad listen address " + address);
+  tcp::endpoint ep(ip, static_cast<unsigned short>(port));
+  acceptor_.open(ep.protocol(), ec);
+  if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(ep, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address, ": ", ec.message()));
+  }
+  asio::co_spawn(
+      io_,
+      [this]() -> asio::awaitable<void> {
+        for (;;) {
+          boost::system::error_code ec;
+          tcp::socket socket = co_await acceptor_.async_accept(
+              asio::make_strand(io_),
+              asio::redirect_error(asio::use_awaitable, ec));
+          if (ec == asio::error::operation_aborted || !acceptor_.is_open()) {
+            co_return;
+          }
+          if (ec) continue;
+          auto conn = std::make_shared<Connection>(this, std::move(socket));
+          Track(conn);
+          asio::co_spawn(
+              conn->strand(),
+              [conn]() -> asio::awaitable<void> { co_await conn->Run(); },
+              asio::detached);
+        }
+      },
+      asio::detached);
+  return static_cast<int>(acceptor_.local_endpoint().port());
+}
+
+void Server::Stop() {
+  asio::post(io_, [this] {
+    boost::system::error_code ec;
+    acceptor_.close(ec);
+  });
+  std::vector<std::shared_ptr<Connection>> live;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [raw, weak] : connections_) {
+      if (auto c = weak.lock()) live.push_back(std::move(c));
+    }
+  }
+  for (auto& c : live) c->Shutdown();
+}
+
+void Server::Track(const std::shared_ptr<Connection>& c) {
+  absl::MutexLock lock(&mu_);
+  connections_[c.get()] = c;
+}
+
+void Server::Untrack(Connection* c) {
+  absl::MutexLock lock(&mu_);
+  connections_.erase(c);
+}
+
+size_t Server::sessions() const {
+  absl::MutexLock lock(&mu_);
+  return connections_.size();
+}
+
+}  // namespace sinkline::edge

@@ -1,0 +1,596 @@
+#include "session.h"
+
+#include <chrono>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace sinkline::edge {
+
+using google::protobuf::util::TimeUtil;
+
+namespace {
+
+edge::Reply Ok(const char* enhanced = "2.0.0", const char* text = "Ok") {
+  return MakeReply(250, enhanced, text);
+}
+
+edge::Reply BadSequence(const char* text) {
+  return MakeReply(503, "5.5.1", text);
+}
+
+std::string NewId() {
+  static const char kHex[] = "0123456789abcdef";
+  static thread_local uint64_t state =
+      static_cast<uint64_t>(
+          std::chrono::steady_clock::now().time_since_epoch().count()) ^
+      reinterpret_cast<uintptr_t>(&state);
+  std::string id;
+  for (int round = 0; round < 2; ++round) {
+    // splitmix64: ids need to be unique, not secret.
+    uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    for (int i = 0; i < 16; ++i) id += kHex[(z >> (i * 4)) & 0xf];
+  }
+  return id;
+}
+
+}  // namespace
+
+// The command table: per verb, the event it raises, the check that gives
+// the native reply (or answers at once), and the proceed step that applies
+// the state change once the reply is resolved.
+struct Session::CommandSpec {
+  const char* verb;
+  v1::EventType event;
+  // Returns the native reply; clears `to_broker` when the edge answers on
+  // its own (syntax and sequence errors never reach sinks).
+  edge::Reply (*check)(Session& s, const Command& c, bool& to_broker);
+  // Applies the state change for a resolved reply.
+  void (*proceed)(Session& s, const Command& c, const edge::Reply& resolved);
+};
+
+struct CommandTable {
+  static edge::Reply CheckHelo(Session& s, const Command& c, bool& to_broker) {
+    if (c.argument.empty() ||
+        c.argument.find_first_of(" \t") != std::string::npos) {
+      to_broker = false;
+      return MakeReply(501, "5.5.4",
+                       absl::StrCat("Syntax: ", c.verb, " hostname"));
+    }
+    if (c.verb == "HELO") {
+      return MakeReply(250, "", s.info_.server_hostname());
+    }
+    edge::Reply r;
+    r.code = 250;
+    r.lines = {
+        absl::StrCat(s.info_.server_hostname(), " Hello ", c.argument),
+        "PIPELINING",
+        absl::StrCat("SIZE ", s.limits_.max_message_size),
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+    };
+    return r;
+  }
+  static void ProceedHelo(Session& s, const Command& c,
+                          const edge::Reply& resolved) {
+    if (!resolved.positive()) return;
+    s.ResetTransaction();
+    s.info_.set_helo_name(c.argument);
+    s.info_.set_esmtp(c.verb == "EHLO");
+  }
+
+  static edge::Reply CheckMail(Session& s, const Command& c, bool& to_broker) {
+    to_broker = false;
+    if (s.info_.helo_name().empty()) {
+      return BadSequence("Error: send HELO/EHLO first");
+    }
+    if (s.mail_from_) return BadSequence("Error: nested MAIL command");
+    auto path = ParsePathArgument(c.argument, "FROM:", /*allow_null=*/true);
+    if (!path.ok()) {
+      return MakeReply(501, "5.5.4", std::string(path.status().message()));
+    }
+    if (!path->address.empty() && !ValidMailbox(path->address, true)) {
+      return MakeReply(501, "5.1.7", "Bad sender address syntax");
+    }
+    for (const auto& [key, value] : path->params) {
+      if (key == "SIZE") {
+        uint64_t size = 0;
+        if (!absl::SimpleAtoi(value, &size)) {
+          return MakeReply(501, "5.5.4", "Bad SIZE parameter");
+        }
+        if (size > s.limits_.max_message_size) {
+          return MakeReply(552, "5.3.4", "Message size exceeds fixed limit");
+        }
+      } else if (key == "BODY") {
+        const std::string v = absl::AsciiStrToUpper(value);
+        if (v != "7BIT" && v != "8BITMIME") {
+          return MakeReply(501, "5.5.4", "Bad BODY parameter");
+        }
+      } else {
+        return MakeReply(555, "5.5.4",
+                         absl::StrCat("Unsupported parameter ", key));
+      }
+    }
+    to_broker = true;
+    return MakeReply(250, "2.1.0", "Ok");
+  }
+  static void ProceedMail(Session& s, const Command& c,
+                          const edge::Reply& resolved) {
+    if (!resolved.positive()) return;
+    auto path = ParsePathArgument(c.argument, "FROM:", true);
+    s.mail_from_ = path->address;
+    s.mail_params_.clear();
+    for (const auto& [k, v] : path->params) {
+      v1::EsmtpParam p;
+      p.set_key(k);
+      p.set_value(v);
+      s.mail_params_.push_back(std::move(p));
+    }
+  }
+
+  static edge::Reply CheckRcpt(Session& s, const Command& c, bool& to_broker) {
+    to_broker = false;
+    if (!s.mail_from_) return BadSequence("Error: need MAIL command");
+    auto path = ParsePathArgument(c.argument, "TO:", /*allow_null=*/false);
+    if (!path.ok()) {
+      return MakeReply(501, "5.5.4", std::string(path.status().message()));
+    }
+    if (!ValidMailbox(path->address, true) &&
+        !absl::EqualsIgnoreCase(path->address, "postmaster")) {
+      return MakeReply(501, "5.1.3", "Bad recipient address syntax");
+    }
+    for (const auto& [key, value] : path->params) {
+      return MakeReply(555, "5.5.4",
+                       absl::StrCat("Unsupported parameter ", key));
+    }
+    if (static_cast<int>(s.recipients_.size()) >= s.limits_.max_recipients) {
+      return MakeReply(452, "4.5.3", "Error: too many recipients");
+    }
+    to_broker = true;
+    return MakeReply(250, "2.1.5", "Ok");
+  }
+  static void ProceedRcpt(Session& s, const Command& c,
+                          const edge::Reply& resolved) {
+    if (!resolved.positive()) return;
+    auto path = ParsePathArgument(c.argument, "TO:", false);
+    v1::Recipient r;
+    r.set_address(path->address);
+    for (const auto& [k, v] : path->params) {
+      auto* p = r.add_params();
+      p->set_key(k);
+      p->set_value(v);
+    }
+    s.recipients_.push_back(std::move(r));
+  }
+
+  static edge::Reply CheckData(Session& s, const Command& c, bool& to_broker) {
+    to_broker = false;
+    if (!c.argument.empty()) return MakeReply(501, "5.5.4", "Syntax: DATA");
+    if (!s.mail_from_) return BadSequence("Error: need MAIL command");
+    if (s.recipients_.empty()) {
+      return MakeReply(554, "5.5.1", "Error: no valid recipients");
+    }
+    to_broker = true;
+    return MakeReply(354, "", "End data with <CR><LF>.<CR><LF>");
+  }
+  static void ProceedData(Session& s, const Command&,
+                          const edge::Reply& resolved) {
+    if (resolved.code != 354) return;
+    s.mode_ = Session::Mode::kData;
+    s.chunk_.clear();
+    s.message_size_ = 0;
+    s.line_start_ = true;
+    s.prev_crlf_ = true;
+    s.last_char_ = '\n';
+    s.line_len_ = 0;
+    s.bad_line_ending_ = s.line_too_long_ = s.too_big_ = false;
+  }
+
+  static edge::Reply CheckNoArgs(Session&, const Command& c, bool& to_broker) {
+    if (!c.argument.empty() && c.verb != "NOOP") {
+      to_broker = false;
+      return MakeReply(501, "5.5.4", absl::StrCat("Syntax: ", c.verb));
+    }
+    if (c.verb == "QUIT") return MakeReply(221, "2.0.0", "Bye");
+    return Ok();
+  }
+  static void ProceedRset(Session& s, const Command&, const edge::Reply&) {
+    s.ResetTransaction();
+  }
+
+  static edge::Reply CheckVrfy(Session&, const Command& c, bool& to_broker) {
+    if (c.argument.empty()) {
+      to_broker = false;
+      return MakeReply(501, "5.5.4", "Syntax: VRFY address");
+    }
+    return MakeReply(252, "2.5.0",
+                     "Cannot VRFY user, but will accept message and attempt "
+                     "delivery");
+  }
+  static edge::Reply CheckHelp(Session&, const Command&, bool&) {
+    return MakeReply(214, "2.0.0",
+                     "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP "
+                     "QUIT");
+  }
+  static edge::Reply CheckNotImplemented(Session&, const Command&,
+                                         bool& to_broker) {
+    to_broker = false;
+    return MakeReply(502, "5.5.1", "Error: command not implemented");
+  }
+};
+
+namespace {
+
+const Session::CommandSpec kCommands[] = {
+    {"EHLO", v1::EVENT_TYPE_EHLO, &CommandTable::CheckHelo,
+     &CommandTable::ProceedHelo},
+    {"HELO", v1::EVENT_TYPE_HELO, &CommandTable::CheckHelo,
+     &CommandTable::ProceedHelo},
+    {"MAIL", v1::EVENT_TYPE_MAIL, &CommandTable::CheckMail,
+     &CommandTable::ProceedMail},
+    {"RCPT", v1::EVENT_TYPE_RCPT, &CommandTable::CheckRcpt,
+     &CommandTable::ProceedRcpt},
+    {"DATA", v1::EVENT_TYPE_DATA, &CommandTable::CheckData,
+     &CommandTable::ProceedData},
+    {"RSET", v1::EVENT_TYPE_RSET, &CommandTable::CheckNoArgs,
+     &CommandTable::ProceedRset},
+    {"NOOP", v1::EVENT_TYPE_NOOP, &CommandTable::CheckNoArgs, nullptr},
+    {"VRFY", v1::EVENT_TYPE_VRFY, &CommandTable::CheckVrfy, nullptr},
+    {"HELP", v1::EVENT_TYPE_HELP, &CommandTable::CheckHelp, nullptr},
+    {"QUIT", v1::EVENT_TYPE_QUIT, &CommandTable::CheckNoArgs, nullptr},
+    // Extensions that come with the complete edge.
+    {"STARTTLS", v1::EVENT_TYPE_STARTTLS, &CommandTable::CheckNotImplemented,
+     nullptr},
+    {"AUTH", v1::EVENT_TYPE_AUTH, &CommandTable::CheckNotImplemented, nullptr},
+    {"BDAT", v1::EVENT_TYPE_BDAT, &CommandTable::CheckNotImplemented, nullptr},
+};
+
+const Session::CommandSpec kUnknown = {"", v1::EVENT_TYPE_UNKNOWN, nullptr,
+                                       nullptr};
+const Session::CommandSpec kConnect = {"", v1::EVENT_TYPE_CONNECT, nullptr,
+                                       nullptr};
+const Session::CommandSpec kEod = {"", v1::EVENT_TYPE_EOD, nullptr, nullptr};
+
+const Session::CommandSpec* FindCommand(const std::string& verb) {
+  for (const auto& spec : kCommands) {
+    if (verb == spec.verb) return &spec;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+Session::Session(SessionLimits limits, v1::SessionInfo info, SessionOutput* out)
+    : limits_(limits), info_(std::move(info)), out_(out) {}
+
+const std::string& Session::state_name() const {
+  static const std::string kNames[] = {"GREETING", "INIT", "READY", "MAIL",
+                                       "RCPT",     "DATA", "CLOSED"};
+  if (closed_) return kNames[6];
+  if (!started_) return kNames[0];
+  if (mode_ == Mode::kData) return kNames[5];
+  if (!recipients_.empty()) return kNames[4];
+  if (mail_from_) return kNames[3];
+  if (!info_.helo_name().empty()) return kNames[2];
+  return kNames[1];
+}
+
+void Session::SetBindingMap(const v1::BindingMap& map) {
+  bindings_ = map;
+  bound_.assign(v1::EventType_ARRAYSIZE, false);
+  for (int e : map.events()) {
+    if (e >= 0 && e < v1::EventType_ARRAYSIZE) bound_[e] = true;
+  }
+}
+
+bool Session::Bound(v1::EventType type, const std::string& verb) const {
+  if (type == v1::EVENT_TYPE_EOD) return true;  // COMMIT is the broker's
+  if (type == v1::EVENT_TYPE_UNKNOWN) {
+    for (const auto& v : bindings_.verbs()) {
+      if (v == verb) return true;
+    }
+    return false;
+  }
+  return type < static_cast<int>(bound_.size()) && bound_[type];
+}
+
+void Session::Reply(const edge::Reply& r) { out_->Write(r.Format()); }
+
+void Session::CloseAfter(const edge::Reply& r) {
+  Reply(r);
+  closed_ = true;
+  out_->Close();
+}
+
+void Session::ResetTransaction() {
+  mail_from_.reset();
+  mail_params_.clear();
+  recipients_.clear();
+  transaction_id_.clear();
+}
+
+v1::Event Session::MakeEvent(v1::EventType type, const Command& cmd,
+                             const edge::Reply& native) {
+  v1::Event ev;
+  ev.set_type(type);
+  ev.set_sequence(++sequence_);
+  *ev.mutable_session() = info_;
+  ev.set_transaction_id(transaction_id_);
+  ev.set_verb(cmd.verb);
+  ev.set_argument(cmd.argument);
+  auto* env = ev.mutable_envelope();
+  if (mail_from_) env->set_mail_from(*mail_from_);
+  for (const auto& p : mail_params_) *env->add_mail_params() = p;
+  for (const auto& r : recipients_) *env->add_recipients() = r;
+  *ev.mutable_native_reply() = native.ToProto();
+  *ev.mutable_time() = TimeUtil::GetCurrentTime();
+  return ev;
+}
+
+void Session::Start() {
+  started_ = true;
+  const edge::Reply greeting = MakeReply(
+      220, "", absl::StrCat(info_.server_hostname(), " ESMTP Sinkline"));
+  Dispatch(&kConnect, Command{},
+           MakeEvent(v1::EVENT_TYPE_CONNECT, {}, greeting), greeting);
+  Process();
+}
+
+void Session::Dispatch(const CommandSpec* spec, const Command& cmd,
+                       v1::Event event, const edge::Reply& native) {
+  Pending p{event.sequence(), spec, cmd, native};
+  if (Bound(event.type(), cmd.verb)) {
+    out_->SendEvent(event, /*notify_only=*/false);
+    pending_ = std::move(p);
+    return;
+  }
+  out_->SendEvent(event, /*notify_only=*/true);
+  Proceed(p, native, false);
+}
+
+void Session::Proceed(const Pending& p, const edge::Reply& resolved,
+                      bool close_session) {
+  if (p.spec->proceed) p.spec->proceed(*this, p.command, resolved);
+  if (p.spec == &kEod) ResetTransaction();
+  const bool greeting_refused = p.spec == &kConnect && resolved.code != 220;
+  if (close_session || greeting_refused ||
+      (p.spec->event == v1::EVENT_TYPE_QUIT && resolved.code == 221)) {
+    CloseAfter(resolved);
+    return;
+  }
+  Reply(resolved);
+}
+
+void Session::OnResult(const v1::EventResult& result) {
+  if (!pending_ || result.sequence() != pending_->sequence) return;
+  Pending p = std::move(*pending_);
+  pending_.reset();
+  edge::Reply resolved = Reply::FromProto(result.reply());
+  if (resolved.code == 0) resolved = p.native;
+  Proceed(p, resolved, result.close_session());
+  if (result.has_envelope() && mail_from_) {
+    // Sinks edited the envelope.
+    const auto& env = result.envelope();
+    mail_from_ = env.mail_from();
+    std::vector<v1::Recipient> rcpts(env.recipients().begin(),
+                                     env.recipients().end());
+    if (p.spec->event == v1::EVENT_TYPE_RCPT && resolved.positive() &&
+        !recipients_.empty()) {
+      rcpts.push_back(recipients_.back());
+    }
+    recipients_ = std::move(rcpts);
+  }
+  Process();
+}
+
+void Session::OnBrokerLost() {
+  if (broker_lost_ || closed_) return;
+  broker_lost_ = true;
+  if (!pending_) return;  // the next command gets 421
+  const bool eod = pending_->spec == &kEod;
+  pending_.reset();
+  if (eod) {
+    Reply(MakeReply(451, "4.3.0",
+                    "Error: queue unavailable, message not accepted"));
+    ResetTransaction();
+  } else {
+    Reply(MakeReply(451, "4.3.0", "Error: service unavailable, try again"));
+  }
+  Process();
+}
+
+void Session::Feed(absl::string_view bytes) {
+  if (closed_) return;
+  in_.append(bytes.data(), bytes.size());
+  Process();
+}
+
+void Session::Process() {
+  while (!closed_ && !pending_ && started_) {
+    if (mode_ == Mode::kData) {
+      if (!ProcessData()) return;
+      continue;
+    }
+    const size_t lf = in_.find('\n');
+    if (lf == std::string::npos) {
+      if (in_.size() > limits_.max_line_length) {
+        // Drop what cannot be a command; answer when the line ends.
+        discarding_line_ = true;
+        in_.clear();
+      }
+      return;
+    }
+    std::string line = in_.substr(0, lf + 1);
+    in_.erase(0, lf + 1);
+    if (discarding_line_ || line.size() > limits_.max_line_length) {
+      discarding_line_ = false;
+      Reply(MakeReply(500, "5.5.2", "Error: line too long"));
+      continue;
+    }
+    if (line.size() < 2 || line[line.size() - 2] != '\r') {
+      Reply(MakeReply(500, "5.5.2",
+                      "Error: bare LF in command; lines must end with CRLF"));
+      continue;
+    }
+    line.resize(line.size() - 2);
+    if (line.find('\r') != std::string::npos) {
+      Reply(MakeReply(500, "5.5.2",
+                      "Error: bare CR in command; lines must end with CRLF"));
+      continue;
+    }
+    HandleLine(line);
+  }
+}
+
+void Session::HandleLine(absl::string_view line) {
+  HandleCommand(ParseCommand(line));
+}
+
+void Session::HandleCommand(const Command& cmd) {
+  if (broker_lost_) {
+    CloseAfter(MakeReply(421, "4.3.0",
+                         absl::StrCat(info_.server_hostname(),
+                                      " Service not available, closing "
+                                      "transmission channel")));
+    return;
+  }
+  const CommandSpec* spec = FindCommand(cmd.verb);
+  if (spec == nullptr) {
+    const edge::Reply unknown =
+        MakeReply(500, "5.5.2", "Error: command not recognized");
+    if (!cmd.verb.empty() && Bound(v1::EVENT_TYPE_UNKNOWN, cmd.verb)) {
+      Dispatch(&kUnknown, cmd, MakeEvent(v1::EVENT_TYPE_UNKNOWN, cmd, unknown),
+               unknown);
+    } else {
+      Reply(unknown);
+    }
+    return;
+  }
+  bool to_broker = true;
+  edge::Reply native = spec->check(*this, cmd, to_broker);
+  if (!to_broker) {
+    Reply(native);
+    return;
+  }
+  if (spec->event == v1::EVENT_TYPE_MAIL) transaction_id_ = NewId();
+  v1::Event event = MakeEvent(spec->event, cmd, native);
+  if (spec->event == v1::EVENT_TYPE_MAIL) {
+    // The sender at hand, so that rules on MAIL can see it.
+    auto path = ParsePathArgument(cmd.argument, "FROM:", true);
+    event.mutable_envelope()->set_mail_from(path->address);
+    for (const auto& [k, v] : path->params) {
+      auto* p = event.mutable_envelope()->add_mail_params();
+      p->set_key(k);
+      p->set_value(v);
+    }
+  } else if (spec->event == v1::EVENT_TYPE_RCPT) {
+    auto path = ParsePathArgument(cmd.argument, "TO:", false);
+    event.mutable_recipient()->set_address(path->address);
+  }
+  Dispatch(spec, cmd, std::move(event), native);
+  if (spec->event == v1::EVENT_TYPE_MAIL && !mail_from_ && !pending_) {
+    transaction_id_.clear();  // refused at once
+  }
+}
+
+// DATA: only <CRLF>.<CRLF> ends the message. Lines are unstuffed and
+// streamed to the broker in chunks; a bare CR or LF, a line over the limit,
+// or a message over the size limit is read to its end and then refused.
+bool Session::ProcessData() {
+  while (true) {
+    const size_t lf = in_.find('\n');
+    if (lf == std::string::npos) {
+      if (in_.size() > limits_.max_text_line) {
+        // A line that long is refused anyway; keep memory bounded.
+        std::string piece = std::move(in_);
+        in_.clear();
+        DataLine(piece, false);
+      }
+      return false;
+    }
+    const std::string line = in_.substr(0, lf + 1);
+    in_.erase(0, lf + 1);
+    const bool crlf = lf > 0 ? line[lf - 1] == '\r' : last_char_ == '\r';
+    if (line_start_ && prev_crlf_ && line == ".\r\n") {
+      EndOfData();
+      return true;
+    }
+    DataLine(line, true);
+    prev_crlf_ = crlf;
+    if (!crlf) bad_line_ending_ = true;
+    if (mode_ != Mode::kData) return true;
+  }
+}
+
+void Session::DataLine(absl::string_view piece, bool complete) {
+  line_len_ += piece.size();
+  if (line_len_ > limits_.max_text_line) line_too_long_ = true;
+  // A CR anywhere but right before the line's LF is a bare CR.
+  const size_t body = complete ? piece.size() - 1 : piece.size();
+  for (size_t i = 0; i < body; ++i) {
+    if (piece[i] == '\r' && !(complete && i + 2 == piece.size())) {
+      bad_line_ending_ = true;
+    }
+  }
+  if (line_start_ && !piece.empty() && piece[0] == '.') piece.remove_prefix(1);
+  last_char_ = piece.empty() ? last_char_ : piece.back();
+  line_start_ = complete;
+  if (complete) line_len_ = 0;
+  message_size_ += piece.size();
+  if (message_size_ > limits_.max_message_size) too_big_ = true;
+  if (too_big_ || bad_line_ending_ || line_too_long_) {
+    chunk_.clear();  // refused at the end; stop sending content
+    return;
+  }
+  chunk_.append(piece.data(), piece.size());
+  if (chunk_.size() >= limits_.chunk_size) {
+    out_->SendData(transaction_id_, std::move(chunk_));
+    chunk_.clear();
+  }
+}
+
+void Session::EndOfData() {
+  mode_ = Mode::kCommand;
+  edge::Reply refusal;
+  if (too_big_) {
+    refusal = MakeReply(552, "5.3.4", "Error: message size exceeds limit");
+  } else if (bad_line_ending_) {
+    refusal = MakeReply(550, "5.6.0",
+                        "Error: bare CR or LF in message; lines must end "
+                        "with CRLF");
+  } else if (line_too_long_) {
+    refusal = MakeReply(550, "5.6.0",
+                        absl::StrCat("Error: message line longer than ",
+                                     limits_.max_text_line, " octets"));
+  }
+  if (refusal.code != 0) {
+    // The broker drops the content when the next transaction starts.
+    chunk_.clear();
+    ResetTransaction();
+    Reply(refusal);
+    return;
+  }
+  if (broker_lost_) {
+    chunk_.clear();
+    ResetTransaction();
+    Reply(MakeReply(451, "4.3.0",
+                    "Error: queue unavailable, message not accepted"));
+    return;
+  }
+  if (!chunk_.empty()) {
+    out_->SendData(transaction_id_, std::move(chunk_));
+    chunk_.clear();
+  }
+  const edge::Reply native = MakeReply(250, "2.0.0", "Ok");
+  v1::Event eod = MakeEvent(v1::EVENT_TYPE_EOD, Command{}, native);
+  eod.set_message_size(message_size_);
+  Dispatch(&kEod, Command{}, std::move(eod), native);
+}
+
+}  // namespace sinkline::edge

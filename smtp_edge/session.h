@@ -1,0 +1,129 @@
+// The SMTP session state machine, with no sockets: bytes in, replies and
+// broker events out. One static command table drives it (verb, event, check,
+// proceed); the broker round trip sits between check and proceed. While an
+// event waits for the broker, input is buffered, not read further.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "parser.h"
+#include "reply.h"
+#include "sinkline/v1/session.pb.h"
+
+namespace sinkline::edge {
+
+struct SessionLimits {
+  size_t max_line_length = 512;  // command line, with CRLF
+  size_t max_text_line = 1000;   // message line, with CRLF
+  uint64_t max_message_size = 52428800;
+  int max_recipients = 100;
+  size_t chunk_size = 64 * 1024;  // DataChunk size sent to the broker
+};
+
+// What the session asks of the world around it.
+class SessionOutput {
+ public:
+  virtual ~SessionOutput() = default;
+  // Bytes for the client (replies, in order).
+  virtual void Write(std::string bytes) = 0;
+  // An event for the broker; when !notify_only the session waits for
+  // OnResult() with the same sequence.
+  virtual void SendEvent(const v1::Event& event, bool notify_only) = 0;
+  // Message content for the broker.
+  virtual void SendData(const std::string& transaction_id,
+                        std::string chunk) = 0;
+  // Close the connection once written bytes are out.
+  virtual void Close() = 0;
+};
+
+class Session {
+ public:
+  Session(SessionLimits limits, v1::SessionInfo info, SessionOutput* out);
+
+  // Which events have bindings (from the broker); may change at any time.
+  void SetBindingMap(const v1::BindingMap& map);
+  // Sends the greeting (or the CONNECT event first, when bound).
+  void Start();
+  // Input from the client.
+  void Feed(absl::string_view bytes);
+  // The broker's answer to the pending event.
+  void OnResult(const v1::EventResult& result);
+  // The broker stream broke or timed out: the pending command gets 451,
+  // the next one 421, and the session closes. Never 250 without a broker.
+  void OnBrokerLost();
+
+  bool waiting() const { return pending_.has_value(); }
+  struct CommandSpec;
+  // What the pending event waits for: the command and its native reply.
+  struct Pending {
+    uint64_t sequence = 0;
+    const CommandSpec* spec = nullptr;
+    Command command;
+    edge::Reply native;
+  };
+  bool closed() const { return closed_; }
+  size_t buffered() const { return in_.size(); }
+  const std::string& state_name() const;
+  const v1::SessionInfo& info() const { return info_; }
+
+ private:
+  enum class Mode { kCommand, kData };
+
+  void Process();
+  void HandleLine(absl::string_view line);
+  void HandleCommand(const Command& cmd);
+  bool ProcessData();  // false: needs more input
+  void DataLine(absl::string_view piece, bool complete);
+  void EndOfData();
+  void ResetTransaction();
+  void Reply(const edge::Reply& r);
+  void CloseAfter(const edge::Reply& r);
+  bool Bound(v1::EventType type, const std::string& verb) const;
+  v1::Event MakeEvent(v1::EventType type, const Command& cmd,
+                      const edge::Reply& native);
+  void Dispatch(const CommandSpec* spec, const Command& cmd, v1::Event event,
+                const edge::Reply& native);
+  void Proceed(const Pending& p, const edge::Reply& resolved,
+               bool close_session);
+
+  // Checks and proceeds per verb.
+  friend struct CommandTable;
+
+  const SessionLimits limits_;
+  v1::SessionInfo info_;
+  SessionOutput* const out_;
+  v1::BindingMap bindings_;
+  std::vector<bool> bound_;  // by EventType
+
+  std::string in_;
+  Mode mode_ = Mode::kCommand;
+  bool discarding_line_ = false;  // a command line over the limit
+  bool closed_ = false;
+  bool started_ = false;
+  bool broker_lost_ = false;
+  uint64_t sequence_ = 0;
+  std::optional<Pending> pending_;
+
+  // The transaction: in one iff a sender is set.
+  std::optional<std::string> mail_from_;
+  std::vector<v1::EsmtpParam> mail_params_;
+  std::vector<v1::Recipient> recipients_;
+  std::string transaction_id_;
+
+  // DATA state.
+  std::string chunk_;
+  uint64_t message_size_ = 0;
+  bool line_start_ = true;
+  bool prev_crlf_ = true;
+  char last_char_ = '\n';
+  size_t line_len_ = 0;
+  bool bad_line_ending_ = false;
+  bool line_too_long_ = false;
+  bool too_big_ = false;
+};
+
+}  // namespace sinkline::edge
