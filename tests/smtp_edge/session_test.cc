@@ -1,0 +1,303 @@
+// The session state machine with strings in and replies out, against a fake
+// broker. Every transcript is also fed one byte at a time.
+#include "session.h"
+
+#include <gtest/gtest.h>
+
+#include <deque>
+
+#include "parser.h"
+
+namespace sinkline::edge {
+namespace {
+
+// Records what the session asks for; answers bound events like a broker
+// whose chains all continue (the native reply wins), unless told otherwise.
+class FakeWorld : public SessionOutput {
+ public:
+  void Write(std::string bytes) override { written += bytes; }
+  void SendEvent(const v1::Event& event, bool notify_only) override {
+    events.push_back(event);
+    notify.push_back(notify_only);
+    if (!notify_only) pending.push_back(event);
+  }
+  void SendData(const std::string& tx, std::string chunk) override {
+    data += chunk;
+    data_tx = tx;
+    chunks++;
+  }
+  void Close() override { closed = true; }
+
+  // Answers pending events: the native reply, or `override_reply` for the
+  // given type.
+  void AnswerAll(Session& s) {
+    while (!pending.empty()) {
+      v1::Event e = pending.front();
+      pending.pop_front();
+      v1::EventResult r;
+      r.set_sequence(e.sequence());
+      *r.mutable_reply() = e.native_reply();
+      if (e.type() == v1::EVENT_TYPE_EOD) {
+        r.mutable_reply()->clear_lines();
+        r.mutable_reply()->add_lines("Ok: queued as Q" +
+                                     std::to_string(++queued));
+      }
+      auto it = overrides.find(e.type());
+      if (it != overrides.end()) *r.mutable_reply() = it->second;
+      s.OnResult(r);
+    }
+  }
+
+  std::string written;
+  std::vector<v1::Event> events;
+  std::vector<bool> notify;
+  std::deque<v1::Event> pending;
+  std::map<int, v1::Reply> overrides;
+  std::string data;
+  std::string data_tx;
+  int chunks = 0;
+  int queued = 0;
+  bool closed = false;
+};
+
+struct Transcript {
+  const char* name;
+  std::string input;
+  std::string output;  // everything the client reads, greeting excluded
+  std::vector<v1::EventType> bound = {};
+};
+
+std::string Play(const Transcript& t, bool byte_at_a_time, FakeWorld& w,
+                 SessionLimits limits = {}) {
+  v1::SessionInfo info;
+  info.set_server_hostname("mx.example.test");
+  Session s(limits, info, &w);
+  v1::BindingMap map;
+  for (auto e : t.bound) map.add_events(e);
+  s.SetBindingMap(map);
+  s.Start();
+  w.AnswerAll(s);
+  w.written.clear();
+  if (byte_at_a_time) {
+    for (char c : t.input) {
+      s.Feed(absl::string_view(&c, 1));
+      w.AnswerAll(s);
+    }
+  } else {
+    s.Feed(t.input);
+    w.AnswerAll(s);
+  }
+  return w.written;
+}
+
+const std::string kEhloReply =
+    "250-mx.example.test Hello c.example\r\n250-PIPELINING\r\n"
+    "250-SIZE 52428800\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n";
+
+std::vector<Transcript> Transcripts() {
+  const std::string long_line(998, 'x');
+  return {
+      {"ehlo", "EHLO c.example\r\n", kEhloReply},
+      {"helo", "HELO c.example\r\n", "250 mx.example.test\r\n"},
+      {"helo needs a name", "HELO\r\n", "501 5.5.4 Syntax: HELO hostname\r\n"},
+      {"mail before helo", "MAIL FROM:<a@b.example>\r\n",
+       "503 5.5.1 Error: send HELO/EHLO first\r\n"},
+      {"full transaction pipelined",
+       "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT "
+       "TO:<c@d.example>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+       kEhloReply +
+           "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with "
+           "<CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as Q1\r\n221 2.0.0 "
+           "Bye\r\n"},
+      {"rcpt before mail", "HELO c\r\nRCPT TO:<c@d.example>\r\n",
+       "250 mx.example.test\r\n503 5.5.1 Error: need MAIL command\r\n"},
+      {"data without recipients", "HELO c\r\nMAIL FROM:<>\r\nDATA\r\n",
+       "250 mx.example.test\r\n250 2.1.0 Ok\r\n554 5.5.1 Error: no valid "
+       "recipients\r\n"},
+      {"nested mail", "HELO c\r\nMAIL FROM:<a@b.c>\r\nMAIL FROM:<a@b.c>\r\n",
+       "250 mx.example.test\r\n250 2.1.0 Ok\r\n503 5.5.1 Error: nested MAIL "
+       "command\r\n"},
+      {"bad paths",
+       "HELO c\r\nMAIL FROM:a@b.c\r\nMAIL FROM:<a b@c.d>\r\nMAIL "
+       "FROM:<a@b.c>\r\nRCPT TO:<>\r\nRCPT TO:<nodomain>\r\n",
+       "250 mx.example.test\r\n501 5.5.4 Syntax error: address must be in "
+       "<>\r\n501 5.1.7 Bad sender address syntax\r\n250 2.1.0 Ok\r\n501 "
+       "5.5.4 Null address not allowed here\r\n501 5.1.3 Bad recipient "
+       "address syntax\r\n"},
+      {"size too big", "HELO c\r\nMAIL FROM:<a@b.c> SIZE=99999999999\r\n",
+       "250 mx.example.test\r\n552 5.3.4 Message size exceeds fixed "
+       "limit\r\n"},
+      {"rset noop vrfy help", "RSET\r\nNOOP\r\nVRFY bob\r\nHELP\r\n",
+       "250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n252 2.5.0 Cannot VRFY user, but will "
+       "accept message and attempt delivery\r\n214 2.0.0 Commands: EHLO HELO "
+       "MAIL RCPT DATA RSET NOOP VRFY HELP QUIT\r\n"},
+      {"unknown verb", "XYZZY\r\n",
+       "500 5.5.2 Error: command not recognized\r\n"},
+      {"bare LF command", "NOOP\n",
+       "500 5.5.2 Error: bare LF in command; "
+       "lines must end with CRLF\r\n"},
+      {"bare CR command", "NO\rOP\r\n",
+       "500 5.5.2 Error: bare CR in command; "
+       "lines must end with CRLF\r\n"},
+      {"command line too long", std::string(600, 'A') + "\r\nNOOP\r\n",
+       "500 5.5.2 Error: line too long\r\n250 2.0.0 Ok\r\n"},
+      {"bare LF in data is refused after the real end",
+       "HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<c@d.e>\r\nDATA\r\nx\n.\nstill "
+       "data\r\n.\r\nNOOP\r\n",
+       "250 mx.example.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data "
+       "with <CR><LF>.<CR><LF>\r\n550 5.6.0 Error: bare CR or LF in message; "
+       "lines must end with CRLF\r\n250 2.0.0 Ok\r\n"},
+      {"998-octet line passes, 999 does not",
+       "HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<c@d.e>\r\nDATA\r\n" +
+           long_line +
+           "\r\n.\r\nMAIL FROM:<a@b.c>\r\nRCPT "
+           "TO:<c@d.e>\r\nDATA\r\n" +
+           long_line + "x\r\n.\r\n",
+       "250 mx.example.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data "
+       "with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as Q1\r\n250 2.1.0 "
+       "Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n550 "
+       "5.6.0 Error: message line longer than 1000 octets\r\n"},
+      {"quit closes", "QUIT\r\nNOOP\r\n", "221 2.0.0 Bye\r\n"},
+  };
+}
+
+class SessionTranscript : public ::testing::TestWithParam<bool> {};
+
+TEST_P(SessionTranscript, Table) {
+  for (const auto& t : Transcripts()) {
+    FakeWorld w;
+    EXPECT_EQ(Play(t, GetParam(), w), t.output) << t.name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(WholeAndByteAtATime, SessionTranscript,
+                         ::testing::Bool());
+
+TEST(Session, GreetingAndConnectEventNotifyOnlyWhenUnbound) {
+  FakeWorld w;
+  v1::SessionInfo info;
+  info.set_server_hostname("mx.example.test");
+  Session s({}, info, &w);
+  s.SetBindingMap({});
+  s.Start();
+  EXPECT_EQ(w.written, "220 mx.example.test ESMTP Sinkline\r\n");
+  ASSERT_EQ(w.events.size(), 1u);
+  EXPECT_EQ(w.events[0].type(), v1::EVENT_TYPE_CONNECT);
+  EXPECT_TRUE(w.notify[0]);
+}
+
+TEST(Session, DotUnstuffingAndExactContent) {
+  for (bool bytewise : {false, true}) {
+    FakeWorld w;
+    Transcript t{"content",
+                 "HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<c@d.e>\r\nDATA\r\n"
+                 "Subject: s\r\n\r\n.leading dot\r\n..two\r\n.\r\n",
+                 ""};
+    Play(t, bytewise, w);
+    EXPECT_EQ(w.data, "Subject: s\r\n\r\nleading dot\r\n.two\r\n");
+    const v1::Event& eod = w.events.back();
+    EXPECT_EQ(eod.type(), v1::EVENT_TYPE_EOD);
+    EXPECT_EQ(eod.message_size(), w.data.size());
+    EXPECT_EQ(eod.envelope().mail_from(), "a@b.c");
+    ASSERT_EQ(eod.envelope().recipients_size(), 1);
+    EXPECT_EQ(eod.envelope().recipients(0).address(), "c@d.e");
+    EXPECT_FALSE(eod.transaction_id().empty());
+    EXPECT_EQ(w.data_tx, eod.transaction_id());
+  }
+}
+
+TEST(Session, LargeMessageGoesInBoundedChunks) {
+  FakeWorld w;
+  std::string body;
+  for (int i = 0; i < 5000; ++i)
+    body += "line of text number " + std::to_string(i) + "\r\n";
+  Transcript t{"big",
+               "HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<c@d.e>\r\nDATA\r\n" +
+                   body + ".\r\n",
+               ""};
+  Play(t, false, w);
+  EXPECT_EQ(w.data, body);
+  EXPECT_GT(w.chunks, 1);
+}
+
+TEST(Session, SmugglingSequencesNeverEndData) {
+  const char* tricks[] = {"\n.\n",   "\n.\r\n", "\r.\r",
+                          "\r\n.\n", "\r\n.\r", "\r.\r\n"};
+  for (const char* trick : tricks) {
+    for (bool bytewise : {false, true}) {
+      FakeWorld w;
+      Transcript t{"smuggle",
+                   std::string("HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT "
+                               "TO:<c@d.e>\r\nDATA\r\nhead") +
+                       trick +
+                       "MAIL FROM:<evil@x.y>\r\nRCPT TO:<v@w.x>\r\nDATA\r\n"
+                       "smuggled\r\n.\r\n",
+                   ""};
+      const std::string out = Play(t, bytewise, w);
+      // One DATA, one end: the smuggled commands are content, and the
+      // message is refused for its bare line endings.
+      EXPECT_NE(out.find("550 5.6.0"), std::string::npos) << trick;
+      EXPECT_EQ(out.find("2.1.0 Ok\r\n250 2.1.0"), std::string::npos);
+      for (const auto& e : w.events) {
+        EXPECT_NE(e.type(), v1::EVENT_TYPE_EOD) << trick;
+      }
+    }
+  }
+}
+
+TEST(Session, SinkRefusalOfOneRecipient) {
+  FakeWorld w;
+  v1::Reply no;
+  no.set_code(550);
+  no.set_enhanced_code("5.1.1");
+  no.add_lines("no such user");
+  w.overrides[v1::EVENT_TYPE_RCPT] = no;
+  Transcript t{"refused",
+               "HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@d.e>\r\nDATA\r\n",
+               "250 mx.example.test\r\n250 2.1.0 Ok\r\n550 5.1.1 no such "
+               "user\r\n554 5.5.1 Error: no valid recipients\r\n",
+               {v1::EVENT_TYPE_RCPT}};
+  EXPECT_EQ(Play(t, false, w), t.output);
+  EXPECT_FALSE(w.notify[3]);  // RCPT waited for the broker
+}
+
+TEST(Session, BrokerLostAnswers451Then421) {
+  FakeWorld w;
+  v1::SessionInfo info;
+  info.set_server_hostname("mx.example.test");
+  Session s({}, info, &w);
+  s.SetBindingMap({});
+  s.Start();
+  s.Feed(
+      "HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<c@d.e>\r\nDATA\r\nx\r\n.\r\n");
+  ASSERT_TRUE(s.waiting());  // EOD always waits for COMMIT
+  w.written.clear();
+  s.OnBrokerLost();
+  EXPECT_EQ(w.written,
+            "451 4.3.0 Error: queue unavailable, message not accepted\r\n");
+  s.Feed("NOOP\r\n");
+  EXPECT_EQ(w.written.substr(w.written.find("\r\n") + 2),
+            "421 4.3.0 mx.example.test Service not available, closing "
+            "transmission channel\r\n");
+  EXPECT_TRUE(w.closed);
+}
+
+TEST(Parser, Paths) {
+  auto p =
+      ParsePathArgument("FROM:<a@b.c> BODY=8BITMIME size=10", "FROM:", true);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->address, "a@b.c");
+  ASSERT_EQ(p->params.size(), 2u);
+  EXPECT_EQ(p->params[1].first, "SIZE");
+  EXPECT_EQ(p->params[1].second, "10");
+  EXPECT_TRUE(ParsePathArgument("from: <>", "FROM:", true).ok());
+  EXPECT_EQ(ParsePathArgument("TO:<@relay.x:u@d.e>", "TO:", false)->address,
+            "u@d.e");
+  EXPECT_FALSE(ParsePathArgument("TO:<u@d.e", "TO:", false).ok());
+  EXPECT_FALSE(ParsePathArgument("TO:<u@d.e>junk", "TO:", false).ok());
+  EXPECT_EQ(ParseCommand("mail FROM:<x>").verb, "MAIL");
+  EXPECT_EQ(ParseCommand("QUIT").argument, "");
+}
+
+}  // namespace
+}  // namespace sinkline::edge
