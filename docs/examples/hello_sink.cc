@@ -1,5 +1,5 @@
 // A complete Sinkline sink: it refuses one recipient, tags every message,
-// and greets custom XHELLO commands. Build it like sinks/stamp (link
+// and answers the custom XSTATUS command. Build it like sinks/stamp (link
 // sinkline_sink_sdk) and bind it in the broker's bindings file.
 #include "sinkline/sdk/sink.h"
 
@@ -19,10 +19,10 @@ class HelloSink : public sdk::Sink {
     if (ctx.can_write()) ctx.AddHeader("X-Hello", "checked by hello-sink");
   }
 
-  // Custom verbs (bind the verb, e.g. event: XHELLO): answer them.
+  // Custom verbs (bind the verb, e.g. event: XSTATUS): answer them.
   void OnOther(sdk::EventContext& ctx) override {
-    if (ctx.event().verb() == "XHELLO") {
-      ctx.Consume(250, "2.0.0", "Hello from a sink");
+    if (ctx.event().verb() == "XSTATUS") {
+      ctx.Consume(250, "2.0.0", "Status: all sinks fine");
     }
   }
 };

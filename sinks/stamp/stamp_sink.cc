@@ -9,7 +9,12 @@ void StampSink::Stamp(sdk::EventContext& ctx) {
   if (!ctx.can_write()) return;
   const std::string& id =
       ctx.queue_id().empty() ? ctx.event().transaction_id() : ctx.queue_id();
-  ctx.AddHeader(header_, absl::StrCat(name_, "; ", id));
+  const std::string value = absl::StrCat(name_, "; ", id);
+  if (append_) {
+    ctx.AppendHeader(header_, value);
+  } else {
+    ctx.AddHeader(header_, value);
+  }
 }
 
 }  // namespace sinkline::sinks

@@ -12,8 +12,9 @@ namespace sinkline::sinks {
 
 class StampSink final : public sdk::Sink {
  public:
-  StampSink(std::string name, std::string header)
-      : name_(std::move(name)), header_(std::move(header)) {}
+  // `append`: add the header after the last field instead of at the top.
+  StampSink(std::string name, std::string header, bool append = false)
+      : name_(std::move(name)), header_(std::move(header)), append_(append) {}
 
   void OnEod(sdk::EventContext& ctx) override { Stamp(ctx); }
   void OnOther(sdk::EventContext& ctx) override { Stamp(ctx); }
@@ -23,6 +24,7 @@ class StampSink final : public sdk::Sink {
 
   const std::string name_;
   const std::string header_;
+  const bool append_;
 };
 
 }  // namespace sinkline::sinks

@@ -16,7 +16,7 @@ class SdkExampleTest(StackTestCase):
         self.stack.write_config([
             {"name": "hello-rcpt", "sink": "hello", "event": "RCPT",
              "priority": 100, "failure_policy": "tempfail"},
-            {"name": "hello-xhello", "sink": "hello", "event": "XHELLO",
+            {"name": "hello-xstatus", "sink": "hello", "event": "XSTATUS",
              "failure_policy": "tempfail"},
         ])
         self.stack.start_broker()
@@ -43,8 +43,8 @@ class SdkExampleTest(StackTestCase):
         conn = RawSmtp(self.stack.edge.port)
         self.assertEqual(conn.reply()[0], 220)
         self.assertEqual(conn.cmd("EHLO client.example.net")[0], 250)
-        self.assertEqual(conn.cmd("XHELLO"),
-                         (250, ["250 2.0.0 Hello from a sink"]))
+        self.assertEqual(conn.cmd("XSTATUS"),
+                         (250, ["250 2.0.0 Status: all sinks fine"]))
         # A verb nobody binds is still unknown.
         code, lines = conn.cmd("XNOBODY")
         self.assertEqual(code, 500, lines)

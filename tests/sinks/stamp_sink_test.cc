@@ -55,5 +55,17 @@ TEST(StampSink, NoEditWithoutWriteAccess) {
   EXPECT_EQ(v.content_edits_size(), 0);
 }
 
+TEST(StampSink, AppendsAfterTheLastField) {
+  StampSink sink("t1", "X-Trace", /*append=*/true);
+  SinkRequest req;
+  req.mutable_lease()->set_access(CONTENT_ACCESS_READ_WRITE);
+  req.mutable_event()->set_type(sinkline::v1::EVENT_TYPE_EOD);
+  req.mutable_event()->set_queue_id("Q9");
+  auto v = Dispatch(sink, req);
+  ASSERT_EQ(v.content_edits_size(), 1);
+  EXPECT_TRUE(v.content_edits(0).add_header().position().append());
+  EXPECT_EQ(v.content_edits(0).add_header().value(), "t1; Q9");
+}
+
 }  // namespace
 }  // namespace sinkline::sinks
