@@ -34,17 +34,17 @@ class SessionState;
 
 // Channels to sinks, one per target, created once and reused.
 class SinkChannels {
-public:
+ public:
   std::shared_ptr<v1::Sink::Stub> Stub(const std::string &target);
 
-private:
+ private:
   absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<v1::Sink::Stub>>
-      stubs_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<v1::Sink::Stub>> stubs_
+      ABSL_GUARDED_BY(mu_);
 };
 
 class Broker {
-public:
+ public:
   Broker(BrokerOptions options, Config config,
          std::unique_ptr<QueueBackend> queue);
   ~Broker();
@@ -73,7 +73,7 @@ public:
   void Register(const std::shared_ptr<SessionState> &s);
   void Unregister(SessionState *s);
 
-private:
+ private:
   class SessionServiceImpl;
   class AdminServiceImpl;
 
@@ -83,8 +83,8 @@ private:
   std::unique_ptr<QueueBackend> queue_;
   mutable absl::Mutex mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);
-  std::map<SessionState *, std::weak_ptr<SessionState>>
-      sessions_ ABSL_GUARDED_BY(mu_);
+  std::map<SessionState *, std::weak_ptr<SessionState>> sessions_
+      ABSL_GUARDED_BY(mu_);
   std::unique_ptr<SessionServiceImpl> session_service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;
 };
@@ -103,4 +103,4 @@ bool ApplyEnvelopeEdits(
     const google::protobuf::RepeatedPtrField<v1::EnvelopeEdit> &edits,
     v1::Envelope &envelope);
 
-} // namespace sinkline::broker
+}  // namespace sinkline::broker

@@ -31,8 +31,7 @@ struct Ctx {
 absl::Status CheckKeys(const Ctx &ctx, const YAML::Node &map,
                        const std::set<std::string> &allowed,
                        const std::string &where) {
-  if (!map.IsMap())
-    return ctx.Error(map, where + " must be a mapping");
+  if (!map.IsMap()) return ctx.Error(map, where + " must be a mapping");
   for (const auto &kv : map) {
     const std::string key = kv.first.Scalar();
     if (!allowed.count(key)) {
@@ -51,12 +50,10 @@ absl::StatusOr<std::string> String(const Ctx &ctx, const YAML::Node &map,
                                    const std::string &def = "") {
   const YAML::Node n = map[key];
   if (!n) {
-    if (required)
-      return ctx.Error(map, "missing '" + key + "'");
+    if (required) return ctx.Error(map, "missing '" + key + "'");
     return def;
   }
-  if (!n.IsScalar())
-    return ctx.Error(n, "'" + key + "' must be a string");
+  if (!n.IsScalar()) return ctx.Error(n, "'" + key + "' must be a string");
   return n.Scalar();
 }
 
@@ -64,8 +61,7 @@ absl::StatusOr<uint32_t> Number(const Ctx &ctx, const YAML::Node &map,
                                 const std::string &key, uint32_t def,
                                 uint32_t min, uint32_t max) {
   const YAML::Node n = map[key];
-  if (!n)
-    return def;
+  if (!n) return def;
   long long v = 0;
   if (!n.IsScalar() || !YAML::convert<long long>::decode(n, v)) {
     return ctx.Error(n, "'" + key + "' must be a whole number");
@@ -79,8 +75,7 @@ absl::StatusOr<uint32_t> Number(const Ctx &ctx, const YAML::Node &map,
 absl::StatusOr<bool> Bool(const Ctx &ctx, const YAML::Node &map,
                           const std::string &key, bool def) {
   const YAML::Node n = map[key];
-  if (!n)
-    return def;
+  if (!n) return def;
   bool v = false;
   if (!n.IsScalar() || !YAML::convert<bool>::decode(n, v)) {
     return ctx.Error(n, "'" + key + "' must be true or false");
@@ -88,20 +83,18 @@ absl::StatusOr<bool> Bool(const Ctx &ctx, const YAML::Node &map,
   return v;
 }
 
-} // namespace
+}  // namespace
 
 std::string EventName(v1::EventType type) {
   std::string name = v1::EventType_Name(type);
   constexpr absl::string_view kPrefix = "EVENT_TYPE_";
-  if (absl::StartsWith(name, kPrefix))
-    name = name.substr(kPrefix.size());
+  if (absl::StartsWith(name, kPrefix)) name = name.substr(kPrefix.size());
   return name;
 }
 
 absl::StatusOr<EventSelector> ParseEventName(const std::string &raw) {
   const std::string name = absl::AsciiStrToUpper(raw);
-  if (name.empty())
-    return absl::InvalidArgumentError("empty event name");
+  if (name.empty()) return absl::InvalidArgumentError("empty event name");
   v1::EventType type;
   if (v1::EventType_Parse("EVENT_TYPE_" + name, &type) &&
       type != v1::EVENT_TYPE_UNSPECIFIED && type != v1::EVENT_TYPE_UNKNOWN) {
@@ -131,28 +124,23 @@ absl::StatusOr<Config> ParseConfig(const std::string &text,
         filename, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
   }
   Config config;
-  if (!root || root.IsNull())
-    return config;
+  if (!root || root.IsNull()) return config;
   if (auto st = CheckKeys(ctx, root, {"sinks", "bindings"}, "the file");
       !st.ok()) {
     return st;
   }
   std::set<std::string> sink_names;
   if (const YAML::Node sinks = root["sinks"]; sinks && !sinks.IsNull()) {
-    if (!sinks.IsSequence())
-      return ctx.Error(sinks, "'sinks' must be a list");
+    if (!sinks.IsSequence()) return ctx.Error(sinks, "'sinks' must be a list");
     for (const auto &s : sinks) {
       if (auto st = CheckKeys(ctx, s, {"name", "target"}, "a sink"); !st.ok())
         return st;
       SinkConfig sink;
       auto name = String(ctx, s, "name", true);
-      if (!name.ok())
-        return name.status();
+      if (!name.ok()) return name.status();
       auto target = String(ctx, s, "target", true);
-      if (!target.ok())
-        return target.status();
-      if (name->empty())
-        return ctx.Error(s["name"], "sink name is empty");
+      if (!target.ok()) return target.status();
+      if (name->empty()) return ctx.Error(s["name"], "sink name is empty");
       if (!sink_names.insert(*name).second) {
         return ctx.Error(s["name"], "duplicate sink '" + *name + "'");
       }
@@ -168,52 +156,45 @@ absl::StatusOr<Config> ParseConfig(const std::string &text,
       return ctx.Error(bindings, "'bindings' must be a list");
     }
     for (const auto &b : bindings) {
-      if (auto st = CheckKeys(ctx, b,
-                              {"name", "sink", "event", "priority", "rule",
-                               "deadline_ms", "failure_policy",
-                               "content_access", "enabled", "expiry_policy"},
-                              "a binding");
+      if (auto st = CheckKeys(
+              ctx, b,
+              {"name", "sink", "event", "priority", "rule", "deadline_ms",
+               "failure_policy", "content_access", "enabled", "expiry_policy"},
+              "a binding");
           !st.ok()) {
         return st;
       }
       BindingConfig bc;
       v1::Binding &spec = bc.spec;
       auto name = String(ctx, b, "name", true);
-      if (!name.ok())
-        return name.status();
-      if (name->empty())
-        return ctx.Error(b["name"], "binding name is empty");
+      if (!name.ok()) return name.status();
+      if (name->empty()) return ctx.Error(b["name"], "binding name is empty");
       if (!binding_names.insert(*name).second) {
         return ctx.Error(b["name"], "duplicate binding '" + *name + "'");
       }
       spec.set_name(*name);
       auto sink = String(ctx, b, "sink", true);
-      if (!sink.ok())
-        return sink.status();
+      if (!sink.ok()) return sink.status();
       if (!sink_names.count(*sink)) {
         return ctx.Error(b["sink"], "unknown sink '" + *sink + "'");
       }
       spec.set_sink(*sink);
       auto event = String(ctx, b, "event", true);
-      if (!event.ok())
-        return event.status();
+      if (!event.ok()) return event.status();
       auto sel = ParseEventName(*event);
       if (!sel.ok())
         return ctx.Error(b["event"], std::string(sel.status().message()));
       spec.set_event(sel->type);
       spec.set_verb(sel->verb);
       auto prio = Number(ctx, b, "priority", kNativePriority, 0, kMaxPriority);
-      if (!prio.ok())
-        return prio.status();
+      if (!prio.ok()) return prio.status();
       spec.set_priority(*prio);
       auto deadline =
           Number(ctx, b, "deadline_ms", kDefaultDeadlineMs, 1, 600000);
-      if (!deadline.ok())
-        return deadline.status();
+      if (!deadline.ok()) return deadline.status();
       spec.set_deadline_ms(*deadline);
       auto rule = String(ctx, b, "rule", false);
-      if (!rule.ok())
-        return rule.status();
+      if (!rule.ok()) return rule.status();
       auto parsed = Rule::Parse(*rule);
       if (!parsed.ok()) {
         return ctx.Error(b["rule"], std::string(parsed.status().message()));
@@ -221,8 +202,7 @@ absl::StatusOr<Config> ParseConfig(const std::string &text,
       bc.rule = std::move(*parsed);
       spec.set_rule(*rule);
       auto policy = String(ctx, b, "failure_policy", false, "tempfail");
-      if (!policy.ok())
-        return policy.status();
+      if (!policy.ok()) return policy.status();
       if (*policy == "continue") {
         spec.set_failure_policy(v1::FAILURE_POLICY_CONTINUE);
       } else if (*policy == "tempfail") {
@@ -234,8 +214,7 @@ absl::StatusOr<Config> ParseConfig(const std::string &text,
                          "failure_policy must be continue, tempfail or reject");
       }
       auto access = String(ctx, b, "content_access", false, "none");
-      if (!access.ok())
-        return access.status();
+      if (!access.ok()) return access.status();
       if (*access == "none") {
         spec.set_content_access(v1::CONTENT_ACCESS_NONE);
       } else if (*access == "read") {
@@ -247,8 +226,7 @@ absl::StatusOr<Config> ParseConfig(const std::string &text,
                          "content_access must be none, read or read-write");
       }
       auto expiry = String(ctx, b, "expiry_policy", false, "release");
-      if (!expiry.ok())
-        return expiry.status();
+      if (!expiry.ok()) return expiry.status();
       if (*expiry == "release") {
         spec.set_expiry_policy(v1::EXPIRY_POLICY_RELEASE);
       } else if (*expiry == "hold") {
@@ -258,8 +236,7 @@ absl::StatusOr<Config> ParseConfig(const std::string &text,
                          "expiry_policy must be release or hold");
       }
       auto enabled = Bool(ctx, b, "enabled", true);
-      if (!enabled.ok())
-        return enabled.status();
+      if (!enabled.ok()) return enabled.status();
       spec.set_enabled(*enabled);
       spec.set_origin("file");
       config.bindings.push_back(std::move(bc));
@@ -278,26 +255,24 @@ absl::StatusOr<Config> ParseConfig(const std::string &text,
 
 absl::StatusOr<Config> LoadConfig(const std::string &path) {
   std::ifstream in(path);
-  if (!in)
-    return absl::NotFoundError(path + ": cannot open");
+  if (!in) return absl::NotFoundError(path + ": cannot open");
   std::stringstream ss;
   ss << in.rdbuf();
   return ParseConfig(ss.str(), path);
 }
 
-std::vector<const BindingConfig *>
-Config::ChainFor(const v1::Event &event) const {
+std::vector<const BindingConfig *> Config::ChainFor(
+    const v1::Event &event) const {
   std::vector<const BindingConfig *> out;
   for (const auto &b : bindings) {
-    if (!b.spec.enabled() || b.spec.event() != event.type())
-      continue;
+    if (!b.spec.enabled() || b.spec.event() != event.type()) continue;
     if (event.type() == v1::EVENT_TYPE_UNKNOWN &&
         b.spec.verb() != absl::AsciiStrToUpper(event.verb())) {
       continue;
     }
     out.push_back(&b);
   }
-  return out; // already in (priority, name) order
+  return out;  // already in (priority, name) order
 }
 
 v1::BindingMap Config::MakeBindingMap() const {
@@ -305,27 +280,23 @@ v1::BindingMap Config::MakeBindingMap() const {
   std::set<int> events;
   std::set<std::string> verbs;
   for (const auto &b : bindings) {
-    if (!b.spec.enabled())
-      continue;
+    if (!b.spec.enabled()) continue;
     if (b.spec.event() == v1::EVENT_TYPE_UNKNOWN) {
       verbs.insert(b.spec.verb());
     } else {
       events.insert(b.spec.event());
     }
   }
-  for (int e : events)
-    map.add_events(static_cast<v1::EventType>(e));
-  for (const auto &v : verbs)
-    map.add_verbs(v);
+  for (int e : events) map.add_events(static_cast<v1::EventType>(e));
+  for (const auto &v : verbs) map.add_verbs(v);
   return map;
 }
 
 const SinkConfig *Config::FindSink(const std::string &name) const {
   for (const auto &s : sinks) {
-    if (s.name == name)
-      return &s;
+    if (s.name == name) return &s;
   }
   return nullptr;
 }
 
-} // namespace sinkline::broker
+}  // namespace sinkline::broker

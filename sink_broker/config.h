@@ -24,7 +24,7 @@ struct SinkConfig {
 };
 
 struct BindingConfig {
-  v1::Binding spec; // as the Admin service shows it
+  v1::Binding spec;  // as the Admin service shows it
   Rule rule;
 };
 
@@ -56,4 +56,4 @@ absl::StatusOr<EventSelector> ParseEventName(const std::string &name);
 // EVENT_TYPE_EOD -> "EOD".
 std::string EventName(v1::EventType type);
 
-} // namespace sinkline::broker
+}  // namespace sinkline::broker

@@ -14,8 +14,8 @@ namespace sinkline::broker {
 
 // One header field as it stands: the raw bytes of all its lines, with CRLF.
 struct HeaderField {
-  std::string name; // as written
-  std::string raw;  // "Name: value\r\n" including continuation lines
+  std::string name;  // as written
+  std::string raw;   // "Name: value\r\n" including continuation lines
 };
 
 struct ParsedHeader {
@@ -37,16 +37,16 @@ absl::Status ValidateEdit(const sinkline::v1::ContentEdit &edit);
 
 // Applies `edits` in order to the header in memory; body edits are returned
 // through `new_body` (the last ReplaceBody wins).
-absl::Status
-ApplyHeaderEdits(const std::vector<sinkline::v1::ContentEdit> &edits,
-                 ParsedHeader &header, const std::string **new_body);
+absl::Status ApplyHeaderEdits(
+    const std::vector<sinkline::v1::ContentEdit> &edits, ParsedHeader &header,
+    const std::string **new_body);
 
 // Rewrites the message at `in_path` into `out_path` with `edits` applied,
 // fsyncs it, and returns its size. The header block is read whole (at most
 // `max_header_bytes`); the body is streamed.
-absl::StatusOr<uint64_t>
-RewriteMessage(const std::string &in_path, const std::string &out_path,
-               const std::vector<sinkline::v1::ContentEdit> &edits,
-               size_t max_header_bytes = 1 << 20);
+absl::StatusOr<uint64_t> RewriteMessage(
+    const std::string &in_path, const std::string &out_path,
+    const std::vector<sinkline::v1::ContentEdit> &edits,
+    size_t max_header_bytes = 1 << 20);
 
-} // namespace sinkline::broker
+}  // namespace sinkline::broker

@@ -20,10 +20,8 @@ absl::Status RuleError(size_t pos, absl::string_view what) {
 
 // [begin, end) of `s` without surrounding blanks.
 void Trim(absl::string_view s, size_t &begin, size_t &end) {
-  while (begin < end && absl::ascii_isspace(s[begin]))
-    ++begin;
-  while (end > begin && absl::ascii_isspace(s[end - 1]))
-    --end;
+  while (begin < end && absl::ascii_isspace(s[begin])) ++begin;
+  while (end > begin && absl::ascii_isspace(s[end - 1])) --end;
 }
 
 bool ParseIp(absl::string_view text, unsigned char out[16]) {
@@ -48,13 +46,12 @@ bool InBlock(const Rule::Cidr &block, const unsigned char addr[16]) {
   for (int i = 0; i < 16 && bits > 0; ++i, bits -= 8) {
     unsigned char mask =
         bits >= 8 ? 0xff : static_cast<unsigned char>(0xff << (8 - bits));
-    if ((addr[i] & mask) != (block.addr[i] & mask))
-      return false;
+    if ((addr[i] & mask) != (block.addr[i] & mask)) return false;
   }
   return true;
 }
 
-} // namespace
+}  // namespace
 
 bool GlobMatch(absl::string_view pattern, absl::string_view text) {
   size_t p = 0, t = 0;
@@ -74,8 +71,7 @@ bool GlobMatch(absl::string_view pattern, absl::string_view text) {
       return false;
     }
   }
-  while (p < pattern.size() && pattern[p] == '*')
-    ++p;
+  while (p < pattern.size() && pattern[p] == '*') ++p;
   return p == pattern.size();
 }
 
@@ -85,8 +81,7 @@ absl::StatusOr<Rule> Rule::Parse(absl::string_view text) {
   size_t seg_begin = 0;
   while (seg_begin <= text.size()) {
     size_t seg_end = text.find(';', seg_begin);
-    if (seg_end == absl::string_view::npos)
-      seg_end = text.size();
+    if (seg_end == absl::string_view::npos) seg_end = text.size();
     size_t b = seg_begin, e = seg_end;
     Trim(text, b, e);
     const bool last = seg_end == text.size();
@@ -114,8 +109,7 @@ absl::StatusOr<Rule> Rule::Parse(absl::string_view text) {
     std::string key;
     for (char c : seg.substr(kb, ke - kb)) {
       if (absl::ascii_isspace(c)) {
-        if (!key.empty() && key.back() != ' ')
-          key.push_back(' ');
+        if (!key.empty() && key.back() != ' ') key.push_back(' ');
       } else {
         key.push_back(absl::ascii_tolower(c));
       }
@@ -139,27 +133,23 @@ absl::StatusOr<Rule> Rule::Parse(absl::string_view text) {
     size_t vb = eq + 1;
     while (true) {
       size_t ve = seg.find(',', vb);
-      if (ve == absl::string_view::npos)
-        ve = seg.size();
+      if (ve == absl::string_view::npos) ve = seg.size();
       size_t pb = vb, pe = ve;
       Trim(seg, pb, pe);
-      if (pb == pe)
-        return RuleError(b + pb, "empty value");
+      if (pb == pe) return RuleError(b + pb, "empty value");
       absl::string_view value = seg.substr(pb, pe - pb);
       if (cond.key == Key::kClient) {
         Cidr block;
         absl::string_view ip = value;
         size_t slash = value.find('/');
         int max_prefix = 128;
-        if (slash != absl::string_view::npos)
-          ip = value.substr(0, slash);
+        if (slash != absl::string_view::npos) ip = value.substr(0, slash);
         if (!ParseIp(ip, block.addr)) {
           return RuleError(b + pb,
                            absl::StrCat("'", ip, "' is not an IP address"));
         }
         const bool v4 = ip.find(':') == absl::string_view::npos;
-        if (v4)
-          max_prefix = 32;
+        if (v4) max_prefix = 32;
         int prefix = max_prefix;
         if (slash != absl::string_view::npos &&
             (!absl::SimpleAtoi(value.substr(slash + 1), &prefix) ||
@@ -173,13 +163,11 @@ absl::StatusOr<Rule> Rule::Parse(absl::string_view text) {
       } else {
         cond.patterns.push_back(absl::AsciiStrToLower(value));
       }
-      if (ve == seg.size())
-        break;
+      if (ve == seg.size()) break;
       vb = ve + 1;
     }
     rule.conditions_.push_back(std::move(cond));
-    if (last)
-      break;
+    if (last) break;
     seg_begin = seg_end + 1;
   }
   return rule;
@@ -189,57 +177,55 @@ namespace {
 
 bool AnyPattern(const Rule::Condition &c, absl::string_view value) {
   for (const auto &p : c.patterns) {
-    if (p == "<>" ? value.empty() : GlobMatch(p, value))
-      return true;
+    if (p == "<>" ? value.empty() : GlobMatch(p, value)) return true;
   }
   return false;
 }
 
-} // namespace
+}  // namespace
 
 bool Rule::Matches(const sinkline::v1::Event &event) const {
   for (const auto &c : conditions_) {
     bool hit = false;
     switch (c.key) {
-    case Key::kMailFrom:
-      hit = AnyPattern(c, event.envelope().mail_from());
-      break;
-    case Key::kRcptTo:
-      if (event.type() == sinkline::v1::EVENT_TYPE_RCPT) {
-        hit = AnyPattern(c, event.recipient().address());
-      } else {
-        for (const auto &r : event.envelope().recipients()) {
-          if (AnyPattern(c, r.address())) {
-            hit = true;
-            break;
+      case Key::kMailFrom:
+        hit = AnyPattern(c, event.envelope().mail_from());
+        break;
+      case Key::kRcptTo:
+        if (event.type() == sinkline::v1::EVENT_TYPE_RCPT) {
+          hit = AnyPattern(c, event.recipient().address());
+        } else {
+          for (const auto &r : event.envelope().recipients()) {
+            if (AnyPattern(c, r.address())) {
+              hit = true;
+              break;
+            }
           }
         }
-      }
-      break;
-    case Key::kHelo:
-      hit = AnyPattern(c, event.session().helo_name());
-      break;
-    case Key::kAuth:
-      hit = !event.session().auth_identity().empty() &&
-            AnyPattern(c, event.session().auth_identity());
-      break;
-    case Key::kClient: {
-      unsigned char addr[16];
-      if (ParseIp(event.session().client().ip(), addr)) {
-        for (const auto &block : c.blocks) {
-          if (InBlock(block, addr)) {
-            hit = true;
-            break;
+        break;
+      case Key::kHelo:
+        hit = AnyPattern(c, event.session().helo_name());
+        break;
+      case Key::kAuth:
+        hit = !event.session().auth_identity().empty() &&
+              AnyPattern(c, event.session().auth_identity());
+        break;
+      case Key::kClient: {
+        unsigned char addr[16];
+        if (ParseIp(event.session().client().ip(), addr)) {
+          for (const auto &block : c.blocks) {
+            if (InBlock(block, addr)) {
+              hit = true;
+              break;
+            }
           }
         }
+        break;
       }
-      break;
     }
-    }
-    if (hit == c.negated)
-      return false;
+    if (hit == c.negated) return false;
   }
   return true;
 }
 
-} // namespace sinkline::broker
+}  // namespace sinkline::broker

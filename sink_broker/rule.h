@@ -12,17 +12,17 @@
 // it holds when any recipient of the envelope so far matches.
 #pragma once
 
-#include "absl/strings/string_view.h"
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "sinkline/v1/types.pb.h"
 
 namespace sinkline::broker {
 
 class Rule {
-public:
+ public:
   // The empty rule matches everything.
   Rule() = default;
 
@@ -46,11 +46,11 @@ public:
   struct Condition {
     Key key;
     bool negated = false;
-    std::vector<std::string> patterns; // lower-cased; kClient: unused
-    std::vector<Cidr> blocks;          // kClient only
+    std::vector<std::string> patterns;  // lower-cased; kClient: unused
+    std::vector<Cidr> blocks;           // kClient only
   };
 
-private:
+ private:
   std::string text_;
   std::vector<Condition> conditions_;
 };
@@ -58,4 +58,4 @@ private:
 // Case-insensitive glob match where '*' matches any run (also empty).
 bool GlobMatch(absl::string_view pattern, absl::string_view text);
 
-} // namespace sinkline::broker
+}  // namespace sinkline::broker

@@ -28,8 +28,7 @@ absl::Status WriteAll(int fd, const char *data, size_t n) {
   while (n > 0) {
     ssize_t w = ::write(fd, data, n);
     if (w < 0) {
-      if (errno == EINTR)
-        continue;
+      if (errno == EINTR) continue;
       return Errno("write");
     }
     data += w;
@@ -42,7 +41,7 @@ std::string Dir(const std::string &path) {
   return fs::path(path).parent_path().string();
 }
 
-} // namespace
+}  // namespace
 
 std::string NewQueueId() {
   uint64_t us = std::chrono::duration_cast<std::chrono::microseconds>(
@@ -55,27 +54,23 @@ std::string NewQueueId() {
   }
   unsigned char rnd[6];
   RAND_bytes(rnd, sizeof rnd);
-  for (int i = 0; i < 6; ++i)
-    id[10 + i] = kBase36[rnd[i] % 36];
+  for (int i = 0; i < 6; ++i) id[10 + i] = kBase36[rnd[i] % 36];
   return id;
 }
 
 std::string NewToken() {
   unsigned char rnd[32];
-  if (RAND_bytes(rnd, sizeof rnd) != 1)
-    std::abort(); // no CSPRNG: no tokens
+  if (RAND_bytes(rnd, sizeof rnd) != 1) std::abort();  // no CSPRNG: no tokens
   return absl::BytesToHexString(
       absl::string_view(reinterpret_cast<const char *>(rnd), sizeof rnd));
 }
 
 absl::Status FsyncPath(const std::string &path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return Errno("open " + path);
+  if (fd < 0) return Errno("open " + path);
   int rc = ::fsync(fd);
   ::close(fd);
-  if (rc != 0)
-    return Errno("fsync " + path);
+  if (rc != 0) return Errno("fsync " + path);
   return absl::OkStatus();
 }
 
@@ -83,17 +78,14 @@ absl::Status WriteFileDurably(const std::string &path,
                               const std::string &data) {
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0)
-    return Errno("open " + tmp);
+  if (fd < 0) return Errno("open " + tmp);
   absl::Status st = WriteAll(fd, data.data(), data.size());
-  if (st.ok() && ::fsync(fd) != 0)
-    st = Errno("fsync " + tmp);
+  if (st.ok() && ::fsync(fd) != 0) st = Errno("fsync " + tmp);
   ::close(fd);
   if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
     st = Errno("rename " + tmp);
   }
-  if (st.ok())
-    st = FsyncPath(Dir(path));
+  if (st.ok()) st = FsyncPath(Dir(path));
   return st;
 }
 
@@ -123,12 +115,11 @@ absl::Status PrepareSpool(const std::string &spool_dir) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<IncomingMessage>>
-IncomingMessage::Create(const std::string &spool_dir, const std::string &name) {
+absl::StatusOr<std::unique_ptr<IncomingMessage>> IncomingMessage::Create(
+    const std::string &spool_dir, const std::string &name) {
   std::string path = absl::StrCat(spool_dir, "/incoming/", name);
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0)
-    return Errno("open " + path);
+  if (fd < 0) return Errno("open " + path);
   return std::unique_ptr<IncomingMessage>(
       new IncomingMessage(spool_dir, std::move(path), fd));
 }
@@ -138,15 +129,12 @@ IncomingMessage::IncomingMessage(std::string spool_dir, std::string path,
     : spool_dir_(std::move(spool_dir)), path_(std::move(path)), fd_(fd) {}
 
 IncomingMessage::~IncomingMessage() {
-  if (fd_ >= 0)
-    ::close(fd_);
-  if (!committed_)
-    ::unlink(path_.c_str());
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(path_.c_str());
 }
 
 absl::Status IncomingMessage::Append(const std::string &data) {
-  if (auto st = WriteAll(fd_, data.data(), data.size()); !st.ok())
-    return st;
+  if (auto st = WriteAll(fd_, data.data(), data.size()); !st.ok()) return st;
   size_ += data.size();
   return absl::OkStatus();
 }
@@ -158,15 +146,13 @@ absl::Status IncomingMessage::ReplaceWith(const std::string &new_path,
   }
   ::close(fd_);
   fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
-  if (fd_ < 0)
-    return Errno("open " + path_);
+  if (fd_ < 0) return Errno("open " + path_);
   size_ = new_size;
   return absl::OkStatus();
 }
 
 absl::Status IncomingMessage::Commit(const v1::QueueEntry &entry) {
-  if (::fsync(fd_) != 0)
-    return Errno("fsync " + path_);
+  if (::fsync(fd_) != 0) return Errno("fsync " + path_);
   ::close(fd_);
   fd_ = -1;
   std::string record;
@@ -178,16 +164,14 @@ absl::Status IncomingMessage::Commit(const v1::QueueEntry &entry) {
   if (::rename(path_.c_str(), msg.c_str()) != 0)
     return Errno("rename " + path_);
   path_ = msg;
-  if (auto st = WriteFileDurably(env, record); !st.ok())
-    return st;
-  if (auto st = FsyncPath(spool_dir_ + "/incoming"); !st.ok())
-    return st;
+  if (auto st = WriteFileDurably(env, record); !st.ok()) return st;
+  if (auto st = FsyncPath(spool_dir_ + "/incoming"); !st.ok()) return st;
   committed_ = true;
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<QueueDirBackend>>
-QueueDirBackend::Create(const std::string &dir) {
+absl::StatusOr<std::unique_ptr<QueueDirBackend>> QueueDirBackend::Create(
+    const std::string &dir) {
   std::error_code ec;
   for (const char *sub : {"tmp", "new"}) {
     fs::create_directories(fs::path(dir) / sub, ec);
@@ -211,8 +195,7 @@ absl::Status QueueDirBackend::Submit(const v1::QueueEntry &entry,
   const std::string tmp = absl::StrCat(dir_, "/tmp/", entry.queue_id());
   const std::string dst = absl::StrCat(dir_, "/new/", entry.queue_id());
   int out = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (out < 0)
-    return Errno("open " + tmp);
+  if (out < 0) return Errno("open " + tmp);
   int in = ::open(content_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (in < 0) {
     ::close(out);
@@ -223,26 +206,20 @@ absl::Status QueueDirBackend::Submit(const v1::QueueEntry &entry,
   char buf[65536];
   while (st.ok()) {
     ssize_t n = ::read(in, buf, sizeof buf);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0)
-      st = Errno("read " + content_path);
-    if (n <= 0)
-      break;
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) st = Errno("read " + content_path);
+    if (n <= 0) break;
     st = WriteAll(out, buf, static_cast<size_t>(n));
   }
-  if (st.ok() && ::fsync(out) != 0)
-    st = Errno("fsync " + tmp);
+  if (st.ok() && ::fsync(out) != 0) st = Errno("fsync " + tmp);
   ::close(in);
   ::close(out);
   if (st.ok() && ::rename(tmp.c_str(), dst.c_str()) != 0) {
     st = Errno("rename " + tmp);
   }
-  if (st.ok())
-    st = FsyncPath(dir_ + "/new");
-  if (!st.ok())
-    ::unlink(tmp.c_str());
+  if (st.ok()) st = FsyncPath(dir_ + "/new");
+  if (!st.ok()) ::unlink(tmp.c_str());
   return st;
 }
 
-} // namespace sinkline::broker
+}  // namespace sinkline::broker

@@ -26,10 +26,10 @@ absl::Status FsyncPath(const std::string &path);
 
 // One transaction's content while it arrives.
 class IncomingMessage {
-public:
-  static absl::StatusOr<std::unique_ptr<IncomingMessage>>
-  Create(const std::string &spool_dir, const std::string &name);
-  ~IncomingMessage(); // removes the file unless committed
+ public:
+  static absl::StatusOr<std::unique_ptr<IncomingMessage>> Create(
+      const std::string &spool_dir, const std::string &name);
+  ~IncomingMessage();  // removes the file unless committed
 
   absl::Status Append(const std::string &data);
   uint64_t size() const { return size_; }
@@ -43,7 +43,7 @@ public:
   // and fsync the envelope record, rename both, fsync the directories.
   absl::Status Commit(const v1::QueueEntry &entry);
 
-private:
+ private:
   IncomingMessage(std::string spool_dir, std::string path, int fd);
   const std::string spool_dir_;
   std::string path_;
@@ -67,7 +67,7 @@ absl::Status WriteFileDurably(const std::string &path, const std::string &data);
 
 // Where released messages go.
 class QueueBackend {
-public:
+ public:
   virtual ~QueueBackend() = default;
   // Takes the message whose content is at `content_path`. OK means the
   // backend owns it now and the spool copy may go.
@@ -79,15 +79,15 @@ public:
 // renamed to <dir>/new/<id>. The file's first line is the QueueEntry as JSON
 // (proto field names), then the message bytes exactly.
 class QueueDirBackend : public QueueBackend {
-public:
-  static absl::StatusOr<std::unique_ptr<QueueDirBackend>>
-  Create(const std::string &dir);
+ public:
+  static absl::StatusOr<std::unique_ptr<QueueDirBackend>> Create(
+      const std::string &dir);
   absl::Status Submit(const v1::QueueEntry &entry,
                       const std::string &content_path) override;
 
-private:
+ private:
   explicit QueueDirBackend(std::string dir) : dir_(std::move(dir)) {}
   const std::string dir_;
 };
 
-} // namespace sinkline::broker
+}  // namespace sinkline::broker
