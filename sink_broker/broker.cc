@@ -29,8 +29,8 @@ using google::protobuf::util::TimeUtil;
 
 namespace {
 
-v1::Reply MakeReply(uint32_t code, const std::string &enhanced,
-                    const std::string &text) {
+v1::Reply MakeReply(uint32_t code, const std::string& enhanced,
+                    const std::string& text) {
   v1::Reply r;
   r.set_code(code);
   r.set_enhanced_code(enhanced);
@@ -38,13 +38,13 @@ v1::Reply MakeReply(uint32_t code, const std::string &enhanced,
   return r;
 }
 
-Counter &EventsCounter(v1::EventType type) {
+Counter& EventsCounter(v1::EventType type) {
   return MetricsRegistry::Default().GetCounter("sinkline_broker_events_total",
                                                "Events received from edges.",
                                                {{"event", EventName(type)}});
 }
 
-Counter &MessagesCounter(const std::string &what) {
+Counter& MessagesCounter(const std::string& what) {
   return MetricsRegistry::Default().GetCounter(
       "sinkline_broker_messages_total",
       "Messages by what happened to them (committed, submitted, "
@@ -52,7 +52,7 @@ Counter &MessagesCounter(const std::string &what) {
       {{"what", what}});
 }
 
-std::string ReadFileBytes(const std::string &path) {
+std::string ReadFileBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
@@ -64,14 +64,14 @@ std::string ReadFileBytes(const std::string &path) {
 // ---------------------------------------------------------------------------
 // Validation.
 
-absl::Status ValidateReply(const v1::Reply &reply) {
+absl::Status ValidateReply(const v1::Reply& reply) {
   const uint32_t code = reply.code();
   const uint32_t cls = code / 100;
   if (code < 200 || code > 599 || cls == 3) {
     return absl::InvalidArgumentError(
         absl::StrCat("reply code ", code, " is not 2xx, 4xx or 5xx"));
   }
-  const std::string &enh = reply.enhanced_code();
+  const std::string& enh = reply.enhanced_code();
   // class.subject.detail: 1 digit, 1-3 digits, 1-3 digits.
   std::vector<std::string> parts;
   size_t start = 0;
@@ -95,7 +95,7 @@ absl::Status ValidateReply(const v1::Reply &reply) {
   if (reply.lines_size() == 0) {
     return absl::InvalidArgumentError("reply without text");
   }
-  for (const auto &line : reply.lines()) {
+  for (const auto& line : reply.lines()) {
     if (line.find_first_of("\r\n") != std::string::npos) {
       return absl::InvalidArgumentError("reply text contains CR or LF");
     }
@@ -106,8 +106,8 @@ absl::Status ValidateReply(const v1::Reply &reply) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateVerdict(const v1::Event &event, const v1::Binding &binding,
-                             bool after_commit, const v1::Verdict &verdict) {
+absl::Status ValidateVerdict(const v1::Event& event, const v1::Binding& binding,
+                             bool after_commit, const v1::Verdict& verdict) {
   if (verdict.action() != v1::ACTION_CONTINUE &&
       verdict.action() != v1::ACTION_CONSUME) {
     return absl::InvalidArgumentError("verdict has no action");
@@ -131,7 +131,7 @@ absl::Status ValidateVerdict(const v1::Event &event, const v1::Binding &binding,
     if (event.type() != v1::EVENT_TYPE_EOD) {
       return absl::InvalidArgumentError("content edits are only for EOD");
     }
-    for (const auto &e : verdict.content_edits()) {
+    for (const auto& e : verdict.content_edits()) {
       if (auto st = ValidateEdit(e); !st.ok()) return st;
     }
   }
@@ -140,7 +140,7 @@ absl::Status ValidateVerdict(const v1::Event &event, const v1::Binding &binding,
       return absl::PermissionDeniedError(
           "envelope edits need content_access read-write");
     }
-    for (const auto &e : verdict.envelope_edits()) {
+    for (const auto& e : verdict.envelope_edits()) {
       std::string addr;
       switch (e.edit_case()) {
         case v1::EnvelopeEdit::kSetSender:
@@ -169,10 +169,10 @@ absl::Status ValidateVerdict(const v1::Event &event, const v1::Binding &binding,
 }
 
 bool ApplyEnvelopeEdits(
-    const google::protobuf::RepeatedPtrField<v1::EnvelopeEdit> &edits,
-    v1::Envelope &env) {
+    const google::protobuf::RepeatedPtrField<v1::EnvelopeEdit>& edits,
+    v1::Envelope& env) {
   bool changed = false;
-  for (const auto &e : edits) {
+  for (const auto& e : edits) {
     switch (e.edit_case()) {
       case v1::EnvelopeEdit::kSetSender:
         env.set_mail_from(e.set_sender());
@@ -180,7 +180,7 @@ bool ApplyEnvelopeEdits(
         break;
       case v1::EnvelopeEdit::kAddRecipient: {
         bool present = false;
-        for (const auto &r : env.recipients()) {
+        for (const auto& r : env.recipients()) {
           present |=
               absl::EqualsIgnoreCase(r.address(), e.add_recipient().address());
         }
@@ -191,7 +191,7 @@ bool ApplyEnvelopeEdits(
         break;
       }
       case v1::EnvelopeEdit::kRemoveRecipient: {
-        auto *rcpts = env.mutable_recipients();
+        auto* rcpts = env.mutable_recipients();
         for (int i = 0; i < rcpts->size(); ++i) {
           if (absl::EqualsIgnoreCase(rcpts->Get(i).address(),
                                      e.remove_recipient())) {
@@ -212,9 +212,9 @@ bool ApplyEnvelopeEdits(
 // ---------------------------------------------------------------------------
 // Sink channels.
 
-std::shared_ptr<v1::Sink::Stub> SinkChannels::Stub(const std::string &target) {
+std::shared_ptr<v1::Sink::Stub> SinkChannels::Stub(const std::string& target) {
   absl::MutexLock lock(&mu_);
-  auto &stub = stubs_[target];
+  auto& stub = stubs_[target];
   if (!stub) {
     grpc::ChannelArguments args;
     // Spread calls over every address the target resolves to.
@@ -239,15 +239,15 @@ enum class NativeResult { kReply, kStop };
 
 class ChainRun : public std::enable_shared_from_this<ChainRun> {
  public:
-  using Done = std::function<void(ChainRun &)>;
+  using Done = std::function<void(ChainRun&)>;
 
-  ChainRun(Broker *broker, Strand strand, std::shared_ptr<const Config> config,
+  ChainRun(Broker* broker, Strand strand, std::shared_ptr<const Config> config,
            v1::Event event)
       : broker_(broker),
         strand_(std::move(strand)),
         config_(std::move(config)),
         event_(std::move(event)) {
-    for (const auto *b : config_->ChainFor(event_)) {
+    for (const auto* b : config_->ChainFor(event_)) {
       if (!b->rule.Matches(event_)) continue;
       (b->spec.priority() <= kNativePriority ? pre_ : post_).push_back(b);
     }
@@ -258,32 +258,32 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
   // For EOD: where the content is, so sinks get leases and inline content
   // and content edits can be applied.
   std::function<std::string()> content_path;
-  std::function<absl::Status(const std::vector<v1::ContentEdit> &)>
+  std::function<absl::Status(const std::vector<v1::ContentEdit>&)>
       apply_content_edits;
 
   // Runs the bindings before the native handler, then `native`, then
   // `after_native` with the result so far (the reply goes out there for
   // EOD), then the bindings after it, then `done`.
-  void Run(std::function<NativeResult(ChainRun &)> native,
-           std::function<void(ChainRun &)> after_native, Done done) {
+  void Run(std::function<NativeResult(ChainRun&)> native,
+           std::function<void(ChainRun&)> after_native, Done done) {
     native_ = std::move(native);
     after_native_ = std::move(after_native);
     done_ = std::move(done);
     Step();
   }
 
-  const v1::Event &event() const { return event_; }
-  v1::Event &mutable_event() { return event_; }
-  const v1::Reply &reply() const { return reply_; }
+  const v1::Event& event() const { return event_; }
+  v1::Event& mutable_event() { return event_; }
+  const v1::Reply& reply() const { return reply_; }
   void set_reply(v1::Reply r) { reply_ = std::move(r); }
   bool close_session() const { return close_; }
   bool consumed() const { return consumed_; }
   bool sink_replied() const { return sink_replied_; }
-  const v1::Envelope &envelope() const { return envelope_; }
+  const v1::Envelope& envelope() const { return envelope_; }
   bool envelope_changed() const { return envelope_changed_; }
   bool after_commit() const { return phase_ == Phase::kPost; }
   // Post-commit: why the message must be held, if a sink said so.
-  const std::string &quarantine_reason() const { return quarantine_; }
+  const std::string& quarantine_reason() const { return quarantine_; }
 
  private:
   enum class Phase { kPre, kNative, kPost, kDone };
@@ -311,13 +311,13 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
     }
   }
 
-  void Invoke(const BindingConfig *b) {
-    const v1::Binding &spec = b->spec;
-    const SinkConfig *sink = config_->FindSink(spec.sink());
+  void Invoke(const BindingConfig* b) {
+    const v1::Binding& spec = b->spec;
+    const SinkConfig* sink = config_->FindSink(spec.sink());
     auto call = std::make_shared<Call>();
     call->binding = b;
     call->started = std::chrono::steady_clock::now();
-    v1::SinkRequest &req = call->request;
+    v1::SinkRequest& req = call->request;
     *req.mutable_event() = event_;
     *req.mutable_event()->mutable_envelope() = envelope_;
     req.set_binding(spec.name());
@@ -327,7 +327,7 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
         event_.type() == v1::EVENT_TYPE_EOD && content_path) {
       const auto now = std::chrono::system_clock::now();
       const auto deadline = std::chrono::milliseconds(spec.deadline_ms());
-      v1::Lease *lease = req.mutable_lease();
+      v1::Lease* lease = req.mutable_lease();
       lease->set_token(NewToken());
       *lease->mutable_expires() = TimeUtil::MillisecondsToTimestamp(
           std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -361,15 +361,15 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
   }
 
   struct Call {
-    const BindingConfig *binding = nullptr;
+    const BindingConfig* binding = nullptr;
     grpc::ClientContext context;
     v1::SinkRequest request;
     v1::Verdict verdict;
     std::chrono::steady_clock::time_point started;
   };
 
-  void Finished(const std::shared_ptr<Call> &call, const grpc::Status &status) {
-    const v1::Binding &spec = call->binding->spec;
+  void Finished(const std::shared_ptr<Call>& call, const grpc::Status& status) {
+    const v1::Binding& spec = call->binding->spec;
     MetricsRegistry::Default()
         .GetHistogram("sinkline_sink_call_seconds",
                       "Time of each sink call, by binding.",
@@ -389,7 +389,7 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
       Failure(spec, absl::StrCat("invalid verdict: ", st.message()));
       return Step();
     }
-    const v1::Verdict &v = call->verdict;
+    const v1::Verdict& v = call->verdict;
     if (v.hold_lease()) {
       spdlog::info(
           "binding={} asked to hold its lease; leases end with the verdict "
@@ -437,7 +437,7 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
     Step();
   }
 
-  void Failure(const v1::Binding &spec, const std::string &why) {
+  void Failure(const v1::Binding& spec, const std::string& why) {
     const auto policy = spec.failure_policy();
     std::string policy_name = "continue";
     if (policy == v1::FAILURE_POLICY_TEMPFAIL) policy_name = "tempfail";
@@ -471,11 +471,11 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
     stopped_ = true;
   }
 
-  Broker *const broker_;
+  Broker* const broker_;
   Strand strand_;
   const std::shared_ptr<const Config> config_;
   v1::Event event_;
-  std::vector<const BindingConfig *> pre_, post_;
+  std::vector<const BindingConfig*> pre_, post_;
   Phase phase_ = Phase::kPre;
   size_t index_ = 0;
   bool stopped_ = false;
@@ -486,8 +486,8 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
   v1::Envelope envelope_;
   bool envelope_changed_ = false;
   std::string quarantine_;
-  std::function<NativeResult(ChainRun &)> native_;
-  std::function<void(ChainRun &)> after_native_;
+  std::function<NativeResult(ChainRun&)> native_;
+  std::function<void(ChainRun&)> after_native_;
   Done done_;
 };
 
@@ -496,7 +496,7 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
 
 class Submission : public std::enable_shared_from_this<Submission> {
  public:
-  Submission(Broker *broker, v1::QueueEntry entry)
+  Submission(Broker* broker, v1::QueueEntry entry)
       : broker_(broker), entry_(std::move(entry)), timer_(broker->pool()) {}
 
   void Start() {
@@ -519,13 +519,13 @@ class Submission : public std::enable_shared_from_this<Submission> {
                   entry_.queue_id(), delay_.count(), st.ToString());
     timer_.expires_after(delay_);
     auto self = shared_from_this();
-    timer_.async_wait([self](const boost::system::error_code &ec) {
+    timer_.async_wait([self](const boost::system::error_code& ec) {
       if (!ec) self->Start();
     });
   }
 
  private:
-  Broker *const broker_;
+  Broker* const broker_;
   v1::QueueEntry entry_;
   asio::steady_timer timer_;
   std::chrono::seconds delay_{1};
@@ -538,13 +538,13 @@ class SessionReactor;
 
 class SessionState : public std::enable_shared_from_this<SessionState> {
  public:
-  SessionState(Broker *broker)
+  SessionState(Broker* broker)
       : broker_(broker), strand_(asio::make_strand(broker->pool())) {}
 
-  Strand &strand() { return strand_; }
+  Strand& strand() { return strand_; }
 
   // All below run on the strand.
-  void Attach(SessionReactor *r) { reactor_ = r; }
+  void Attach(SessionReactor* r) { reactor_ = r; }
   void OnMessage(v1::SessionRequest req);
   void OnReadEnd();
   void OnWriteDone(bool ok);
@@ -553,14 +553,14 @@ class SessionState : public std::enable_shared_from_this<SessionState> {
 
  private:
   void ReadNext();
-  void HandleEvent(const v1::SessionRequest &req);
+  void HandleEvent(const v1::SessionRequest& req);
   void HandleEod(v1::Event event);
   void DiscardIncoming() { incoming_.reset(); }
   void MaybeFinish();
 
-  Broker *const broker_;
+  Broker* const broker_;
   Strand strand_;
-  SessionReactor *reactor_ = nullptr;
+  SessionReactor* reactor_ = nullptr;
   std::deque<v1::SessionResponse> out_;
   bool writing_ = false;
   bool read_ended_ = false;
@@ -574,7 +574,7 @@ class SessionState : public std::enable_shared_from_this<SessionState> {
 class SessionReactor
     : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
  public:
-  SessionReactor(Broker *broker)
+  SessionReactor(Broker* broker)
       : state_(std::make_shared<SessionState>(broker)), broker_(broker) {
     auto state = state_;
     broker_->Register(state);
@@ -610,7 +610,7 @@ class SessionReactor
 
  private:
   std::shared_ptr<SessionState> state_;
-  Broker *const broker_;
+  Broker* const broker_;
   v1::SessionRequest request_;
 };
 
@@ -673,7 +673,7 @@ void SessionState::OnMessage(v1::SessionRequest req) {
       return ReadNext();
     }
     case v1::SessionRequest::kData: {
-      const auto &chunk = req.data();
+      const auto& chunk = req.data();
       if (!incoming_ || incoming_tx_ != chunk.transaction_id()) {
         incoming_.reset();
         incoming_error_ = absl::OkStatus();
@@ -699,8 +699,8 @@ void SessionState::OnMessage(v1::SessionRequest req) {
   }
 }
 
-void SessionState::HandleEvent(const v1::SessionRequest &req) {
-  const v1::Event &event = req.event();
+void SessionState::HandleEvent(const v1::SessionRequest& req) {
+  const v1::Event& event = req.event();
   EventsCounter(event.type()).Inc();
   switch (event.type()) {
     case v1::EVENT_TYPE_MAIL:
@@ -721,9 +721,9 @@ void SessionState::HandleEvent(const v1::SessionRequest &req) {
       std::make_shared<ChainRun>(broker_, strand_, broker_->config(), event);
   auto self = shared_from_this();
   run->Run(
-      /*native=*/nullptr, /*after_native=*/nullptr, [self](ChainRun &r) {
+      /*native=*/nullptr, /*after_native=*/nullptr, [self](ChainRun& r) {
         v1::SessionResponse resp;
-        auto *result = resp.mutable_result();
+        auto* result = resp.mutable_result();
         result->set_sequence(r.event().sequence());
         *result->mutable_reply() = r.reply();
         result->set_close_session(r.close_session());
@@ -766,7 +766,7 @@ void SessionState::HandleEod(v1::Event event) {
   auto run = std::make_shared<ChainRun>(broker_, strand_, broker_->config(),
                                         std::move(event));
   auto committed = std::make_shared<v1::QueueEntry>();
-  Broker *broker = broker_;
+  Broker* broker = broker_;
   run->content_path = [message, committed, broker]() {
     return committed->queue_id().empty()
                ? message->path()
@@ -775,7 +775,7 @@ void SessionState::HandleEod(v1::Event event) {
   };
   run->apply_content_edits =
       [message, committed,
-       broker](const std::vector<v1::ContentEdit> &edits) -> absl::Status {
+       broker](const std::vector<v1::ContentEdit>& edits) -> absl::Status {
     if (committed->queue_id().empty()) {
       const std::string tmp = message->path() + ".edit";
       auto size = RewriteMessage(message->path(), tmp, edits);
@@ -795,7 +795,7 @@ void SessionState::HandleEod(v1::Event event) {
     return FsyncPath(fs::path(path).parent_path().string());
   };
 
-  auto native = [message, committed, broker, self](ChainRun &r) {
+  auto native = [message, committed, broker, self](ChainRun& r) {
     // COMMIT: durable first, then the queue id goes to the client.
     v1::QueueEntry entry;
     entry.set_queue_id(NewQueueId());
@@ -826,9 +826,9 @@ void SessionState::HandleEod(v1::Event event) {
   };
   // The client gets its reply as soon as COMMIT (or a refusal) settled it;
   // sinks after COMMIT run after that.
-  auto after_native = [self](ChainRun &r) {
+  auto after_native = [self](ChainRun& r) {
     v1::SessionResponse resp;
-    auto *result = resp.mutable_result();
+    auto* result = resp.mutable_result();
     result->set_sequence(r.event().sequence());
     *result->mutable_reply() = r.reply();
     result->set_close_session(r.close_session());
@@ -836,7 +836,7 @@ void SessionState::HandleEod(v1::Event event) {
     self->Send(std::move(resp));
     self->ReadNext();
   };
-  run->Run(native, after_native, [message, committed, broker](ChainRun &r) {
+  run->Run(native, after_native, [message, committed, broker](ChainRun& r) {
     if (committed->queue_id().empty()) return;
     if (r.envelope_changed()) {
       *committed->mutable_envelope() = r.envelope();
@@ -865,46 +865,46 @@ void SessionState::HandleEod(v1::Event event) {
 class Broker::SessionServiceImpl final
     : public v1::SessionService::CallbackService {
  public:
-  explicit SessionServiceImpl(Broker *broker) : broker_(broker) {}
-  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> *Stream(
-      grpc::CallbackServerContext * /*context*/) override {
+  explicit SessionServiceImpl(Broker* broker) : broker_(broker) {}
+  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Stream(
+      grpc::CallbackServerContext* /*context*/) override {
     return new SessionReactor(broker_);
   }
 
  private:
-  Broker *const broker_;
+  Broker* const broker_;
 };
 
 class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
  public:
-  explicit AdminServiceImpl(Broker *broker) : broker_(broker) {}
+  explicit AdminServiceImpl(Broker* broker) : broker_(broker) {}
 
-  grpc::ServerUnaryReactor *ListSinks(grpc::CallbackServerContext *ctx,
-                                      const v1::ListSinksRequest *,
-                                      v1::ListSinksResponse *resp) override {
-    for (const auto &s : broker_->config()->sinks) {
-      auto *out = resp->add_sinks();
+  grpc::ServerUnaryReactor* ListSinks(grpc::CallbackServerContext* ctx,
+                                      const v1::ListSinksRequest*,
+                                      v1::ListSinksResponse* resp) override {
+    for (const auto& s : broker_->config()->sinks) {
+      auto* out = resp->add_sinks();
       out->set_name(s.name);
       out->set_target(s.target);
     }
-    auto *r = ctx->DefaultReactor();
+    auto* r = ctx->DefaultReactor();
     r->Finish(grpc::Status::OK);
     return r;
   }
 
-  grpc::ServerUnaryReactor *ListBindings(
-      grpc::CallbackServerContext *ctx, const v1::ListBindingsRequest *,
-      v1::ListBindingsResponse *resp) override {
-    for (const auto &b : broker_->config()->bindings) {
+  grpc::ServerUnaryReactor* ListBindings(
+      grpc::CallbackServerContext* ctx, const v1::ListBindingsRequest*,
+      v1::ListBindingsResponse* resp) override {
+    for (const auto& b : broker_->config()->bindings) {
       *resp->add_bindings() = b.spec;
     }
-    auto *r = ctx->DefaultReactor();
+    auto* r = ctx->DefaultReactor();
     r->Finish(grpc::Status::OK);
     return r;
   }
 
  private:
-  Broker *const broker_;
+  Broker* const broker_;
 };
 
 // ---------------------------------------------------------------------------
@@ -923,8 +923,8 @@ Broker::~Broker() { Drain(); }
 
 void Broker::Drain() { pool_.join(); }
 
-grpc::Service *Broker::session_service() { return session_service_.get(); }
-grpc::Service *Broker::admin_service() { return admin_service_.get(); }
+grpc::Service* Broker::session_service() { return session_service_.get(); }
+grpc::Service* Broker::admin_service() { return admin_service_.get(); }
 
 std::shared_ptr<const Config> Broker::config() const {
   absl::MutexLock lock(&mu_);
@@ -937,12 +937,12 @@ void Broker::SetConfig(Config config) {
   {
     absl::MutexLock lock(&mu_);
     config_ = next;
-    for (auto &[raw, weak] : sessions_) {
+    for (auto& [raw, weak] : sessions_) {
       if (auto s = weak.lock()) live.push_back(std::move(s));
     }
   }
   const v1::BindingMap map = next->MakeBindingMap();
-  for (auto &s : live) {
+  for (auto& s : live) {
     asio::post(s->strand(), [s, map] {
       v1::SessionResponse resp;
       *resp.mutable_binding_map() = map;
@@ -953,19 +953,19 @@ void Broker::SetConfig(Config config) {
                next->sinks.size(), next->bindings.size(), live.size());
 }
 
-void Broker::Register(const std::shared_ptr<SessionState> &s) {
+void Broker::Register(const std::shared_ptr<SessionState>& s) {
   absl::MutexLock lock(&mu_);
   sessions_[s.get()] = s;
 }
 
-void Broker::Unregister(SessionState *s) {
+void Broker::Unregister(SessionState* s) {
   absl::MutexLock lock(&mu_);
   sessions_.erase(s);
 }
 
 void Broker::RecoverSpool() {
   std::error_code ec;
-  for (const auto &entry :
+  for (const auto& entry :
        fs::directory_iterator(fs::path(options_.spool_dir) / "committed", ec)) {
     if (entry.path().extension() != ".env") continue;
     v1::QueueEntry qe;

@@ -35,7 +35,7 @@ class SessionState;
 // Channels to sinks, one per target, created once and reused.
 class SinkChannels {
  public:
-  std::shared_ptr<v1::Sink::Stub> Stub(const std::string &target);
+  std::shared_ptr<v1::Sink::Stub> Stub(const std::string& target);
 
  private:
   absl::Mutex mu_;
@@ -57,21 +57,21 @@ class Broker {
   std::shared_ptr<const Config> config() const;
 
   // The gRPC services.
-  grpc::Service *session_service();
-  grpc::Service *admin_service();
+  grpc::Service* session_service();
+  grpc::Service* admin_service();
 
   // Waits for in-flight work (post-commit chains, submissions) to finish.
   void Drain();
 
   // Internal, used by sessions and chains.
-  const BrokerOptions &options() const { return options_; }
+  const BrokerOptions& options() const { return options_; }
   // Set once at start-up, before any session.
   void set_advertise(std::string a) { options_.advertise = std::move(a); }
-  boost::asio::thread_pool &pool() { return pool_; }
-  SinkChannels &channels() { return channels_; }
-  QueueBackend &queue() { return *queue_; }
-  void Register(const std::shared_ptr<SessionState> &s);
-  void Unregister(SessionState *s);
+  boost::asio::thread_pool& pool() { return pool_; }
+  SinkChannels& channels() { return channels_; }
+  QueueBackend& queue() { return *queue_; }
+  void Register(const std::shared_ptr<SessionState>& s);
+  void Unregister(SessionState* s);
 
  private:
   class SessionServiceImpl;
@@ -83,7 +83,7 @@ class Broker {
   std::unique_ptr<QueueBackend> queue_;
   mutable absl::Mutex mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);
-  std::map<SessionState *, std::weak_ptr<SessionState>> sessions_
+  std::map<SessionState*, std::weak_ptr<SessionState>> sessions_
       ABSL_GUARDED_BY(mu_);
   std::unique_ptr<SessionServiceImpl> session_service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;
@@ -91,16 +91,16 @@ class Broker {
 
 // Checks a sink's verdict against the event and the binding. An invalid
 // verdict is a sink failure.
-absl::Status ValidateVerdict(const v1::Event &event, const v1::Binding &binding,
-                             bool after_commit, const v1::Verdict &verdict);
+absl::Status ValidateVerdict(const v1::Event& event, const v1::Binding& binding,
+                             bool after_commit, const v1::Verdict& verdict);
 
 // Checks a reply a sink gives: code class 2/4/5, enhanced code of the same
 // class, text without CR or LF.
-absl::Status ValidateReply(const v1::Reply &reply);
+absl::Status ValidateReply(const v1::Reply& reply);
 
 // Applies envelope edits; returns whether anything changed.
 bool ApplyEnvelopeEdits(
-    const google::protobuf::RepeatedPtrField<v1::EnvelopeEdit> &edits,
-    v1::Envelope &envelope);
+    const google::protobuf::RepeatedPtrField<v1::EnvelopeEdit>& edits,
+    v1::Envelope& envelope);
 
 }  // namespace sinkline::broker

@@ -17,8 +17,8 @@ namespace {
 constexpr uint32_t kDefaultDeadlineMs = 5000;
 
 struct Ctx {
-  const std::string &file;
-  absl::Status Error(const YAML::Node &node, const std::string &what) const {
+  const std::string& file;
+  absl::Status Error(const YAML::Node& node, const std::string& what) const {
     const auto mark = node.Mark();
     if (mark.is_null()) {
       return absl::InvalidArgumentError(absl::StrCat(file, ": ", what));
@@ -28,15 +28,15 @@ struct Ctx {
   }
 };
 
-absl::Status CheckKeys(const Ctx &ctx, const YAML::Node &map,
-                       const std::set<std::string> &allowed,
-                       const std::string &where) {
+absl::Status CheckKeys(const Ctx& ctx, const YAML::Node& map,
+                       const std::set<std::string>& allowed,
+                       const std::string& where) {
   if (!map.IsMap()) return ctx.Error(map, where + " must be a mapping");
-  for (const auto &kv : map) {
+  for (const auto& kv : map) {
     const std::string key = kv.first.Scalar();
     if (!allowed.count(key)) {
       std::string list;
-      for (const auto &a : allowed)
+      for (const auto& a : allowed)
         absl::StrAppend(&list, list.empty() ? "" : ", ", a);
       return ctx.Error(kv.first, absl::StrCat("unknown key '", key, "' in ",
                                               where, " (expected ", list, ")"));
@@ -45,9 +45,9 @@ absl::Status CheckKeys(const Ctx &ctx, const YAML::Node &map,
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> String(const Ctx &ctx, const YAML::Node &map,
-                                   const std::string &key, bool required,
-                                   const std::string &def = "") {
+absl::StatusOr<std::string> String(const Ctx& ctx, const YAML::Node& map,
+                                   const std::string& key, bool required,
+                                   const std::string& def = "") {
   const YAML::Node n = map[key];
   if (!n) {
     if (required) return ctx.Error(map, "missing '" + key + "'");
@@ -57,8 +57,8 @@ absl::StatusOr<std::string> String(const Ctx &ctx, const YAML::Node &map,
   return n.Scalar();
 }
 
-absl::StatusOr<uint32_t> Number(const Ctx &ctx, const YAML::Node &map,
-                                const std::string &key, uint32_t def,
+absl::StatusOr<uint32_t> Number(const Ctx& ctx, const YAML::Node& map,
+                                const std::string& key, uint32_t def,
                                 uint32_t min, uint32_t max) {
   const YAML::Node n = map[key];
   if (!n) return def;
@@ -72,8 +72,8 @@ absl::StatusOr<uint32_t> Number(const Ctx &ctx, const YAML::Node &map,
   return static_cast<uint32_t>(v);
 }
 
-absl::StatusOr<bool> Bool(const Ctx &ctx, const YAML::Node &map,
-                          const std::string &key, bool def) {
+absl::StatusOr<bool> Bool(const Ctx& ctx, const YAML::Node& map,
+                          const std::string& key, bool def) {
   const YAML::Node n = map[key];
   if (!n) return def;
   bool v = false;
@@ -92,7 +92,7 @@ std::string EventName(v1::EventType type) {
   return name;
 }
 
-absl::StatusOr<EventSelector> ParseEventName(const std::string &raw) {
+absl::StatusOr<EventSelector> ParseEventName(const std::string& raw) {
   const std::string name = absl::AsciiStrToUpper(raw);
   if (name.empty()) return absl::InvalidArgumentError("empty event name");
   v1::EventType type;
@@ -113,13 +113,13 @@ absl::StatusOr<EventSelector> ParseEventName(const std::string &raw) {
   return EventSelector{v1::EVENT_TYPE_UNKNOWN, name};
 }
 
-absl::StatusOr<Config> ParseConfig(const std::string &text,
-                                   const std::string &filename) {
+absl::StatusOr<Config> ParseConfig(const std::string& text,
+                                   const std::string& filename) {
   Ctx ctx{filename};
   YAML::Node root;
   try {
     root = YAML::Load(text);
-  } catch (const YAML::Exception &e) {
+  } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(
         filename, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
   }
@@ -132,7 +132,7 @@ absl::StatusOr<Config> ParseConfig(const std::string &text,
   std::set<std::string> sink_names;
   if (const YAML::Node sinks = root["sinks"]; sinks && !sinks.IsNull()) {
     if (!sinks.IsSequence()) return ctx.Error(sinks, "'sinks' must be a list");
-    for (const auto &s : sinks) {
+    for (const auto& s : sinks) {
       if (auto st = CheckKeys(ctx, s, {"name", "target"}, "a sink"); !st.ok())
         return st;
       SinkConfig sink;
@@ -155,7 +155,7 @@ absl::StatusOr<Config> ParseConfig(const std::string &text,
     if (!bindings.IsSequence()) {
       return ctx.Error(bindings, "'bindings' must be a list");
     }
-    for (const auto &b : bindings) {
+    for (const auto& b : bindings) {
       if (auto st = CheckKeys(
               ctx, b,
               {"name", "sink", "event", "priority", "rule", "deadline_ms",
@@ -165,7 +165,7 @@ absl::StatusOr<Config> ParseConfig(const std::string &text,
         return st;
       }
       BindingConfig bc;
-      v1::Binding &spec = bc.spec;
+      v1::Binding& spec = bc.spec;
       auto name = String(ctx, b, "name", true);
       if (!name.ok()) return name.status();
       if (name->empty()) return ctx.Error(b["name"], "binding name is empty");
@@ -242,18 +242,18 @@ absl::StatusOr<Config> ParseConfig(const std::string &text,
       config.bindings.push_back(std::move(bc));
     }
   }
-  auto key = [](const BindingConfig &b) {
+  auto key = [](const BindingConfig& b) {
     return std::make_tuple(b.spec.event(), b.spec.verb(), b.spec.priority(),
                            b.spec.name());
   };
   std::stable_sort(config.bindings.begin(), config.bindings.end(),
-                   [&](const BindingConfig &a, const BindingConfig &b) {
+                   [&](const BindingConfig& a, const BindingConfig& b) {
                      return key(a) < key(b);
                    });
   return config;
 }
 
-absl::StatusOr<Config> LoadConfig(const std::string &path) {
+absl::StatusOr<Config> LoadConfig(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(path + ": cannot open");
   std::stringstream ss;
@@ -261,10 +261,10 @@ absl::StatusOr<Config> LoadConfig(const std::string &path) {
   return ParseConfig(ss.str(), path);
 }
 
-std::vector<const BindingConfig *> Config::ChainFor(
-    const v1::Event &event) const {
-  std::vector<const BindingConfig *> out;
-  for (const auto &b : bindings) {
+std::vector<const BindingConfig*> Config::ChainFor(
+    const v1::Event& event) const {
+  std::vector<const BindingConfig*> out;
+  for (const auto& b : bindings) {
     if (!b.spec.enabled() || b.spec.event() != event.type()) continue;
     if (event.type() == v1::EVENT_TYPE_UNKNOWN &&
         b.spec.verb() != absl::AsciiStrToUpper(event.verb())) {
@@ -279,7 +279,7 @@ v1::BindingMap Config::MakeBindingMap() const {
   v1::BindingMap map;
   std::set<int> events;
   std::set<std::string> verbs;
-  for (const auto &b : bindings) {
+  for (const auto& b : bindings) {
     if (!b.spec.enabled()) continue;
     if (b.spec.event() == v1::EVENT_TYPE_UNKNOWN) {
       verbs.insert(b.spec.verb());
@@ -288,12 +288,12 @@ v1::BindingMap Config::MakeBindingMap() const {
     }
   }
   for (int e : events) map.add_events(static_cast<v1::EventType>(e));
-  for (const auto &v : verbs) map.add_verbs(v);
+  for (const auto& v : verbs) map.add_verbs(v);
   return map;
 }
 
-const SinkConfig *Config::FindSink(const std::string &name) const {
-  for (const auto &s : sinks) {
+const SinkConfig* Config::FindSink(const std::string& name) const {
+  for (const auto& s : sinks) {
     if (s.name == name) return &s;
   }
   return nullptr;

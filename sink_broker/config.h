@@ -35,16 +35,16 @@ struct Config {
 
   // Enabled bindings that may fire for `event` (event type, and verb for
   // UNKNOWN), in chain order. Rules are not checked here.
-  std::vector<const BindingConfig *> ChainFor(const v1::Event &event) const;
+  std::vector<const BindingConfig*> ChainFor(const v1::Event& event) const;
   // Which events have at least one enabled binding.
   v1::BindingMap MakeBindingMap() const;
-  const SinkConfig *FindSink(const std::string &name) const;
+  const SinkConfig* FindSink(const std::string& name) const;
 };
 
 // Parses the YAML text of a bindings file; `filename` appears in errors.
-absl::StatusOr<Config> ParseConfig(const std::string &text,
-                                   const std::string &filename);
-absl::StatusOr<Config> LoadConfig(const std::string &path);
+absl::StatusOr<Config> ParseConfig(const std::string& text,
+                                   const std::string& filename);
+absl::StatusOr<Config> LoadConfig(const std::string& path);
 
 // "EOD" -> EVENT_TYPE_EOD; other upper-case words are custom verbs
 // (EVENT_TYPE_UNKNOWN with that verb).
@@ -52,7 +52,7 @@ struct EventSelector {
   v1::EventType type;
   std::string verb;
 };
-absl::StatusOr<EventSelector> ParseEventName(const std::string &name);
+absl::StatusOr<EventSelector> ParseEventName(const std::string& name);
 // EVENT_TYPE_EOD -> "EOD".
 std::string EventName(v1::EventType type);
 

@@ -35,7 +35,7 @@ ABSL_FLAG(bool, log_json, false, "log one JSON object per line");
 
 namespace sb = sinkline::broker;
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   sinkline::ParseFlags(argc, argv);
   sinkline::BlockShutdownSignals();
   sinkline::InitLogging("broker", absl::GetFlag(FLAGS_log_level),

@@ -15,7 +15,7 @@ namespace {
 
 bool IsFieldNameChar(char c) { return c >= 33 && c <= 126 && c != ':'; }
 
-absl::Status CheckName(const std::string &name) {
+absl::Status CheckName(const std::string& name) {
   if (name.empty()) return absl::InvalidArgumentError("empty header name");
   for (char c : name) {
     if (!IsFieldNameChar(c)) {
@@ -27,7 +27,7 @@ absl::Status CheckName(const std::string &name) {
   return absl::OkStatus();
 }
 
-absl::Status CheckValue(const std::string &value) {
+absl::Status CheckValue(const std::string& value) {
   for (size_t i = 0; i < value.size(); ++i) {
     const char c = value[i];
     if (c == '\r') {
@@ -45,12 +45,12 @@ absl::Status CheckValue(const std::string &value) {
   return absl::OkStatus();
 }
 
-std::string FieldLine(const std::string &name, const std::string &value) {
+std::string FieldLine(const std::string& name, const std::string& value) {
   return absl::StrCat(name, ": ", value, "\r\n");
 }
 
 // Index of the n-th (1-based) field named `name`, or -1.
-int FindOccurrence(const ParsedHeader &h, const std::string &name,
+int FindOccurrence(const ParsedHeader& h, const std::string& name,
                    uint32_t occurrence) {
   uint32_t seen = 0;
   for (size_t i = 0; i < h.fields.size(); ++i) {
@@ -62,7 +62,7 @@ int FindOccurrence(const ParsedHeader &h, const std::string &name,
   return -1;
 }
 
-absl::Status WriteAll(int fd, const char *data, size_t n) {
+absl::Status WriteAll(int fd, const char* data, size_t n) {
   while (n > 0) {
     ssize_t w = ::write(fd, data, n);
     if (w < 0) {
@@ -77,7 +77,7 @@ absl::Status WriteAll(int fd, const char *data, size_t n) {
 
 }  // namespace
 
-ParsedHeader ParseHeader(const std::string &data) {
+ParsedHeader ParseHeader(const std::string& data) {
   ParsedHeader h;
   size_t pos = 0;
   while (pos < data.size()) {
@@ -111,7 +111,7 @@ ParsedHeader ParseHeader(const std::string &data) {
   return h;
 }
 
-absl::Status ValidateEdit(const v1::ContentEdit &edit) {
+absl::Status ValidateEdit(const v1::ContentEdit& edit) {
   switch (edit.edit_case()) {
     case v1::ContentEdit::kAddHeader:
       if (auto st = CheckName(edit.add_header().name()); !st.ok()) return st;
@@ -135,13 +135,13 @@ absl::Status ValidateEdit(const v1::ContentEdit &edit) {
   return absl::InvalidArgumentError("unknown content edit");
 }
 
-absl::Status ApplyHeaderEdits(const std::vector<v1::ContentEdit> &edits,
-                              ParsedHeader &h, const std::string **new_body) {
-  for (const auto &edit : edits) {
+absl::Status ApplyHeaderEdits(const std::vector<v1::ContentEdit>& edits,
+                              ParsedHeader& h, const std::string** new_body) {
+  for (const auto& edit : edits) {
     if (auto st = ValidateEdit(edit); !st.ok()) return st;
     switch (edit.edit_case()) {
       case v1::ContentEdit::kAddHeader: {
-        const auto &a = edit.add_header();
+        const auto& a = edit.add_header();
         HeaderField f{a.name(), FieldLine(a.name(), a.value())};
         size_t at = 0;
         if (a.position().where_case() == v1::HeaderPosition::kAppend) {
@@ -153,7 +153,7 @@ absl::Status ApplyHeaderEdits(const std::vector<v1::ContentEdit> &edits,
         break;
       }
       case v1::ContentEdit::kChangeHeader: {
-        const auto &c = edit.change_header();
+        const auto& c = edit.change_header();
         int i = FindOccurrence(h, c.name(), c.occurrence());
         if (i < 0) {
           // Like milter's chgheader: changing a field that is not there adds
@@ -165,7 +165,7 @@ absl::Status ApplyHeaderEdits(const std::vector<v1::ContentEdit> &edits,
         break;
       }
       case v1::ContentEdit::kDeleteHeader: {
-        const auto &d = edit.delete_header();
+        const auto& d = edit.delete_header();
         int i = FindOccurrence(h, d.name(), d.occurrence());
         if (i >= 0) h.fields.erase(h.fields.begin() + i);
         break;
@@ -181,8 +181,8 @@ absl::Status ApplyHeaderEdits(const std::vector<v1::ContentEdit> &edits,
 }
 
 absl::StatusOr<uint64_t> RewriteMessage(
-    const std::string &in_path, const std::string &out_path,
-    const std::vector<v1::ContentEdit> &edits, size_t max_header_bytes) {
+    const std::string& in_path, const std::string& out_path,
+    const std::vector<v1::ContentEdit>& edits, size_t max_header_bytes) {
   int in = ::open(in_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (in < 0) {
     return absl::NotFoundError(absl::StrCat(in_path, ": ", strerror(errno)));
@@ -207,7 +207,7 @@ absl::StatusOr<uint64_t> RewriteMessage(
     return absl::ResourceExhaustedError(
         absl::StrCat("header block larger than ", max_header_bytes, " octets"));
   }
-  const std::string *new_body = nullptr;
+  const std::string* new_body = nullptr;
   if (auto st = ApplyHeaderEdits(edits, h, &new_body); !st.ok()) {
     ::close(in);
     return st;
@@ -222,7 +222,7 @@ absl::StatusOr<uint64_t> RewriteMessage(
   uint64_t size = 0;
   absl::Status st;
   std::string block;
-  for (const auto &f : h.fields) block += f.raw;
+  for (const auto& f : h.fields) block += f.raw;
   if (h.has_separator || new_body != nullptr) block += "\r\n";
   st = WriteAll(out, block.data(), block.size());
   size += block.size();

@@ -29,24 +29,24 @@ struct ParsedHeader {
 
 // Parses the header block at the start of `data` (which must hold the whole
 // block). A line that is not a field ends the block.
-ParsedHeader ParseHeader(const std::string &data);
+ParsedHeader ParseHeader(const std::string& data);
 
 // Checks an edit: field names are printable ASCII without ':', values have
 // no bare CR or LF (folding as CRLF + SP/HTAB is allowed).
-absl::Status ValidateEdit(const sinkline::v1::ContentEdit &edit);
+absl::Status ValidateEdit(const sinkline::v1::ContentEdit& edit);
 
 // Applies `edits` in order to the header in memory; body edits are returned
 // through `new_body` (the last ReplaceBody wins).
 absl::Status ApplyHeaderEdits(
-    const std::vector<sinkline::v1::ContentEdit> &edits, ParsedHeader &header,
-    const std::string **new_body);
+    const std::vector<sinkline::v1::ContentEdit>& edits, ParsedHeader& header,
+    const std::string** new_body);
 
 // Rewrites the message at `in_path` into `out_path` with `edits` applied,
 // fsyncs it, and returns its size. The header block is read whole (at most
 // `max_header_bytes`); the body is streamed.
 absl::StatusOr<uint64_t> RewriteMessage(
-    const std::string &in_path, const std::string &out_path,
-    const std::vector<sinkline::v1::ContentEdit> &edits,
+    const std::string& in_path, const std::string& out_path,
+    const std::vector<sinkline::v1::ContentEdit>& edits,
     size_t max_header_bytes = 1 << 20);
 
 }  // namespace sinkline::broker

@@ -19,7 +19,7 @@ absl::Status RuleError(size_t pos, absl::string_view what) {
 }
 
 // [begin, end) of `s` without surrounding blanks.
-void Trim(absl::string_view s, size_t &begin, size_t &end) {
+void Trim(absl::string_view s, size_t& begin, size_t& end) {
   while (begin < end && absl::ascii_isspace(s[begin])) ++begin;
   while (end > begin && absl::ascii_isspace(s[end - 1])) --end;
 }
@@ -41,7 +41,7 @@ bool ParseIp(absl::string_view text, unsigned char out[16]) {
   return false;
 }
 
-bool InBlock(const Rule::Cidr &block, const unsigned char addr[16]) {
+bool InBlock(const Rule::Cidr& block, const unsigned char addr[16]) {
   int bits = block.prefix;
   for (int i = 0; i < 16 && bits > 0; ++i, bits -= 8) {
     unsigned char mask =
@@ -175,8 +175,8 @@ absl::StatusOr<Rule> Rule::Parse(absl::string_view text) {
 
 namespace {
 
-bool AnyPattern(const Rule::Condition &c, absl::string_view value) {
-  for (const auto &p : c.patterns) {
+bool AnyPattern(const Rule::Condition& c, absl::string_view value) {
+  for (const auto& p : c.patterns) {
     if (p == "<>" ? value.empty() : GlobMatch(p, value)) return true;
   }
   return false;
@@ -184,8 +184,8 @@ bool AnyPattern(const Rule::Condition &c, absl::string_view value) {
 
 }  // namespace
 
-bool Rule::Matches(const sinkline::v1::Event &event) const {
-  for (const auto &c : conditions_) {
+bool Rule::Matches(const sinkline::v1::Event& event) const {
+  for (const auto& c : conditions_) {
     bool hit = false;
     switch (c.key) {
       case Key::kMailFrom:
@@ -195,7 +195,7 @@ bool Rule::Matches(const sinkline::v1::Event &event) const {
         if (event.type() == sinkline::v1::EVENT_TYPE_RCPT) {
           hit = AnyPattern(c, event.recipient().address());
         } else {
-          for (const auto &r : event.envelope().recipients()) {
+          for (const auto& r : event.envelope().recipients()) {
             if (AnyPattern(c, r.address())) {
               hit = true;
               break;
@@ -213,7 +213,7 @@ bool Rule::Matches(const sinkline::v1::Event &event) const {
       case Key::kClient: {
         unsigned char addr[16];
         if (ParseIp(event.session().client().ip(), addr)) {
-          for (const auto &block : c.blocks) {
+          for (const auto& block : c.blocks) {
             if (InBlock(block, addr)) {
               hit = true;
               break;

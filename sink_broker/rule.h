@@ -30,10 +30,10 @@ class Rule {
   static absl::StatusOr<Rule> Parse(absl::string_view text);
 
   // True when every condition holds for `event`.
-  bool Matches(const sinkline::v1::Event &event) const;
+  bool Matches(const sinkline::v1::Event& event) const;
 
   bool empty() const { return conditions_.empty(); }
-  const std::string &text() const { return text_; }
+  const std::string& text() const { return text_; }
 
   enum class Key { kMailFrom, kRcptTo, kHelo, kClient, kAuth };
 

@@ -20,11 +20,11 @@ namespace {
 
 constexpr char kBase36[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
-absl::Status Errno(const std::string &what) {
+absl::Status Errno(const std::string& what) {
   return absl::UnavailableError(absl::StrCat(what, ": ", strerror(errno)));
 }
 
-absl::Status WriteAll(int fd, const char *data, size_t n) {
+absl::Status WriteAll(int fd, const char* data, size_t n) {
   while (n > 0) {
     ssize_t w = ::write(fd, data, n);
     if (w < 0) {
@@ -37,7 +37,7 @@ absl::Status WriteAll(int fd, const char *data, size_t n) {
   return absl::OkStatus();
 }
 
-std::string Dir(const std::string &path) {
+std::string Dir(const std::string& path) {
   return fs::path(path).parent_path().string();
 }
 
@@ -62,10 +62,10 @@ std::string NewToken() {
   unsigned char rnd[32];
   if (RAND_bytes(rnd, sizeof rnd) != 1) std::abort();  // no CSPRNG: no tokens
   return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char *>(rnd), sizeof rnd));
+      absl::string_view(reinterpret_cast<const char*>(rnd), sizeof rnd));
 }
 
-absl::Status FsyncPath(const std::string &path) {
+absl::Status FsyncPath(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Errno("open " + path);
   int rc = ::fsync(fd);
@@ -74,8 +74,8 @@ absl::Status FsyncPath(const std::string &path) {
   return absl::OkStatus();
 }
 
-absl::Status WriteFileDurably(const std::string &path,
-                              const std::string &data) {
+absl::Status WriteFileDurably(const std::string& path,
+                              const std::string& data) {
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   if (fd < 0) return Errno("open " + tmp);
@@ -89,26 +89,26 @@ absl::Status WriteFileDurably(const std::string &path,
   return st;
 }
 
-std::string CommittedContentPath(const std::string &spool_dir,
-                                 const std::string &queue_id) {
+std::string CommittedContentPath(const std::string& spool_dir,
+                                 const std::string& queue_id) {
   return absl::StrCat(spool_dir, "/committed/", queue_id, ".msg");
 }
 
-std::string CommittedEnvelopePath(const std::string &spool_dir,
-                                  const std::string &queue_id) {
+std::string CommittedEnvelopePath(const std::string& spool_dir,
+                                  const std::string& queue_id) {
   return absl::StrCat(spool_dir, "/committed/", queue_id, ".env");
 }
 
-absl::Status PrepareSpool(const std::string &spool_dir) {
+absl::Status PrepareSpool(const std::string& spool_dir) {
   std::error_code ec;
-  for (const char *sub : {"incoming", "committed"}) {
+  for (const char* sub : {"incoming", "committed"}) {
     fs::create_directories(fs::path(spool_dir) / sub, ec);
     if (ec) {
       return absl::UnavailableError(absl::StrCat("cannot create ", spool_dir,
                                                  "/", sub, ": ", ec.message()));
     }
   }
-  for (const auto &entry :
+  for (const auto& entry :
        fs::directory_iterator(fs::path(spool_dir) / "incoming", ec)) {
     fs::remove(entry.path(), ec);
   }
@@ -116,7 +116,7 @@ absl::Status PrepareSpool(const std::string &spool_dir) {
 }
 
 absl::StatusOr<std::unique_ptr<IncomingMessage>> IncomingMessage::Create(
-    const std::string &spool_dir, const std::string &name) {
+    const std::string& spool_dir, const std::string& name) {
   std::string path = absl::StrCat(spool_dir, "/incoming/", name);
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   if (fd < 0) return Errno("open " + path);
@@ -133,13 +133,13 @@ IncomingMessage::~IncomingMessage() {
   if (!committed_) ::unlink(path_.c_str());
 }
 
-absl::Status IncomingMessage::Append(const std::string &data) {
+absl::Status IncomingMessage::Append(const std::string& data) {
   if (auto st = WriteAll(fd_, data.data(), data.size()); !st.ok()) return st;
   size_ += data.size();
   return absl::OkStatus();
 }
 
-absl::Status IncomingMessage::ReplaceWith(const std::string &new_path,
+absl::Status IncomingMessage::ReplaceWith(const std::string& new_path,
                                           uint64_t new_size) {
   if (::rename(new_path.c_str(), path_.c_str()) != 0) {
     return Errno("rename " + new_path);
@@ -151,7 +151,7 @@ absl::Status IncomingMessage::ReplaceWith(const std::string &new_path,
   return absl::OkStatus();
 }
 
-absl::Status IncomingMessage::Commit(const v1::QueueEntry &entry) {
+absl::Status IncomingMessage::Commit(const v1::QueueEntry& entry) {
   if (::fsync(fd_) != 0) return Errno("fsync " + path_);
   ::close(fd_);
   fd_ = -1;
@@ -171,9 +171,9 @@ absl::Status IncomingMessage::Commit(const v1::QueueEntry &entry) {
 }
 
 absl::StatusOr<std::unique_ptr<QueueDirBackend>> QueueDirBackend::Create(
-    const std::string &dir) {
+    const std::string& dir) {
   std::error_code ec;
-  for (const char *sub : {"tmp", "new"}) {
+  for (const char* sub : {"tmp", "new"}) {
     fs::create_directories(fs::path(dir) / sub, ec);
     if (ec) {
       return absl::UnavailableError(
@@ -183,8 +183,8 @@ absl::StatusOr<std::unique_ptr<QueueDirBackend>> QueueDirBackend::Create(
   return std::unique_ptr<QueueDirBackend>(new QueueDirBackend(dir));
 }
 
-absl::Status QueueDirBackend::Submit(const v1::QueueEntry &entry,
-                                     const std::string &content_path) {
+absl::Status QueueDirBackend::Submit(const v1::QueueEntry& entry,
+                                     const std::string& content_path) {
   std::string json;
   google::protobuf::util::JsonPrintOptions opts;
   opts.preserve_proto_field_names = true;

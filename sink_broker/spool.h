@@ -22,26 +22,26 @@ std::string NewQueueId();
 std::string NewToken();
 
 // fsync of a file or directory by path.
-absl::Status FsyncPath(const std::string &path);
+absl::Status FsyncPath(const std::string& path);
 
 // One transaction's content while it arrives.
 class IncomingMessage {
  public:
   static absl::StatusOr<std::unique_ptr<IncomingMessage>> Create(
-      const std::string &spool_dir, const std::string &name);
+      const std::string& spool_dir, const std::string& name);
   ~IncomingMessage();  // removes the file unless committed
 
-  absl::Status Append(const std::string &data);
+  absl::Status Append(const std::string& data);
   uint64_t size() const { return size_; }
-  const std::string &path() const { return path_; }
+  const std::string& path() const { return path_; }
 
   // Replaces the content with a rewritten file (content edits before
   // COMMIT).
-  absl::Status ReplaceWith(const std::string &new_path, uint64_t new_size);
+  absl::Status ReplaceWith(const std::string& new_path, uint64_t new_size);
 
   // Makes the message durable under `entry.queue_id()`: fsync content, write
   // and fsync the envelope record, rename both, fsync the directories.
-  absl::Status Commit(const v1::QueueEntry &entry);
+  absl::Status Commit(const v1::QueueEntry& entry);
 
  private:
   IncomingMessage(std::string spool_dir, std::string path, int fd);
@@ -53,17 +53,17 @@ class IncomingMessage {
 };
 
 // Paths of a committed message.
-std::string CommittedContentPath(const std::string &spool_dir,
-                                 const std::string &queue_id);
-std::string CommittedEnvelopePath(const std::string &spool_dir,
-                                  const std::string &queue_id);
+std::string CommittedContentPath(const std::string& spool_dir,
+                                 const std::string& queue_id);
+std::string CommittedEnvelopePath(const std::string& spool_dir,
+                                  const std::string& queue_id);
 
 // Creates <spool>/incoming and <spool>/committed; removes partial incoming
 // files left by a crash (nothing uncommitted was ever acknowledged).
-absl::Status PrepareSpool(const std::string &spool_dir);
+absl::Status PrepareSpool(const std::string& spool_dir);
 
 // Writes a file atomically: <path>.tmp, fsync, rename, fsync the directory.
-absl::Status WriteFileDurably(const std::string &path, const std::string &data);
+absl::Status WriteFileDurably(const std::string& path, const std::string& data);
 
 // Where released messages go.
 class QueueBackend {
@@ -71,8 +71,8 @@ class QueueBackend {
   virtual ~QueueBackend() = default;
   // Takes the message whose content is at `content_path`. OK means the
   // backend owns it now and the spool copy may go.
-  virtual absl::Status Submit(const v1::QueueEntry &entry,
-                              const std::string &content_path) = 0;
+  virtual absl::Status Submit(const v1::QueueEntry& entry,
+                              const std::string& content_path) = 0;
 };
 
 // The spool queue directory: <dir>/tmp/<id> written and fsynced, then
@@ -81,9 +81,9 @@ class QueueBackend {
 class QueueDirBackend : public QueueBackend {
  public:
   static absl::StatusOr<std::unique_ptr<QueueDirBackend>> Create(
-      const std::string &dir);
-  absl::Status Submit(const v1::QueueEntry &entry,
-                      const std::string &content_path) override;
+      const std::string& dir);
+  absl::Status Submit(const v1::QueueEntry& entry,
+                      const std::string& content_path) override;
 
  private:
   explicit QueueDirBackend(std::string dir) : dir_(std::move(dir)) {}

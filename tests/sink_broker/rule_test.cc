@@ -14,7 +14,7 @@ Event MakeEvent(sinkline::v1::EventType type, std::string from,
   Event e;
   e.set_type(type);
   e.mutable_envelope()->set_mail_from(from);
-  for (auto &r : rcpts) e.mutable_envelope()->add_recipients()->set_address(r);
+  for (auto& r : rcpts) e.mutable_envelope()->add_recipients()->set_address(r);
   e.mutable_recipient()->set_address(at_hand);
   e.mutable_session()->set_helo_name(helo);
   e.mutable_session()->mutable_client()->set_ip(ip);
@@ -24,8 +24,8 @@ Event MakeEvent(sinkline::v1::EventType type, std::string from,
 
 TEST(GlobMatch, Table) {
   struct Case {
-    const char *pattern;
-    const char *text;
+    const char* pattern;
+    const char* text;
     bool match;
   } cases[] = {
       {"*", "", true},
@@ -41,7 +41,7 @@ TEST(GlobMatch, Table) {
       {"exact@x", "exact@xy", false},
       {"**a", "a", true},
   };
-  for (const auto &c : cases) {
+  for (const auto& c : cases) {
     EXPECT_EQ(GlobMatch(c.pattern, c.text), c.match)
         << c.pattern << " ~ " << c.text;
   }
@@ -113,8 +113,8 @@ TEST(Rule, ClientIpv6AndAuth) {
 
 TEST(Rule, ErrorsNameThePosition) {
   struct Case {
-    const char *rule;
-    const char *message;
+    const char* rule;
+    const char* message;
   } cases[] = {
       {"mail form=*@x", "position 1: unknown key 'mail form'"},
       {"mail from=*@x;;rcpt to=y", "position 15: empty condition"},
@@ -124,7 +124,7 @@ TEST(Rule, ErrorsNameThePosition) {
       {"rcpt to=a@x,,b@y", "position 13: empty value"},
       {";", "position 1: empty condition"},
   };
-  for (const auto &c : cases) {
+  for (const auto& c : cases) {
     auto r = Rule::Parse(c.rule);
     ASSERT_FALSE(r.ok()) << c.rule;
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
