@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
@@ -344,8 +345,19 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
         req.set_content_inline(true);
       }
     }
-    call->context.set_deadline(std::chrono::system_clock::now() +
-                               std::chrono::milliseconds(spec.deadline_ms()));
+    auto deadline = std::chrono::milliseconds(spec.deadline_ms());
+    if (phase_ != Phase::kPost || event_.type() != v1::EVENT_TYPE_EOD) {
+      // Before the client's reply the whole chain has a budget.
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          chain_started_ + broker_->options().chain_deadline -
+          std::chrono::steady_clock::now());
+      if (left.count() <= 0) {
+        return Finished(call, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                           "the chain's deadline is spent"));
+      }
+      deadline = std::min(deadline, left);
+    }
+    call->context.set_deadline(std::chrono::system_clock::now() + deadline);
     if (sink == nullptr) {
       return Finished(call, grpc::Status(grpc::StatusCode::NOT_FOUND,
                                          "no such sink " + spec.sink()));
@@ -477,6 +489,8 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
   v1::Event event_;
   std::vector<const BindingConfig*> pre_, post_;
   Phase phase_ = Phase::kPre;
+  const std::chrono::steady_clock::time_point chain_started_ =
+      std::chrono::steady_clock::now();
   size_t index_ = 0;
   bool stopped_ = false;
   bool consumed_ = false;
@@ -879,6 +893,20 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
  public:
   explicit AdminServiceImpl(Broker* broker) : broker_(broker) {}
 
+  static grpc::Status ToGrpc(const absl::Status& st) {
+    if (st.ok()) return grpc::Status::OK;
+    return grpc::Status(static_cast<grpc::StatusCode>(st.code()),
+                        std::string(st.message()));
+  }
+  static grpc::ServerUnaryReactor* Answer(
+      grpc::CallbackServerContext* ctx,
+      const absl::StatusOr<v1::Binding>& result, v1::BindingResponse* resp) {
+    if (result.ok()) *resp->mutable_binding() = *result;
+    auto* r = ctx->DefaultReactor();
+    r->Finish(ToGrpc(result.status()));
+    return r;
+  }
+
   grpc::ServerUnaryReactor* ListSinks(grpc::CallbackServerContext* ctx,
                                       const v1::ListSinksRequest*,
                                       v1::ListSinksResponse* resp) override {
@@ -889,6 +917,34 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
     }
     auto* r = ctx->DefaultReactor();
     r->Finish(grpc::Status::OK);
+    return r;
+  }
+
+  grpc::ServerUnaryReactor* CreateBinding(grpc::CallbackServerContext* ctx,
+                                          const v1::CreateBindingRequest* req,
+                                          v1::BindingResponse* resp) override {
+    return Answer(ctx, broker_->CreateBinding(req->binding()), resp);
+  }
+  grpc::ServerUnaryReactor* UpdateBinding(grpc::CallbackServerContext* ctx,
+                                          const v1::UpdateBindingRequest* req,
+                                          v1::BindingResponse* resp) override {
+    return Answer(ctx, broker_->UpdateBinding(req->binding()), resp);
+  }
+  grpc::ServerUnaryReactor* EnableBinding(
+      grpc::CallbackServerContext* ctx, const v1::SetBindingEnabledRequest* req,
+      v1::BindingResponse* resp) override {
+    return Answer(ctx, broker_->SetBindingEnabled(req->name(), true), resp);
+  }
+  grpc::ServerUnaryReactor* DisableBinding(
+      grpc::CallbackServerContext* ctx, const v1::SetBindingEnabledRequest* req,
+      v1::BindingResponse* resp) override {
+    return Answer(ctx, broker_->SetBindingEnabled(req->name(), false), resp);
+  }
+  grpc::ServerUnaryReactor* DeleteBinding(grpc::CallbackServerContext* ctx,
+                                          const v1::DeleteBindingRequest* req,
+                                          v1::DeleteBindingResponse*) override {
+    auto* r = ctx->DefaultReactor();
+    r->Finish(ToGrpc(broker_->DeleteBinding(req->name())));
     return r;
   }
 
@@ -915,9 +971,12 @@ Broker::Broker(BrokerOptions options, Config config,
     : options_(std::move(options)),
       pool_(std::max(1, options_.workers)),
       queue_(std::move(queue)),
-      config_(std::make_shared<const Config>(std::move(config))),
+      config_(std::make_shared<const Config>(config)),
       session_service_(std::make_unique<SessionServiceImpl>(this)),
-      admin_service_(std::make_unique<AdminServiceImpl>(this)) {}
+      admin_service_(std::make_unique<AdminServiceImpl>(this)) {
+  absl::MutexLock lock(&admin_mu_);
+  file_config_ = std::move(config);
+}
 
 Broker::~Broker() { Drain(); }
 
@@ -951,6 +1010,160 @@ void Broker::SetConfig(Config config) {
   }
   spdlog::info("configuration: {} sinks, {} bindings; told {} sessions",
                next->sinks.size(), next->bindings.size(), live.size());
+}
+
+absl::Status Broker::LoadAdminState() {
+  absl::MutexLock lock(&admin_mu_);
+  if (options_.admin_state_path.empty()) return absl::OkStatus();
+  std::error_code ec;
+  if (!fs::exists(options_.admin_state_path, ec)) return absl::OkStatus();
+  auto parsed = ParseConfig(ReadFileBytes(options_.admin_state_path),
+                            options_.admin_state_path, &file_config_.sinks);
+  if (!parsed.ok()) return parsed.status();
+  for (auto& b : parsed->bindings) b.spec.set_origin("admin");
+  auto merged = MergeBindings(file_config_, parsed->bindings);
+  if (!merged.ok()) return merged.status();
+  admin_bindings_ = std::move(parsed->bindings);
+  SetConfig(std::move(*merged));
+  return absl::OkStatus();
+}
+
+absl::Status Broker::ReloadFile() {
+  auto file = LoadConfig(options_.config_path);
+  if (!file.ok()) return file.status();
+  return SetFileConfig(std::move(*file));
+}
+
+absl::Status Broker::SetFileConfig(Config file) {
+  absl::MutexLock lock(&admin_mu_);
+  auto merged = MergeBindings(file, admin_bindings_);
+  if (!merged.ok()) return merged.status();
+  file_config_ = std::move(file);
+  SetConfig(std::move(*merged));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BindingConfig> Broker::CheckAdminBinding(const v1::Binding& b) {
+  if (b.name().empty()) {
+    return absl::InvalidArgumentError("binding.name is required");
+  }
+  if (b.event() == v1::EVENT_TYPE_UNSPECIFIED) {
+    return absl::InvalidArgumentError("binding.event is required");
+  }
+  if (b.event() == v1::EVENT_TYPE_UNKNOWN && b.verb().empty()) {
+    return absl::InvalidArgumentError(
+        "binding.verb is required for a custom verb");
+  }
+  BindingConfig bc;
+  bc.spec = b;
+  if (bc.spec.deadline_ms() == 0) bc.spec.set_deadline_ms(5000);
+  // One validation for both sources: the file parser.
+  auto parsed =
+      ParseConfig(BindingsToYaml({bc}), "admin request", &file_config_.sinks);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(std::string(parsed.status().message()));
+  }
+  BindingConfig out = std::move(parsed->bindings.front());
+  out.spec.set_origin("admin");
+  return out;
+}
+
+absl::Status Broker::CommitAdmin(std::vector<BindingConfig> next) {
+  auto merged = MergeBindings(file_config_, next);
+  if (!merged.ok()) return merged.status();
+  if (!options_.admin_state_path.empty()) {
+    if (auto st =
+            WriteFileDurably(options_.admin_state_path, BindingsToYaml(next));
+        !st.ok()) {
+      return st;
+    }
+  }
+  admin_bindings_ = std::move(next);
+  SetConfig(std::move(*merged));
+  return absl::OkStatus();
+}
+
+namespace {
+
+absl::Status FromFile(const std::string& name, const std::string& path) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("binding '", name, "' comes from the bindings file ", path,
+                   "; change it there"));
+}
+
+}  // namespace
+
+absl::StatusOr<v1::Binding> Broker::CreateBinding(const v1::Binding& binding) {
+  absl::MutexLock lock(&admin_mu_);
+  v1::Binding wanted = binding;
+  wanted.set_enabled(true);  // new bindings start enabled
+  auto bc = CheckAdminBinding(wanted);
+  if (!bc.ok()) return bc.status();
+  auto next = admin_bindings_;
+  next.push_back(*bc);
+  if (auto st = CommitAdmin(std::move(next)); !st.ok()) return st;
+  spdlog::info("admin: created binding {}", bc->spec.name());
+  return bc->spec;
+}
+
+absl::StatusOr<v1::Binding> Broker::UpdateBinding(const v1::Binding& binding) {
+  absl::MutexLock lock(&admin_mu_);
+  auto next = admin_bindings_;
+  auto it = std::find_if(next.begin(), next.end(), [&](const auto& b) {
+    return b.spec.name() == binding.name();
+  });
+  if (it == next.end()) {
+    for (const auto& b : file_config_.bindings) {
+      if (b.spec.name() == binding.name()) {
+        return FromFile(binding.name(), options_.config_path);
+      }
+    }
+    return absl::NotFoundError("no binding named '" + binding.name() + "'");
+  }
+  v1::Binding wanted = binding;
+  wanted.set_enabled(it->spec.enabled());  // Enable/Disable change that
+  auto bc = CheckAdminBinding(wanted);
+  if (!bc.ok()) return bc.status();
+  *it = *bc;
+  if (auto st = CommitAdmin(std::move(next)); !st.ok()) return st;
+  spdlog::info("admin: updated binding {}", bc->spec.name());
+  return bc->spec;
+}
+
+absl::Status Broker::DeleteBinding(const std::string& name) {
+  absl::MutexLock lock(&admin_mu_);
+  auto next = admin_bindings_;
+  auto it = std::find_if(next.begin(), next.end(),
+                         [&](const auto& b) { return b.spec.name() == name; });
+  if (it == next.end()) {
+    for (const auto& b : file_config_.bindings) {
+      if (b.spec.name() == name) return FromFile(name, options_.config_path);
+    }
+    return absl::NotFoundError("no binding named '" + name + "'");
+  }
+  next.erase(it);
+  if (auto st = CommitAdmin(std::move(next)); !st.ok()) return st;
+  spdlog::info("admin: deleted binding {}", name);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Binding> Broker::SetBindingEnabled(const std::string& name,
+                                                      bool enabled) {
+  absl::MutexLock lock(&admin_mu_);
+  auto next = admin_bindings_;
+  auto it = std::find_if(next.begin(), next.end(),
+                         [&](const auto& b) { return b.spec.name() == name; });
+  if (it == next.end()) {
+    for (const auto& b : file_config_.bindings) {
+      if (b.spec.name() == name) return FromFile(name, options_.config_path);
+    }
+    return absl::NotFoundError("no binding named '" + name + "'");
+  }
+  it->spec.set_enabled(enabled);
+  v1::Binding out = it->spec;
+  if (auto st = CommitAdmin(std::move(next)); !st.ok()) return st;
+  spdlog::info("admin: {} binding {}", enabled ? "enabled" : "disabled", name);
+  return out;
 }
 
 void Broker::Register(const std::shared_ptr<SessionState>& s) {

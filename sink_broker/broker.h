@@ -6,6 +6,7 @@
 
 #include <boost/asio/strand.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <string>
@@ -24,6 +25,13 @@ struct BrokerOptions {
   std::string broker_id = "broker-1";
   // Content endpoint told to sinks (host:port of this broker).
   std::string advertise;
+  // The bindings file, reloaded by ReloadFile().
+  std::string config_path;
+  // Where bindings made through the admin service are kept (YAML).
+  std::string admin_state_path;
+  // Bound on one event's whole chain before the client's reply, so that no
+  // sink holds a client near its RFC 5321 timeouts.
+  std::chrono::milliseconds chain_deadline{60000};
   // Messages up to this size travel inside the EOD event to sinks with
   // content access.
   uint64_t inline_max_bytes = 65536;
@@ -52,8 +60,20 @@ class Broker {
   // Submits messages a previous run committed but did not submit.
   void RecoverSpool();
 
-  // Swaps in a new configuration and tells every edge stream.
-  void SetConfig(Config config);
+  // Loads the admin service's bindings kept from an earlier run.
+  absl::Status LoadAdminState();
+  // Re-reads the bindings file; a file with any error is refused whole and
+  // the running configuration stays.
+  absl::Status ReloadFile();
+  // Installs a parsed bindings file (merged with the admin bindings).
+  absl::Status SetFileConfig(Config file);
+
+  // The admin service's binding changes, persisted before they apply.
+  absl::StatusOr<v1::Binding> CreateBinding(const v1::Binding& binding);
+  absl::StatusOr<v1::Binding> UpdateBinding(const v1::Binding& binding);
+  absl::Status DeleteBinding(const std::string& name);
+  absl::StatusOr<v1::Binding> SetBindingEnabled(const std::string& name,
+                                                bool enabled);
   std::shared_ptr<const Config> config() const;
 
   // The gRPC services.
@@ -85,6 +105,19 @@ class Broker {
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);
   std::map<SessionState*, std::weak_ptr<SessionState>> sessions_
       ABSL_GUARDED_BY(mu_);
+  // Swaps in a new effective configuration and tells every edge stream.
+  void SetConfig(Config config);
+  // Validates an admin binding against the file's sinks.
+  absl::StatusOr<BindingConfig> CheckAdminBinding(const v1::Binding& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
+  // Persists `next` and, when the merge works, makes it the admin bindings.
+  absl::Status CommitAdmin(std::vector<BindingConfig> next)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
+
+  // Serialises configuration changes (file reloads and admin calls).
+  absl::Mutex admin_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  Config file_config_ ABSL_GUARDED_BY(admin_mu_);
+  std::vector<BindingConfig> admin_bindings_ ABSL_GUARDED_BY(admin_mu_);
   std::unique_ptr<SessionServiceImpl> session_service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;
 };

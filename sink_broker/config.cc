@@ -83,6 +83,17 @@ absl::StatusOr<bool> Bool(const Ctx& ctx, const YAML::Node& map,
   return v;
 }
 
+void SortBindings(std::vector<BindingConfig>& bindings) {
+  auto key = [](const BindingConfig& b) {
+    return std::make_tuple(b.spec.event(), b.spec.verb(), b.spec.priority(),
+                           b.spec.name());
+  };
+  std::stable_sort(bindings.begin(), bindings.end(),
+                   [&](const BindingConfig& a, const BindingConfig& b) {
+                     return key(a) < key(b);
+                   });
+}
+
 }  // namespace
 
 std::string EventName(v1::EventType type) {
@@ -114,7 +125,8 @@ absl::StatusOr<EventSelector> ParseEventName(const std::string& raw) {
 }
 
 absl::StatusOr<Config> ParseConfig(const std::string& text,
-                                   const std::string& filename) {
+                                   const std::string& filename,
+                                   const std::vector<SinkConfig>* known_sinks) {
   Ctx ctx{filename};
   YAML::Node root;
   try {
@@ -130,6 +142,9 @@ absl::StatusOr<Config> ParseConfig(const std::string& text,
     return st;
   }
   std::set<std::string> sink_names;
+  if (known_sinks) {
+    for (const auto& k : *known_sinks) sink_names.insert(k.name);
+  }
   if (const YAML::Node sinks = root["sinks"]; sinks && !sinks.IsNull()) {
     if (!sinks.IsSequence()) return ctx.Error(sinks, "'sinks' must be a list");
     for (const auto& s : sinks) {
@@ -242,14 +257,7 @@ absl::StatusOr<Config> ParseConfig(const std::string& text,
       config.bindings.push_back(std::move(bc));
     }
   }
-  auto key = [](const BindingConfig& b) {
-    return std::make_tuple(b.spec.event(), b.spec.verb(), b.spec.priority(),
-                           b.spec.name());
-  };
-  std::stable_sort(config.bindings.begin(), config.bindings.end(),
-                   [&](const BindingConfig& a, const BindingConfig& b) {
-                     return key(a) < key(b);
-                   });
+  SortBindings(config.bindings);
   return config;
 }
 
@@ -297,6 +305,68 @@ const SinkConfig* Config::FindSink(const std::string& name) const {
     if (s.name == name) return &s;
   }
   return nullptr;
+}
+
+}  // namespace sinkline::broker
+
+namespace sinkline::broker {
+
+std::string BindingsToYaml(const std::vector<BindingConfig>& bindings) {
+  YAML::Emitter out;
+  out << YAML::BeginMap << YAML::Key << "bindings" << YAML::Value
+      << YAML::BeginSeq;
+  for (const auto& b : bindings) {
+    const v1::Binding& s = b.spec;
+    out << YAML::BeginMap;
+    out << YAML::Key << "name" << YAML::Value << s.name();
+    out << YAML::Key << "sink" << YAML::Value << s.sink();
+    out << YAML::Key << "event" << YAML::Value
+        << (s.event() == v1::EVENT_TYPE_UNKNOWN ? s.verb()
+                                                : EventName(s.event()));
+    out << YAML::Key << "priority" << YAML::Value << s.priority();
+    if (!s.rule().empty()) {
+      out << YAML::Key << "rule" << YAML::Value << YAML::DoubleQuoted
+          << s.rule();
+    }
+    out << YAML::Key << "deadline_ms" << YAML::Value << s.deadline_ms();
+    const char* policy = "tempfail";
+    if (s.failure_policy() == v1::FAILURE_POLICY_CONTINUE) policy = "continue";
+    if (s.failure_policy() == v1::FAILURE_POLICY_REJECT) policy = "reject";
+    out << YAML::Key << "failure_policy" << YAML::Value << policy;
+    const char* access = "none";
+    if (s.content_access() == v1::CONTENT_ACCESS_READ) access = "read";
+    if (s.content_access() == v1::CONTENT_ACCESS_READ_WRITE) {
+      access = "read-write";
+    }
+    out << YAML::Key << "content_access" << YAML::Value << access;
+    out << YAML::Key << "expiry_policy" << YAML::Value
+        << (s.expiry_policy() == v1::EXPIRY_POLICY_HOLD ? "hold" : "release");
+    out << YAML::Key << "enabled" << YAML::Value << s.enabled();
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+absl::StatusOr<Config> MergeBindings(const Config& file,
+                                     const std::vector<BindingConfig>& extra) {
+  Config merged = file;
+  std::set<std::string> names;
+  for (const auto& b : file.bindings) names.insert(b.spec.name());
+  for (const auto& b : extra) {
+    if (!names.insert(b.spec.name()).second) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("binding '", b.spec.name(), "' is defined twice"));
+    }
+    if (!file.FindSink(b.spec.sink())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "binding '", b.spec.name(), "' names sink '", b.spec.sink(),
+          "', which the bindings file does not define"));
+    }
+    merged.bindings.push_back(b);
+  }
+  SortBindings(merged.bindings);
+  return merged;
 }
 
 }  // namespace sinkline::broker

@@ -42,8 +42,19 @@ struct Config {
 };
 
 // Parses the YAML text of a bindings file; `filename` appears in errors.
-absl::StatusOr<Config> ParseConfig(const std::string& text,
-                                   const std::string& filename);
+// Bindings may also name the sinks in `known_sinks` (used for the admin
+// service's bindings, whose sinks come from the bindings file).
+absl::StatusOr<Config> ParseConfig(
+    const std::string& text, const std::string& filename,
+    const std::vector<SinkConfig>* known_sinks = nullptr);
+
+// The YAML form of bindings (the bindings file's format, without sinks).
+std::string BindingsToYaml(const std::vector<BindingConfig>& bindings);
+
+// `file` with `extra` bindings added (in chain order). Fails when a name is
+// used twice or a sink is unknown.
+absl::StatusOr<Config> MergeBindings(const Config& file,
+                                     const std::vector<BindingConfig>& extra);
 absl::StatusOr<Config> LoadConfig(const std::string& path);
 
 // "EOD" -> EVENT_TYPE_EOD; other upper-case words are custom verbs

@@ -1,8 +1,12 @@
 // sinkline-broker: the sink broker service.
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
+#include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
@@ -28,6 +32,13 @@ ABSL_FLAG(std::string, broker_id, "broker-1", "name of this broker");
 ABSL_FLAG(uint64_t, inline_max_bytes, 65536,
           "messages up to this size travel inside the EOD event");
 ABSL_FLAG(int, workers, 4, "threads for chains, spool and submission");
+ABSL_FLAG(std::string, admin_state, "",
+          "file that keeps bindings made through the admin service "
+          "(default: <spool-dir>/admin-bindings.yaml)");
+ABSL_FLAG(int, chain_deadline_ms, 60000,
+          "bound on one event's chain before the client's reply");
+ABSL_FLAG(int, config_poll_ms, 1000,
+          "check the bindings file for changes this often (0: SIGHUP only)");
 ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics over HTTP on this address (off if empty)");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
@@ -65,6 +76,13 @@ int main(int argc, char** argv) {
   opts.broker_id = absl::GetFlag(FLAGS_broker_id);
   opts.inline_max_bytes = absl::GetFlag(FLAGS_inline_max_bytes);
   opts.workers = absl::GetFlag(FLAGS_workers);
+  opts.config_path = config_path;
+  opts.admin_state_path = absl::GetFlag(FLAGS_admin_state);
+  if (opts.admin_state_path.empty()) {
+    opts.admin_state_path = opts.spool_dir + "/admin-bindings.yaml";
+  }
+  opts.chain_deadline =
+      std::chrono::milliseconds(absl::GetFlag(FLAGS_chain_deadline_ms));
 
   std::unique_ptr<sinkline::MetricsHttpServer> metrics;
   if (const auto addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
@@ -96,6 +114,10 @@ int main(int argc, char** argv) {
     opts.advertise = absl::StrCat("127.0.0.1:", server->port);
     broker->set_advertise(opts.advertise);
   }
+  if (auto st = broker->LoadAdminState(); !st.ok()) {
+    spdlog::critical("admin bindings refused: {}", st.ToString());
+    return 2;
+  }
   broker->RecoverSpool();
   if (auto st =
           sinkline::WritePortFile(absl::GetFlag(FLAGS_port_file), server->port);
@@ -106,15 +128,39 @@ int main(int argc, char** argv) {
   spdlog::info("broker {} serving on port {} (content endpoint {})",
                opts.broker_id, server->port, opts.advertise);
 
-  const int sig = sinkline::WaitForShutdownSignal([&] {
-    auto next = sb::LoadConfig(config_path);
-    if (!next.ok()) {
-      spdlog::error("configuration refused, keeping the running one: {}",
-                    next.status().ToString());
-      return;
+  auto reload = [&broker](const char* why) {
+    if (auto st = broker->ReloadFile(); !st.ok()) {
+      spdlog::error("configuration refused ({}), keeping the running one: {}",
+                    why, st.ToString());
+    } else {
+      spdlog::info("configuration reloaded ({})", why);
     }
-    broker->SetConfig(std::move(*next));
-  });
+  };
+  // Reload when the file changes (a Kubernetes ConfigMap swaps it in place).
+  std::atomic<bool> stop{false};
+  std::thread watcher;
+  if (const int poll = absl::GetFlag(FLAGS_config_poll_ms); poll > 0) {
+    watcher = std::thread([&, poll] {
+      auto stamp = [&] {
+        struct stat st {};
+        if (::stat(config_path.c_str(), &st) != 0) return std::string();
+        return absl::StrCat(st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec, "/",
+                            st.st_size, "/", st.st_ino);
+      };
+      std::string last = stamp();
+      while (!stop.load()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(poll));
+        const std::string now = stamp();
+        if (!now.empty() && now != last) {
+          last = now;
+          reload("file changed");
+        }
+      }
+    });
+  }
+  const int sig = sinkline::WaitForShutdownSignal([&] { reload("SIGHUP"); });
+  stop.store(true);
+  if (watcher.joinable()) watcher.join();
   spdlog::info("signal {}: shutting down", sig);
   server->Stop();
   broker->Drain();

@@ -48,6 +48,10 @@ Gauge& SessionsGauge() {
 
 }  // namespace
 
+// Pause between attempts to reach a broker while a session waits at
+// connect.
+constexpr auto kRetryDelay = std::chrono::milliseconds(100);
+
 class Connection : public std::enable_shared_from_this<Connection>,
                    public SessionOutput {
  public:
@@ -79,10 +83,22 @@ class Connection : public std::enable_shared_from_this<Connection>,
     SessionsGauge().Add(1);
     session_ = std::make_unique<Session>(opts.limits, info, this);
 
-    OpenStream(info);
+    // A broker that is restarting may refuse for a moment: try again until
+    // the connect timeout, then give up with 421.
     const auto connect_deadline = Clock::now() + opts.broker_connect_timeout;
-    while (!got_map_ && !stream_done_) {
-      if (!co_await WaitWake(connect_deadline)) break;
+    for (;;) {
+      stream_done_ = false;
+      OpenStream(info);
+      while (!got_map_ && !stream_done_) {
+        if (!co_await WaitWake(connect_deadline)) break;
+      }
+      if (got_map_ || !stream_done_ ||
+          Clock::now() + kRetryDelay >= connect_deadline) {
+        break;
+      }
+      wake_.expires_after(kRetryDelay);
+      co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      woken_ = false;
     }
     if (!got_map_) {
       spdlog::warn("session {}: no broker ({}); 421", session_id_,
@@ -150,19 +166,23 @@ class Connection : public std::enable_shared_from_this<Connection>,
  private:
   void OpenStream(const v1::SessionInfo& info) {
     std::weak_ptr<Connection> weak = shared_from_this();
+    // Callbacks of an earlier attempt's stream are ignored.
+    const uint64_t gen = ++stream_gen_;
     BrokerStream::Handler h;
-    h.on_response = [weak](v1::SessionResponse resp) {
+    h.on_response = [weak, gen](v1::SessionResponse resp) {
       if (auto c = weak.lock()) {
-        asio::post(c->strand_,
-                   [c, resp = std::move(resp)] { c->OnResponse(resp); });
+        asio::post(c->strand_, [c, gen, resp = std::move(resp)] {
+          if (c->stream_gen_ == gen) c->OnResponse(resp);
+        });
       }
     };
     h.on_writable = [weak] {
       if (auto c = weak.lock()) asio::post(c->strand_, [c] { c->Wake(); });
     };
-    h.on_done = [weak](grpc::Status status) {
+    h.on_done = [weak, gen](grpc::Status status) {
       if (auto c = weak.lock()) {
-        asio::post(c->strand_, [c, status] {
+        asio::post(c->strand_, [c, gen, status] {
+          if (c->stream_gen_ != gen) return;
           c->stream_done_ = true;
           c->stream_error_ = status.error_message();
           if (c->got_map_ && c->session_ && !c->finished_) {
@@ -288,6 +308,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
   bool woken_ = false;
   std::unique_ptr<Session> session_;
   std::shared_ptr<BrokerStream> stream_;
+  uint64_t stream_gen_ = 0;
   std::string session_id_;
   std::string out_;
   bool close_after_flush_ = false;

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -19,6 +20,8 @@ BIN_DIR = os.environ.get("SINKLINE_BIN_DIR", "")
 # Python modules generated from proto/ (build/<preset>/python).
 PYTHON_DIR = os.environ.get("SINKLINE_PYTHON_DIR", "")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+if PYTHON_DIR and PYTHON_DIR not in sys.path:
+    sys.path.insert(0, PYTHON_DIR)  # generated message modules
 START_TIMEOUT_S = 15.0
 
 
