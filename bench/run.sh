@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the release preset and runs Sinkline's benchmarks, printing a table.
+#   bench/run.sh            all benchmarks
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$root/scripts/install-deps.sh"
+cd "$root"
+cmake --preset release >/dev/null
+cmake --build --preset release --target broker_bench >/dev/null
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+build/release/bench/broker_bench --benchmark_format=json >"$out" 2>/dev/null
+/usr/bin/python3 - "$out" <<'PY'
+import json, sys
+runs = json.load(open(sys.argv[1]))["benchmarks"]
+direct = next(r for r in runs if r["name"].startswith("BM_DirectSinkCall"))
+sink_us = direct["real_time"] / 1000.0
+print("Broker cost per event (MAIL event over the session stream, loopback,")
+print("sinks answer CONTINUE at once; 'broker own' = total minus the sink calls)")
+print()
+print("| sinks | µs/event | events/s | sink calls µs | broker own µs |")
+print("|---:|---:|---:|---:|---:|")
+for r in runs:
+    if not r["name"].startswith("BM_EventThroughBroker"):
+        continue
+    n = int(r["name"].split("sinks:")[1].split("/")[0])
+    us = r["real_time"] / 1000.0
+    print(f"| {n} | {us:.1f} | {r['events/s']:.0f} | {n * sink_us:.1f} | "
+          f"{us - n * sink_us:.1f} |")
+print()
+print(f"One direct sink call (baseline): {sink_us:.1f} µs")
+PY
