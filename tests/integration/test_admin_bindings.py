@@ -9,7 +9,7 @@ import unittest
 
 import grpc
 
-from harness import StackTestCase
+from harness import RawSmtp, StackTestCase
 
 from sinkline.v1 import admin_pb2, types_pb2  # noqa: E402  (PYTHONPATH)
 
@@ -53,6 +53,10 @@ class AdminBindingsTest(StackTestCase):
         self.stack.start_broker()
         self.stack.start_edge()
         self.admin = Admin(self.stack.broker.port)
+
+    def tearDown(self):
+        self.admin.channel.close()  # else the broker waits out its grace
+        super().tearDown()
 
     def stamps(self):
         with smtplib.SMTP("127.0.0.1", self.stack.edge.port, timeout=30) as s:
@@ -117,6 +121,30 @@ class AdminBindingsTest(StackTestCase):
         self.delete("early-stamp")
         self.assertEqual(self.stamps(), 1)
         self.assertNotIn("early-stamp", self.admin.bindings())
+
+    def test_open_sessions_learn_new_bindings(self):
+        # The edge skips the round trip for events nobody binds; a binding
+        # made now must reach sessions that are already open.
+        self.stack.start_sink("hello", "sinkline-example-hello")
+        self.stack.broker.stop()
+        self.stack.write_config([
+            {"name": "from-file", "sink": "stamp", "event": "EOD",
+             "priority": 30000, "content_access": "read-write"}])
+        self.admin.channel.close()
+        self.stack.start_broker(listen=f"127.0.0.1:{self.stack.broker.port}")
+        self.admin = Admin(self.stack.broker.port)
+        conn = RawSmtp(self.stack.edge.port)
+        self.assertEqual(conn.reply()[0], 220)
+        conn.cmd("EHLO client.example.net")
+        conn.cmd("MAIL FROM:<a@example.net>")
+        self.assertEqual(conn.cmd("RCPT TO:<nobody@example.test>")[0], 250)
+        self.create(admin_pb2.Binding(name="rcpt-policy", sink="hello",
+                                      event=types_pb2.EVENT_TYPE_RCPT,
+                                      priority=100))
+        code, lines = conn.cmd("RCPT TO:<nobody@example.test>")
+        self.assertEqual((code, lines),
+                         (550, ["550 5.1.1 No such user here"]))
+        conn.close()
 
     def test_errors_say_what_is_wrong(self):
         self.create(stamp_binding("dup", 100))

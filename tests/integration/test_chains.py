@@ -5,7 +5,7 @@ CONSUME stops the chain and skips the native handler (no COMMIT)."""
 import smtplib
 import unittest
 
-from harness import StackTestCase, binary
+from harness import RawSmtp, StackTestCase
 
 
 class ChainOrderTest(StackTestCase):
@@ -66,6 +66,20 @@ class ChainOrderTest(StackTestCase):
         # The fault sink logs every call it gets: "after" got none.
         self.assertNotIn("call after", self.stack.sinks["after"].log())
         self.assertIn("call taker", self.stack.sinks["taker"].log())
+
+    def test_sink_refuses_the_session_at_connect(self):
+        self.stack.start_sink("gate", "sinkline-test-fault-sink",
+                              ["--mode=refuse"])
+        self.stack.write_config([
+            {"name": "gate", "sink": "gate", "event": "CONNECT",
+             "rule": "client=127.0.0.1", "priority": 100}])
+        self.stack.start_broker()
+        self.stack.start_edge()
+        conn = RawSmtp(self.stack.edge.port)
+        self.assertEqual(conn.reply(),
+                         (554, ["554 5.7.1 Refused by the fault sink"]))
+        self.assertTrue(conn.closed_by_peer())
+        conn.close()
 
 
 if __name__ == "__main__":
