@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
@@ -119,6 +120,15 @@ absl::Status ValidateVerdict(const v1::Event& event, const v1::Binding& binding,
   }
   if (has_reply) {
     if (auto st = ValidateReply(verdict.reply()); !st.ok()) return st;
+  }
+  if (verdict.hold_lease()) {
+    if (binding.content_access() == v1::CONTENT_ACCESS_NONE) {
+      return absl::InvalidArgumentError("hold_lease without content access");
+    }
+    if (!after_commit) {
+      return absl::InvalidArgumentError(
+          "hold_lease is for sinks after COMMIT; before it the client waits");
+    }
   }
   if (verdict.drop_session() && has_reply && verdict.reply().code() != 421) {
     return absl::InvalidArgumentError("drop_session needs a 421 reply");
@@ -256,11 +266,9 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
     envelope_ = event_.envelope();
   }
 
-  // For EOD: where the content is, so sinks get leases and inline content
-  // and content edits can be applied.
-  std::function<std::string()> content_path;
-  std::function<absl::Status(const std::vector<v1::ContentEdit>&)>
-      apply_content_edits;
+  // For EOD: the message, so sinks with content access get leases (and the
+  // content inline) and their edits go through them.
+  std::shared_ptr<MessageRecord> message;
 
   // Runs the bindings before the native handler, then `native`, then
   // `after_native` with the result so far (the reply goes out there for
@@ -313,6 +321,18 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
   }
 
   void Invoke(const BindingConfig* b) {
+    if (message && b->spec.content_access() == v1::CONTENT_ACCESS_READ_WRITE) {
+      // Writers take turns: wait for a held read-write lease to end.
+      auto self = shared_from_this();
+      message->WhenNoWriter([self, b] {
+        asio::post(self->strand_, [self, b] { self->InvokeNow(b); });
+      });
+      return;
+    }
+    InvokeNow(b);
+  }
+
+  void InvokeNow(const BindingConfig* b) {
     const v1::Binding& spec = b->spec;
     const SinkConfig* sink = config_->FindSink(spec.sink());
     auto call = std::make_shared<Call>();
@@ -320,24 +340,34 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
     call->started = std::chrono::steady_clock::now();
     v1::SinkRequest& req = call->request;
     *req.mutable_event() = event_;
-    *req.mutable_event()->mutable_envelope() = envelope_;
+    *req.mutable_event()->mutable_envelope() =
+        message ? message->envelope() : envelope_;
     req.set_binding(spec.name());
     req.set_priority(spec.priority());
     req.set_after_commit(phase_ == Phase::kPost);
-    if (spec.content_access() != v1::CONTENT_ACCESS_NONE &&
-        event_.type() == v1::EVENT_TYPE_EOD && content_path) {
-      const auto now = std::chrono::system_clock::now();
-      const auto deadline = std::chrono::milliseconds(spec.deadline_ms());
-      v1::Lease* lease = req.mutable_lease();
-      lease->set_token(NewToken());
-      *lease->mutable_expires() = TimeUtil::MillisecondsToTimestamp(
-          std::chrono::duration_cast<std::chrono::milliseconds>(
-              (now + deadline).time_since_epoch())
-              .count());
-      *lease->mutable_max_expires() = lease->expires();
-      lease->set_access(spec.content_access());
-      lease->set_content_endpoint(broker_->options().advertise);
-      const std::string path = content_path();
+    if (spec.content_access() != v1::CONTENT_ACCESS_NONE && message) {
+      const auto ttl = std::chrono::milliseconds(spec.deadline_ms());
+      auto lease = broker_->leases().Grant(message, spec, ttl,
+                                           broker_->options().lease_max);
+      if (!lease.ok()) {
+        return Finished(call,
+                        grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                     std::string(lease.status().message())));
+      }
+      call->token = (*lease)->token;
+      v1::Lease* out = req.mutable_lease();
+      out->set_token((*lease)->token);
+      auto stamp = [](std::chrono::system_clock::time_point t) {
+        return TimeUtil::MillisecondsToTimestamp(
+            std::chrono::duration_cast<std::chrono::milliseconds>(
+                t.time_since_epoch())
+                .count());
+      };
+      *out->mutable_expires() = stamp((*lease)->expires);
+      *out->mutable_max_expires() = stamp((*lease)->max_expires);
+      out->set_access(spec.content_access());
+      out->set_content_endpoint(broker_->options().advertise);
+      const std::string path = message->path();
       std::error_code ec;
       const auto size = fs::file_size(path, ec);
       if (!ec && size <= broker_->options().inline_max_bytes) {
@@ -374,6 +404,7 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
 
   struct Call {
     const BindingConfig* binding = nullptr;
+    std::string token;  // the lease, when the binding has content access
     grpc::ClientContext context;
     v1::SinkRequest request;
     v1::Verdict verdict;
@@ -390,6 +421,8 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
                      std::chrono::steady_clock::now() - call->started)
                      .count());
     if (!status.ok()) {
+      // The lease ends with the failed call; nothing it staged is kept.
+      if (!call->token.empty()) broker_->leases().Fail(call->token);
       Failure(spec, absl::StrCat(
                         "call failed: ", grpc::StatusCode(status.error_code()),
                         " ", status.error_message()));
@@ -398,25 +431,32 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
     const bool post = phase_ == Phase::kPost;
     if (auto st = ValidateVerdict(event_, spec, post, call->verdict);
         !st.ok()) {
+      if (!call->token.empty()) broker_->leases().Fail(call->token);
       Failure(spec, absl::StrCat("invalid verdict: ", st.message()));
       return Step();
     }
     const v1::Verdict& v = call->verdict;
-    if (v.hold_lease()) {
-      spdlog::info(
-          "binding={} asked to hold its lease; leases end with the verdict "
-          "until the content service serves them",
-          spec.name());
-    }
-    if (v.content_edits_size() > 0 && apply_content_edits) {
-      std::vector<v1::ContentEdit> edits(v.content_edits().begin(),
+    std::vector<v1::ContentEdit> content(v.content_edits().begin(),
                                          v.content_edits().end());
-      if (auto st = apply_content_edits(edits); !st.ok()) {
-        Failure(spec, absl::StrCat("content edits failed: ", st.message()));
+    std::vector<v1::EnvelopeEdit> envelope(v.envelope_edits().begin(),
+                                           v.envelope_edits().end());
+    if (!call->token.empty()) {
+      // The verdict's edits go through the lease: published when it ends.
+      if (v.hold_lease()) {
+        for (auto& e : content)
+          (void)broker_->leases().StageContent(call->token, e);
+        for (auto& e : envelope) {
+          (void)broker_->leases().StageEnvelope(call->token, e);
+        }
+        spdlog::debug("binding={} holds its lease on queue_id={}", spec.name(),
+                      event_.queue_id());
+      } else if (auto st = broker_->leases().Release(call->token, false,
+                                                     content, envelope);
+                 !st.ok()) {
+        Failure(spec, absl::StrCat("edits failed: ", st.message()));
         return Step();
       }
-    }
-    if (ApplyEnvelopeEdits(v.envelope_edits(), envelope_)) {
+    } else if (ApplyEnvelopeEdits(v.envelope_edits(), envelope_)) {
       envelope_changed_ = true;
     }
     const bool has_reply = v.has_reply() && v.reply().code() != 0;
@@ -510,22 +550,40 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
 
 class Submission : public std::enable_shared_from_this<Submission> {
  public:
-  Submission(Broker* broker, v1::QueueEntry entry)
-      : broker_(broker), entry_(std::move(entry)), timer_(broker->pool()) {}
+  Submission(Broker* broker, v1::QueueEntry entry,
+             std::shared_ptr<MessageRecord> record = nullptr)
+      : broker_(broker),
+        entry_(std::move(entry)),
+        record_(std::move(record)),
+        timer_(broker->pool()) {}
 
   void Start() {
     const std::string content =
         CommittedContentPath(broker_->options().spool_dir, entry_.queue_id());
     const std::string env =
         CommittedEnvelopePath(broker_->options().spool_dir, entry_.queue_id());
+    // THE INVARIANT: nothing goes to the queue while a lease is active.
+    const int active = record_ ? record_->active_leases() : 0;
+    if (active != 0) {
+      MetricsRegistry::Default()
+          .GetCounter("sinkline_broker_invariant_violations_total",
+                      "Submissions attempted while a lease was active.")
+          .Inc();
+      spdlog::critical("queue_id={} has {} active leases at submission",
+                       entry_.queue_id(), active);
+      std::abort();
+    }
     absl::Status st = broker_->queue().Submit(entry_, content);
     if (st.ok()) {
       ::unlink(env.c_str());
       ::unlink(content.c_str());
+      if (record_) broker_->leases().MessageReleased(*record_);
       MessagesCounter("submitted").Inc();
-      spdlog::info("submitted queue_id={} recipients={} size={}",
-                   entry_.queue_id(), entry_.envelope().recipients_size(),
-                   entry_.size());
+      spdlog::info(
+          "submitted queue_id={} recipients={} size={} "
+          "active_leases={}",
+          entry_.queue_id(), entry_.envelope().recipients_size(), entry_.size(),
+          active);
       return;
     }
     delay_ = std::min(delay_ * 2, std::chrono::seconds(60));
@@ -541,6 +599,7 @@ class Submission : public std::enable_shared_from_this<Submission> {
  private:
   Broker* const broker_;
   v1::QueueEntry entry_;
+  std::shared_ptr<MessageRecord> record_;
   asio::steady_timer timer_;
   std::chrono::seconds delay_{1};
 };
@@ -781,39 +840,35 @@ void SessionState::HandleEod(v1::Event event) {
                                         std::move(event));
   auto committed = std::make_shared<v1::QueueEntry>();
   Broker* broker = broker_;
-  run->content_path = [message, committed, broker]() {
-    return committed->queue_id().empty()
-               ? message->path()
-               : CommittedContentPath(broker->options().spool_dir,
-                                      committed->queue_id());
-  };
-  run->apply_content_edits =
-      [message, committed,
-       broker](const std::vector<v1::ContentEdit>& edits) -> absl::Status {
-    if (committed->queue_id().empty()) {
-      const std::string tmp = message->path() + ".edit";
-      auto size = RewriteMessage(message->path(), tmp, edits);
-      if (!size.ok()) return size.status();
-      return message->ReplaceWith(tmp, *size);
-    }
-    // After COMMIT: a new version, fsynced, then renamed over the old one.
-    const std::string path = CommittedContentPath(broker->options().spool_dir,
-                                                  committed->queue_id());
-    const std::string tmp = path + ".edit";
-    auto size = RewriteMessage(path, tmp, edits);
-    if (!size.ok()) return size.status();
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-      return absl::UnavailableError("rename of the new version failed");
-    }
-    committed->set_size(*size);
-    return FsyncPath(fs::path(path).parent_path().string());
-  };
+  // Edits are published by leases: before COMMIT into the incoming file,
+  // after it as a new version, fsynced, renamed over the old one. Readers
+  // holding the old version keep their snapshot.
+  auto holder = std::make_shared<std::weak_ptr<MessageRecord>>();
+  auto record = std::make_shared<MessageRecord>(
+      message->path(),
+      [message,
+       holder](const std::vector<v1::ContentEdit>& edits) -> absl::Status {
+        auto rec = holder->lock();
+        if (!rec) return absl::FailedPreconditionError("message released");
+        const std::string path = rec->path();
+        const std::string tmp = path + ".edit";
+        auto size = RewriteMessage(path, tmp, edits);
+        if (!size.ok()) return size.status();
+        if (rec->queue_id().empty()) return message->ReplaceWith(tmp, *size);
+        if (::rename(tmp.c_str(), path.c_str()) != 0) {
+          return absl::UnavailableError("rename of the new version failed");
+        }
+        return FsyncPath(fs::path(path).parent_path().string());
+      });
+  *holder = record;
+  record->set_envelope(run->event().envelope());
+  run->message = record;
 
-  auto native = [message, committed, broker, self](ChainRun& r) {
+  auto native = [message, committed, broker, record](ChainRun& r) {
     // COMMIT: durable first, then the queue id goes to the client.
     v1::QueueEntry entry;
     entry.set_queue_id(NewQueueId());
-    *entry.mutable_envelope() = r.envelope();
+    *entry.mutable_envelope() = record->envelope();
     *entry.mutable_session() = r.event().session();
     entry.set_transaction_id(r.event().transaction_id());
     *entry.mutable_committed() = TimeUtil::GetCurrentTime();
@@ -826,6 +881,9 @@ void SessionState::HandleEod(v1::Event event) {
       return NativeResult::kStop;
     }
     *committed = entry;
+    record->set_path(
+        CommittedContentPath(broker->options().spool_dir, entry.queue_id()));
+    record->set_queue_id(entry.queue_id());
     MessagesCounter("committed").Inc();
     r.mutable_event().set_queue_id(entry.queue_id());
     r.set_reply(MakeReply(250, "2.0.0",
@@ -850,27 +908,41 @@ void SessionState::HandleEod(v1::Event event) {
     self->Send(std::move(resp));
     self->ReadNext();
   };
-  run->Run(native, after_native, [message, committed, broker](ChainRun& r) {
-    if (committed->queue_id().empty()) return;
-    if (r.envelope_changed()) {
-      *committed->mutable_envelope() = r.envelope();
-      // Keep the spool's record in step with the envelope that will go out.
-      std::string record;
-      committed->SerializeToString(&record);
-      auto st =
-          WriteFileDurably(CommittedEnvelopePath(broker->options().spool_dir,
-                                                 committed->queue_id()),
-                           record);
-      if (!st.ok()) spdlog::error("envelope record: {}", st.ToString());
-    }
-    if (!r.quarantine_reason().empty()) {
-      MessagesCounter("quarantined").Inc();
-      spdlog::warn("quarantined queue_id={}: {}", committed->queue_id(),
-                   r.quarantine_reason());
-      return;
-    }
-    std::make_shared<Submission>(broker, *committed)->Start();
-  });
+  run->Run(
+      native, after_native, [message, committed, broker, record](ChainRun& r) {
+        if (committed->queue_id().empty()) return;  // refused before COMMIT
+        const std::string quarantine = r.quarantine_reason();
+        // The chain is over; the message goes on once no lease is active.
+        record->ChainDone([message, committed, broker, record, quarantine] {
+          const std::string& id = committed->queue_id();
+          if (record->envelope_edited()) {
+            *committed->mutable_envelope() = record->envelope();
+            // Keep the spool's record in step with the envelope that goes out.
+            std::string bytes;
+            committed->SerializeToString(&bytes);
+            auto st = WriteFileDurably(
+                CommittedEnvelopePath(broker->options().spool_dir, id), bytes);
+            if (!st.ok()) spdlog::error("envelope record: {}", st.ToString());
+          }
+          if (!quarantine.empty()) {
+            MessagesCounter("quarantined").Inc();
+            spdlog::warn("quarantined queue_id={}: {}", id, quarantine);
+            return;
+          }
+          if (record->held()) {
+            MessagesCounter("held").Inc();
+            spdlog::warn(
+                "held queue_id={}: a lease expired under the hold "
+                "policy; an operator must release it",
+                id);
+            return;
+          }
+          std::error_code ec;
+          const auto size = fs::file_size(record->path(), ec);
+          if (!ec) committed->set_size(size);
+          std::make_shared<Submission>(broker, *committed, record)->Start();
+        });
+      });
 }
 
 // ---------------------------------------------------------------------------
@@ -948,6 +1020,15 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
     return r;
   }
 
+  grpc::ServerUnaryReactor* ListLeases(grpc::CallbackServerContext* ctx,
+                                       const v1::ListLeasesRequest*,
+                                       v1::ListLeasesResponse* resp) override {
+    for (auto& l : broker_->leases().List()) *resp->add_leases() = l;
+    auto* r = ctx->DefaultReactor();
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+
   grpc::ServerUnaryReactor* ListBindings(
       grpc::CallbackServerContext* ctx, const v1::ListBindingsRequest*,
       v1::ListBindingsResponse* resp) override {
@@ -963,6 +1044,254 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
   Broker* const broker_;
 };
 
+// The content service: sinks read and write a message by lease token.
+class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
+ public:
+  explicit ContentServiceImpl(Broker* broker) : broker_(broker) {}
+
+  static grpc::Status ToGrpc(const absl::Status& st) {
+    if (st.ok()) return grpc::Status::OK;
+    return grpc::Status(static_cast<grpc::StatusCode>(st.code()),
+                        std::string(st.message()));
+  }
+  static grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx,
+                                        const absl::Status& st) {
+    auto* r = ctx->DefaultReactor();
+    r->Finish(ToGrpc(st));
+    return r;
+  }
+  uint64_t SnapshotSize(const std::string& token) {
+    auto lease = broker_->leases().Find(token);
+    struct stat st {};
+    if (!lease.ok() || ::fstat((*lease)->fd, &st) != 0) return 0;
+    return static_cast<uint64_t>(st.st_size);
+  }
+
+  class Reader : public grpc::ServerWriteReactor<v1::ReadRangeResponse> {
+   public:
+    Reader(Broker* broker, const v1::ReadRangeRequest& req) {
+      auto lease = broker->leases().Find(req.token());
+      if (!lease.ok()) {
+        Finish(ToGrpc(lease.status()));
+        return;
+      }
+      // Our own descriptor on the snapshot: the lease may end meanwhile.
+      fd_ = ::dup((*lease)->fd);
+      struct stat st {};
+      ::fstat(fd_, &st);
+      size_ = static_cast<uint64_t>(st.st_size);
+      if (req.offset() > size_) {
+        Finish(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                            "offset past the end of the message"));
+        return;
+      }
+      pos_ = req.offset();
+      end_ = req.length() == 0 ? size_ : std::min(size_, pos_ + req.length());
+      Next();
+    }
+    void OnWriteDone(bool ok) override {
+      if (!ok) {
+        Finish(grpc::Status::CANCELLED);
+        return;
+      }
+      Next();
+    }
+    void OnDone() override {
+      if (fd_ >= 0) ::close(fd_);
+      delete this;
+    }
+
+   private:
+    void Next() {
+      if (pos_ >= end_) {
+        if (!sent_any_) {  // an empty range still tells the size
+          sent_any_ = true;
+          resp_.set_offset(pos_);
+          resp_.set_total_size(size_);
+          resp_.clear_data();
+          StartWrite(&resp_);
+          return;
+        }
+        Finish(grpc::Status::OK);
+        return;
+      }
+      const size_t n = std::min<uint64_t>(65536, end_ - pos_);
+      std::string buf(n, '\0');
+      const ssize_t got = ::pread(fd_, buf.data(), n, pos_);
+      if (got <= 0) {
+        Finish(grpc::Status(grpc::StatusCode::INTERNAL, "read failed"));
+        return;
+      }
+      buf.resize(static_cast<size_t>(got));
+      resp_.set_offset(pos_);
+      resp_.set_total_size(size_);
+      resp_.set_data(std::move(buf));
+      pos_ += static_cast<uint64_t>(got);
+      sent_any_ = true;
+      StartWrite(&resp_);
+    }
+    int fd_ = -1;
+    uint64_t size_ = 0, pos_ = 0, end_ = 0;
+    bool sent_any_ = false;
+    v1::ReadRangeResponse resp_;
+  };
+
+  grpc::ServerWriteReactor<v1::ReadRangeResponse>* ReadRange(
+      grpc::CallbackServerContext*, const v1::ReadRangeRequest* req) override {
+    return new Reader(broker_, *req);
+  }
+
+  grpc::ServerUnaryReactor* ReadHeaders(
+      grpc::CallbackServerContext* ctx, const v1::ReadHeadersRequest* req,
+      v1::ReadHeadersResponse* resp) override {
+    auto lease = broker_->leases().Find(req->token());
+    if (!lease.ok()) return Done(ctx, lease.status());
+    std::string head(1 << 20, '\0');
+    const ssize_t n = ::pread((*lease)->fd, head.data(), head.size(), 0);
+    head.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    const ParsedHeader h = ParseHeader(head);
+    for (const auto& f : h.fields) {
+      auto* out = resp->add_fields();
+      out->set_name(f.name);
+      std::string value = f.raw.substr(f.name.size() + 1);
+      if (!value.empty() && value.front() == ' ') value.erase(0, 1);
+      if (value.size() >= 2) value.resize(value.size() - 2);  // CRLF
+      out->set_value(std::move(value));
+    }
+    resp->set_body_offset(h.body_offset);
+    return Done(ctx, absl::OkStatus());
+  }
+
+  grpc::ServerUnaryReactor* WriteRange(grpc::CallbackServerContext* ctx,
+                                       const v1::WriteRangeRequest*,
+                                       v1::EditResponse*) override {
+    return Done(ctx, absl::UnimplementedError(
+                         "WriteRange is not served yet; use the header "
+                         "edits or ReplaceBody"));
+  }
+
+  grpc::ServerUnaryReactor* Stage(grpc::CallbackServerContext* ctx,
+                                  const std::string& token,
+                                  v1::ContentEdit edit,
+                                  v1::EditResponse* resp) {
+    auto st = broker_->leases().StageContent(token, std::move(edit));
+    if (st.ok()) resp->set_total_size(SnapshotSize(token));
+    return Done(ctx, st);
+  }
+  grpc::ServerUnaryReactor* AddHeader(grpc::CallbackServerContext* ctx,
+                                      const v1::AddHeaderRequest* req,
+                                      v1::EditResponse* resp) override {
+    v1::ContentEdit e;
+    *e.mutable_add_header() = req->header();
+    return Stage(ctx, req->token(), std::move(e), resp);
+  }
+  grpc::ServerUnaryReactor* ChangeHeader(grpc::CallbackServerContext* ctx,
+                                         const v1::ChangeHeaderRequest* req,
+                                         v1::EditResponse* resp) override {
+    v1::ContentEdit e;
+    *e.mutable_change_header() = req->header();
+    return Stage(ctx, req->token(), std::move(e), resp);
+  }
+  grpc::ServerUnaryReactor* DeleteHeader(grpc::CallbackServerContext* ctx,
+                                         const v1::DeleteHeaderRequest* req,
+                                         v1::EditResponse* resp) override {
+    v1::ContentEdit e;
+    *e.mutable_delete_header() = req->header();
+    return Stage(ctx, req->token(), std::move(e), resp);
+  }
+
+  class BodyReader : public grpc::ServerReadReactor<v1::ReplaceBodyRequest> {
+   public:
+    BodyReader(Broker* broker, v1::EditResponse* resp)
+        : broker_(broker), resp_(resp) {
+      StartRead(&req_);
+    }
+    void OnReadDone(bool ok) override {
+      if (ok) {
+        if (token_.empty()) token_ = req_.token();
+        body_ += req_.data();
+        if (body_.size() > kMaxBody) {
+          Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                              "new body larger than 64 MiB"));
+          return;
+        }
+        StartRead(&req_);
+        return;
+      }
+      v1::ContentEdit e;
+      e.mutable_replace_body()->set_body(std::move(body_));
+      auto st = broker_->leases().StageContent(token_, std::move(e));
+      resp_->set_total_size(0);
+      Finish(ToGrpc(st));
+    }
+    void OnDone() override { delete this; }
+
+   private:
+    static constexpr size_t kMaxBody = 64u << 20;
+    Broker* const broker_;
+    v1::EditResponse* const resp_;
+    v1::ReplaceBodyRequest req_;
+    std::string token_, body_;
+  };
+  grpc::ServerReadReactor<v1::ReplaceBodyRequest>* ReplaceBody(
+      grpc::CallbackServerContext*, v1::EditResponse* resp) override {
+    return new BodyReader(broker_, resp);
+  }
+
+  grpc::ServerUnaryReactor* Envelope(grpc::CallbackServerContext* ctx,
+                                     const std::string& token,
+                                     v1::EnvelopeEdit edit,
+                                     v1::EditResponse* resp) {
+    auto st = broker_->leases().StageEnvelope(token, std::move(edit));
+    if (st.ok()) resp->set_total_size(SnapshotSize(token));
+    return Done(ctx, st);
+  }
+  grpc::ServerUnaryReactor* SetSender(grpc::CallbackServerContext* ctx,
+                                      const v1::SetSenderRequest* req,
+                                      v1::EditResponse* resp) override {
+    v1::EnvelopeEdit e;
+    e.set_set_sender(req->mail_from());
+    return Envelope(ctx, req->token(), std::move(e), resp);
+  }
+  grpc::ServerUnaryReactor* AddRecipient(grpc::CallbackServerContext* ctx,
+                                         const v1::AddRecipientRequest* req,
+                                         v1::EditResponse* resp) override {
+    v1::EnvelopeEdit e;
+    *e.mutable_add_recipient() = req->recipient();
+    return Envelope(ctx, req->token(), std::move(e), resp);
+  }
+  grpc::ServerUnaryReactor* RemoveRecipient(
+      grpc::CallbackServerContext* ctx, const v1::RemoveRecipientRequest* req,
+      v1::EditResponse* resp) override {
+    v1::EnvelopeEdit e;
+    e.set_remove_recipient(req->address());
+    return Envelope(ctx, req->token(), std::move(e), resp);
+  }
+
+  grpc::ServerUnaryReactor* Renew(grpc::CallbackServerContext* ctx,
+                                  const v1::RenewRequest* req,
+                                  v1::RenewResponse* resp) override {
+    auto until = broker_->leases().Renew(
+        req->token(), std::chrono::milliseconds(req->extend_ms()));
+    if (until.ok()) {
+      *resp->mutable_expires() = TimeUtil::MillisecondsToTimestamp(
+          std::chrono::duration_cast<std::chrono::milliseconds>(
+              until->time_since_epoch())
+              .count());
+    }
+    return Done(ctx, until.status());
+  }
+
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* ctx,
+                                    const v1::ReleaseRequest* req,
+                                    v1::ReleaseResponse*) override {
+    return Done(ctx, broker_->leases().Release(req->token(), req->discard()));
+  }
+
+ private:
+  Broker* const broker_;
+};
+
 // ---------------------------------------------------------------------------
 // Broker.
 
@@ -971,16 +1300,23 @@ Broker::Broker(BrokerOptions options, Config config,
     : options_(std::move(options)),
       pool_(std::max(1, options_.workers)),
       queue_(std::move(queue)),
+      leases_(std::make_unique<LeaseTable>(pool_)),
       config_(std::make_shared<const Config>(config)),
       session_service_(std::make_unique<SessionServiceImpl>(this)),
-      admin_service_(std::make_unique<AdminServiceImpl>(this)) {
+      admin_service_(std::make_unique<AdminServiceImpl>(this)),
+      content_service_(std::make_unique<ContentServiceImpl>(this)) {
   absl::MutexLock lock(&admin_mu_);
   file_config_ = std::move(config);
 }
 
 Broker::~Broker() { Drain(); }
 
-void Broker::Drain() { pool_.join(); }
+void Broker::Drain() {
+  leases_->CancelTimers();
+  pool_.join();
+}
+
+grpc::Service* Broker::content_service() { return content_service_.get(); }
 
 grpc::Service* Broker::session_service() { return session_service_.get(); }
 grpc::Service* Broker::admin_service() { return admin_service_.get(); }

@@ -13,7 +13,9 @@
 
 #include "absl/synchronization/mutex.h"
 #include "config.h"
+#include "lease.h"
 #include "sinkline/v1/admin.grpc.pb.h"
+#include "sinkline/v1/content.grpc.pb.h"
 #include "sinkline/v1/session.grpc.pb.h"
 #include "sinkline/v1/sink.grpc.pb.h"
 #include "spool.h"
@@ -32,6 +34,8 @@ struct BrokerOptions {
   // Bound on one event's whole chain before the client's reply, so that no
   // sink holds a client near its RFC 5321 timeouts.
   std::chrono::milliseconds chain_deadline{60000};
+  // How far renewals can push a lease (from its grant).
+  std::chrono::milliseconds lease_max{600000};
   // Messages up to this size travel inside the EOD event to sinks with
   // content access.
   uint64_t inline_max_bytes = 65536;
@@ -79,6 +83,7 @@ class Broker {
   // The gRPC services.
   grpc::Service* session_service();
   grpc::Service* admin_service();
+  grpc::Service* content_service();
 
   // Waits for in-flight work (post-commit chains, submissions) to finish.
   void Drain();
@@ -89,6 +94,7 @@ class Broker {
   void set_advertise(std::string a) { options_.advertise = std::move(a); }
   boost::asio::thread_pool& pool() { return pool_; }
   SinkChannels& channels() { return channels_; }
+  LeaseTable& leases() { return *leases_; }
   QueueBackend& queue() { return *queue_; }
   void Register(const std::shared_ptr<SessionState>& s);
   void Unregister(SessionState* s);
@@ -96,11 +102,13 @@ class Broker {
  private:
   class SessionServiceImpl;
   class AdminServiceImpl;
+  class ContentServiceImpl;
 
   BrokerOptions options_;
   boost::asio::thread_pool pool_;
   SinkChannels channels_;
   std::unique_ptr<QueueBackend> queue_;
+  std::unique_ptr<LeaseTable> leases_;
   mutable absl::Mutex mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);
   std::map<SessionState*, std::weak_ptr<SessionState>> sessions_
@@ -120,6 +128,7 @@ class Broker {
   std::vector<BindingConfig> admin_bindings_ ABSL_GUARDED_BY(admin_mu_);
   std::unique_ptr<SessionServiceImpl> session_service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;
+  std::unique_ptr<ContentServiceImpl> content_service_;
 };
 
 // Checks a sink's verdict against the event and the binding. An invalid
@@ -130,10 +139,5 @@ absl::Status ValidateVerdict(const v1::Event& event, const v1::Binding& binding,
 // Checks a reply a sink gives: code class 2/4/5, enhanced code of the same
 // class, text without CR or LF.
 absl::Status ValidateReply(const v1::Reply& reply);
-
-// Applies envelope edits; returns whether anything changed.
-bool ApplyEnvelopeEdits(
-    const google::protobuf::RepeatedPtrField<v1::EnvelopeEdit>& edits,
-    v1::Envelope& envelope);
 
 }  // namespace sinkline::broker

@@ -37,6 +37,8 @@ ABSL_FLAG(std::string, admin_state, "",
           "(default: <spool-dir>/admin-bindings.yaml)");
 ABSL_FLAG(int, chain_deadline_ms, 60000,
           "bound on one event's chain before the client's reply");
+ABSL_FLAG(int, lease_max_ms, 600000,
+          "how far renewals can push a lease, from its grant");
 ABSL_FLAG(int, config_poll_ms, 1000,
           "check the bindings file for changes this often (0: SIGHUP only)");
 ABSL_FLAG(std::string, metrics_listen, "",
@@ -81,6 +83,7 @@ int main(int argc, char** argv) {
   if (opts.admin_state_path.empty()) {
     opts.admin_state_path = opts.spool_dir + "/admin-bindings.yaml";
   }
+  opts.lease_max = std::chrono::milliseconds(absl::GetFlag(FLAGS_lease_max_ms));
   opts.chain_deadline =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_chain_deadline_ms));
 
@@ -103,8 +106,10 @@ int main(int argc, char** argv) {
       std::make_unique<sb::Broker>(opts, std::move(*config), std::move(*queue));
   auto server = sinkline::StartGrpcServer(
       absl::GetFlag(FLAGS_listen),
-      {broker->session_service(), broker->admin_service()},
-      {"sinkline.v1.SessionService", "sinkline.v1.Admin"});
+      {broker->session_service(), broker->admin_service(),
+       broker->content_service()},
+      {"sinkline.v1.SessionService", "sinkline.v1.Admin",
+       "sinkline.v1.Content"});
   if (!server.ok()) {
     spdlog::critical("{}", server.status().ToString());
     return 1;

@@ -49,4 +49,9 @@ absl::StatusOr<uint64_t> RewriteMessage(
     const std::vector<sinkline::v1::ContentEdit>& edits,
     size_t max_header_bytes = 1 << 20);
 
+// Applies envelope edits; returns whether anything changed.
+bool ApplyEnvelopeEdits(
+    const google::protobuf::RepeatedPtrField<v1::EnvelopeEdit>& edits,
+    v1::Envelope& envelope);
+
 }  // namespace sinkline::broker

@@ -1,0 +1,310 @@
+#include "lease.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <boost/asio/post.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "message_edit.h"
+#include "sinkline/common/metrics.h"
+#include "spool.h"
+
+namespace sinkline::broker {
+
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr size_t kMaxEnded = 200000;
+
+}  // namespace
+
+void MessageRecord::ChainDone(std::function<void()> ready) {
+  {
+    absl::MutexLock lock(&mu_);
+    chain_done_ = true;
+    if (active_ > 0) {
+      ready_ = std::move(ready);
+      return;
+    }
+  }
+  ready();
+}
+
+void MessageRecord::WhenNoWriter(std::function<void()> go) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (active_writers_ > 0) {
+      writer_waiters_.push_back(std::move(go));
+      return;
+    }
+  }
+  go();
+}
+
+LeaseTable::~LeaseTable() {
+  absl::MutexLock lock(&mu_);
+  for (auto& [token, lease] : leases_) {
+    if (lease->fd >= 0) ::close(lease->fd);
+    lease->fd = -1;
+  }
+}
+
+absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Grant(
+    std::shared_ptr<MessageRecord> message, const v1::Binding& binding,
+    std::chrono::milliseconds ttl, std::chrono::milliseconds max_ttl) {
+  auto lease = std::make_shared<Lease>();
+  const std::string path = message->path();
+  lease->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (lease->fd < 0) {
+    return absl::UnavailableError(absl::StrCat("cannot open ", path));
+  }
+  lease->token = NewToken();
+  lease->binding = binding.name();
+  lease->access = binding.content_access();
+  lease->expiry_policy = binding.expiry_policy();
+  const auto now = std::chrono::system_clock::now();
+  lease->expires = now + ttl;
+  lease->max_expires = now + std::max(ttl, max_ttl);
+  lease->message = message;
+  {
+    absl::MutexLock lock(&message->mu_);
+    ++message->active_;
+    if (lease->access == v1::CONTENT_ACCESS_READ_WRITE) {
+      ++message->active_writers_;
+    }
+    message->tokens_.push_back(lease->token);
+  }
+  lease->timer = std::make_unique<asio::steady_timer>(pool_);
+  lease->timer->expires_after(ttl);
+  const std::string token = lease->token;
+  lease->timer->async_wait([this, token](const boost::system::error_code& ec) {
+    if (!ec) Expire(token);
+  });
+  absl::MutexLock lock(&mu_);
+  lease->id = absl::StrCat("L", ++next_id_);
+  leases_[lease->token] = lease;
+  MetricsRegistry::Default()
+      .GetGauge("sinkline_leases_active", "Leases now active.")
+      .Add(1);
+  return lease;
+}
+
+absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Find(
+    const std::string& token) {
+  absl::MutexLock lock(&mu_);
+  if (auto it = leases_.find(token); it != leases_.end()) return it->second;
+  if (auto it = ended_.find(token); it != ended_.end()) {
+    return absl::FailedPreconditionError(it->second);
+  }
+  return absl::NotFoundError("unknown lease token");
+}
+
+absl::Status LeaseTable::StageContent(const std::string& token,
+                                      v1::ContentEdit edit) {
+  if (auto st = ValidateEdit(edit); !st.ok()) return st;
+  auto lease = Find(token);
+  if (!lease.ok()) return lease.status();
+  if ((*lease)->access != v1::CONTENT_ACCESS_READ_WRITE) {
+    return absl::PermissionDeniedError(
+        "read lease: writes need content_access read-write");
+  }
+  absl::MutexLock lock(&mu_);
+  (*lease)->staged_content.push_back(std::move(edit));
+  return absl::OkStatus();
+}
+
+absl::Status LeaseTable::StageEnvelope(const std::string& token,
+                                       v1::EnvelopeEdit edit) {
+  auto lease = Find(token);
+  if (!lease.ok()) return lease.status();
+  if ((*lease)->access != v1::CONTENT_ACCESS_READ_WRITE) {
+    return absl::PermissionDeniedError(
+        "read lease: envelope edits need content_access read-write");
+  }
+  absl::MutexLock lock(&mu_);
+  (*lease)->staged_envelope.push_back(std::move(edit));
+  return absl::OkStatus();
+}
+
+absl::Status LeaseTable::Release(
+    const std::string& token, bool discard,
+    const std::vector<v1::ContentEdit>& more_content,
+    const std::vector<v1::EnvelopeEdit>& more_envelope) {
+  std::shared_ptr<Lease> lease;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = leases_.find(token);
+    if (it == leases_.end()) {
+      if (auto e = ended_.find(token); e != ended_.end()) {
+        return absl::FailedPreconditionError(e->second);
+      }
+      return absl::NotFoundError("unknown lease token");
+    }
+    lease = it->second;
+  }
+  absl::Status published;
+  if (!discard) {
+    std::vector<v1::ContentEdit> content;
+    std::vector<v1::EnvelopeEdit> envelope;
+    {
+      absl::MutexLock lock(&mu_);
+      content = lease->staged_content;
+      envelope = lease->staged_envelope;
+    }
+    content.insert(content.end(), more_content.begin(), more_content.end());
+    envelope.insert(envelope.end(), more_envelope.begin(), more_envelope.end());
+    MessageRecord& m = *lease->message;
+    absl::MutexLock publish(&m.publish_mu_);
+    if (!content.empty()) published = m.apply_(content);
+    if (published.ok() && !envelope.empty()) {
+      absl::MutexLock lock(&m.mu_);
+      google::protobuf::RepeatedPtrField<v1::EnvelopeEdit> edits(
+          envelope.begin(), envelope.end());
+      if (ApplyEnvelopeEdits(edits, m.envelope_)) m.envelope_edited_ = true;
+    }
+  }
+  End(lease, published.ok() ? Lease::State::kReleased : Lease::State::kFailed);
+  return published;
+}
+
+void LeaseTable::Fail(const std::string& token) {
+  std::shared_ptr<Lease> lease;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = leases_.find(token);
+    if (it == leases_.end()) return;
+    lease = it->second;
+  }
+  End(lease, Lease::State::kFailed);
+}
+
+absl::StatusOr<std::chrono::system_clock::time_point> LeaseTable::Renew(
+    const std::string& token, std::chrono::milliseconds extend) {
+  auto lease = Find(token);
+  if (!lease.ok()) return lease.status();
+  absl::MutexLock lock(&mu_);
+  Lease& l = **lease;
+  const auto wanted = std::chrono::system_clock::now() + extend;
+  l.expires = std::min(wanted, l.max_expires);
+  l.timer->expires_at(std::chrono::steady_clock::now() +
+                      (l.expires - std::chrono::system_clock::now()));
+  const std::string t = token;
+  l.timer->async_wait([this, t](const boost::system::error_code& ec) {
+    if (!ec) Expire(t);
+  });
+  return l.expires;
+}
+
+void LeaseTable::Expire(const std::string& token) {
+  std::shared_ptr<Lease> lease;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = leases_.find(token);
+    if (it == leases_.end()) return;
+    lease = it->second;
+    if (std::chrono::system_clock::now() < lease->expires) return;  // renewed
+  }
+  const bool hold = lease->expiry_policy == v1::EXPIRY_POLICY_HOLD;
+  MetricsRegistry::Default()
+      .GetCounter("sinkline_leases_expired_total",
+                  "Leases that expired, by binding.",
+                  {{"binding", lease->binding}})
+      .Inc();
+  spdlog::warn("lease {} of binding={} on queue_id={} expired; {}", lease->id,
+               lease->binding, lease->message->queue_id(),
+               hold ? "message held for an operator"
+                    : "its writes are dropped and the message goes on");
+  if (hold) {
+    absl::MutexLock lock(&lease->message->mu_);
+    lease->message->held_ = true;
+  }
+  End(lease, Lease::State::kExpired);
+}
+
+void LeaseTable::End(const std::shared_ptr<Lease>& lease, Lease::State how) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (leases_.erase(lease->token) == 0) return;  // already ended
+    lease->state = how;
+    ended_[lease->token] = how == Lease::State::kExpired ? "lease expired"
+                           : how == Lease::State::kFailed
+                               ? "lease ended: the sink's call failed"
+                               : "lease released";
+    ended_order_.push_back(lease->token);
+    while (ended_order_.size() > kMaxEnded) {
+      ended_.erase(ended_order_.front());
+      ended_order_.pop_front();
+    }
+    lease->staged_content.clear();
+    lease->staged_envelope.clear();
+  }
+  lease->timer->cancel();
+  if (lease->fd >= 0) ::close(lease->fd);
+  lease->fd = -1;
+  MetricsRegistry::Default()
+      .GetGauge("sinkline_leases_active", "Leases now active.")
+      .Add(-1);
+  MessageRecord& m = *lease->message;
+  std::function<void()> ready, next_writer;
+  {
+    absl::MutexLock lock(&m.mu_);
+    --m.active_;
+    if (lease->access == v1::CONTENT_ACCESS_READ_WRITE &&
+        --m.active_writers_ == 0 && !m.writer_waiters_.empty()) {
+      next_writer = std::move(m.writer_waiters_.front());
+      m.writer_waiters_.pop_front();
+    }
+    if (m.active_ == 0 && m.chain_done_ && m.ready_) {
+      ready = std::move(m.ready_);
+      m.ready_ = nullptr;
+    }
+  }
+  if (next_writer) asio::post(pool_, std::move(next_writer));
+  if (ready) asio::post(pool_, std::move(ready));
+}
+
+void LeaseTable::MessageReleased(MessageRecord& message) {
+  std::vector<std::string> tokens;
+  {
+    absl::MutexLock lock(&message.mu_);
+    tokens = message.tokens_;
+  }
+  absl::MutexLock lock(&mu_);
+  for (const auto& t : tokens) {
+    if (!ended_.count(t)) ended_order_.push_back(t);
+    ended_[t] = "message released";
+  }
+}
+
+void LeaseTable::CancelTimers() {
+  absl::MutexLock lock(&mu_);
+  for (auto& [token, lease] : leases_) lease->timer->cancel();
+}
+
+std::vector<v1::LeaseInfo> LeaseTable::List() {
+  std::vector<v1::LeaseInfo> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [token, l] : leases_) {
+    v1::LeaseInfo info;
+    info.set_id(l->id);
+    info.set_queue_id(l->message->queue_id());
+    info.set_binding(l->binding);
+    info.set_access(l->access);
+    info.mutable_expires()->set_seconds(
+        std::chrono::duration_cast<std::chrono::seconds>(
+            l->expires.time_since_epoch())
+            .count());
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+size_t LeaseTable::active() const {
+  absl::MutexLock lock(&mu_);
+  return leases_.size();
+}
+
+}  // namespace sinkline::broker

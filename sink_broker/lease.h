@@ -1,0 +1,181 @@
+// Leases: the right of one binding's invocation to touch one message. The
+// message is submitted only when its chain is over and none of its leases is
+// active (THE INVARIANT). Each lease reads a snapshot of the content (an
+// open file of the version current when it was granted), stages its writes,
+// and publishes them atomically when it ends normally; a lease that fails or
+// expires leaves no partial write.
+#pragma once
+
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "sinkline/v1/admin.pb.h"
+#include "sinkline/v1/types.pb.h"
+
+namespace sinkline::broker {
+
+class LeaseTable;
+
+// A message as leases see it: where its content is, its envelope, and who
+// still holds it.
+class MessageRecord {
+ public:
+  using ApplyEdits =
+      std::function<absl::Status(const std::vector<v1::ContentEdit>&)>;
+
+  MessageRecord(std::string path, ApplyEdits apply)
+      : path_(std::move(path)), apply_(std::move(apply)) {}
+
+  // The content path (changes at COMMIT).
+  void set_path(std::string p) {
+    absl::MutexLock lock(&mu_);
+    path_ = std::move(p);
+  }
+  std::string path() const {
+    absl::MutexLock lock(&mu_);
+    return path_;
+  }
+  void set_queue_id(std::string id) {
+    absl::MutexLock lock(&mu_);
+    queue_id_ = std::move(id);
+  }
+  std::string queue_id() const {
+    absl::MutexLock lock(&mu_);
+    return queue_id_;
+  }
+
+  // Envelope edits staged by leases are applied here when they publish.
+  v1::Envelope envelope() const {
+    absl::MutexLock lock(&mu_);
+    return envelope_;
+  }
+  void set_envelope(v1::Envelope e) {
+    absl::MutexLock lock(&mu_);
+    envelope_ = std::move(e);
+  }
+  bool envelope_edited() const {
+    absl::MutexLock lock(&mu_);
+    return envelope_edited_;
+  }
+
+  // The chain is over; `ready` runs once no lease is active (maybe now).
+  void ChainDone(std::function<void()> ready);
+  // Held for an operator (a lease expired under the hold policy).
+  bool held() const {
+    absl::MutexLock lock(&mu_);
+    return held_;
+  }
+  int active_leases() const {
+    absl::MutexLock lock(&mu_);
+    return active_;
+  }
+  // Runs `go` when no read-write lease is active (maybe now): writers take
+  // turns in priority order.
+  void WhenNoWriter(std::function<void()> go);
+
+ private:
+  friend class LeaseTable;
+  mutable absl::Mutex mu_;
+  std::string path_ ABSL_GUARDED_BY(mu_);
+  std::string queue_id_ ABSL_GUARDED_BY(mu_);
+  v1::Envelope envelope_ ABSL_GUARDED_BY(mu_);
+  bool envelope_edited_ ABSL_GUARDED_BY(mu_) = false;
+  ApplyEdits apply_;
+  int active_ ABSL_GUARDED_BY(mu_) = 0;
+  int active_writers_ ABSL_GUARDED_BY(mu_) = 0;
+  bool chain_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool held_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void()> ready_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::function<void()>> writer_waiters_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> tokens_ ABSL_GUARDED_BY(mu_);
+  // Serialises publication of edits to the files.
+  absl::Mutex publish_mu_;
+};
+
+struct Lease {
+  std::string token;
+  std::string id;  // shown to operators instead of the token
+  std::string binding;
+  v1::ContentAccess access = v1::CONTENT_ACCESS_NONE;
+  v1::ExpiryPolicy expiry_policy = v1::EXPIRY_POLICY_RELEASE;
+  std::chrono::system_clock::time_point expires;
+  std::chrono::system_clock::time_point max_expires;
+  std::shared_ptr<MessageRecord> message;
+  int fd = -1;  // the snapshot
+  enum class State {
+    kActive,
+    kReleased,
+    kExpired,
+    kFailed
+  } state = State::kActive;
+  std::vector<v1::ContentEdit> staged_content;
+  std::vector<v1::EnvelopeEdit> staged_envelope;
+  std::unique_ptr<boost::asio::steady_timer> timer;
+};
+
+class LeaseTable {
+ public:
+  explicit LeaseTable(boost::asio::thread_pool& pool) : pool_(pool) {}
+  ~LeaseTable();
+
+  // Grants a lease on `message` for `binding`, expiring after `ttl`
+  // (renewable up to `max_ttl`).
+  absl::StatusOr<std::shared_ptr<Lease>> Grant(
+      std::shared_ptr<MessageRecord> message, const v1::Binding& binding,
+      std::chrono::milliseconds ttl, std::chrono::milliseconds max_ttl);
+
+  // Finds an active lease by token; errors say what happened: NOT_FOUND,
+  // FAILED_PRECONDITION "message released" / "lease expired" / "lease
+  // released".
+  absl::StatusOr<std::shared_ptr<Lease>> Find(const std::string& token);
+
+  // Stages edits under a read-write lease (PERMISSION_DENIED otherwise).
+  absl::Status StageContent(const std::string& token, v1::ContentEdit edit);
+  absl::Status StageEnvelope(const std::string& token, v1::EnvelopeEdit edit);
+
+  // Ends a lease normally: its staged writes (plus `more`) become visible
+  // atomically, unless `discard`.
+  absl::Status Release(const std::string& token, bool discard,
+                       const std::vector<v1::ContentEdit>& more_content = {},
+                       const std::vector<v1::EnvelopeEdit>& more_envelope = {});
+  // Ends a lease whose sink failed: no partial write.
+  void Fail(const std::string& token);
+  // Pushes the expiry out, up to the maximum.
+  absl::StatusOr<std::chrono::system_clock::time_point> Renew(
+      const std::string& token, std::chrono::milliseconds extend);
+
+  // After submission: later calls with the message's tokens get
+  // FAILED_PRECONDITION "message released".
+  void MessageReleased(MessageRecord& message);
+
+  // Cancels every expiry timer (shutdown).
+  void CancelTimers();
+
+  std::vector<v1::LeaseInfo> List();
+  size_t active() const;
+
+ private:
+  void End(const std::shared_ptr<Lease>& lease, Lease::State how);
+  void Expire(const std::string& token);
+
+  boost::asio::thread_pool& pool_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<Lease>> leases_ ABSL_GUARDED_BY(mu_);
+  // Tokens of ended leases and released messages, bounded.
+  std::map<std::string, std::string> ended_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> ended_order_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace sinkline::broker
