@@ -1,5 +1,6 @@
 #include "broker.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -245,6 +247,35 @@ std::shared_ptr<v1::Sink::Stub> SinkChannels::Stub(const std::string& target) {
 // ---------------------------------------------------------------------------
 // A chain run: one event through its bindings and the native handler.
 
+// Which post-COMMIT bindings finished with a message, kept beside it in the
+// spool (<queue id>.done, one name a line) so that a restart runs only the
+// others again.
+std::string FinishedPath(const std::string& content_path) {
+  return fs::path(content_path).replace_extension(".done").string();
+}
+
+void MarkFinished(MessageRecord& record, const std::string& binding) {
+  const std::string path = FinishedPath(record.path());
+  int fd =
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+  if (fd < 0) return;
+  const std::string line = binding + "\n";
+  if (::write(fd, line.data(), line.size()) ==
+      static_cast<ssize_t>(line.size())) {
+    ::fsync(fd);
+  }
+  ::close(fd);
+}
+
+std::set<std::string> ReadFinished(const std::string& content_path) {
+  std::set<std::string> out;
+  std::ifstream in(FinishedPath(content_path));
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) out.insert(line);
+  }
+  return out;
+}
+
 // What the native handler did.
 enum class NativeResult { kReply, kStop };
 
@@ -269,6 +300,19 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
   // For EOD: the message, so sinks with content access get leases (and the
   // content inline) and their edits go through them.
   std::shared_ptr<MessageRecord> message;
+
+  // Recovery after a restart: only the bindings after COMMIT that had not
+  // finished run, and sinks are told it is a redelivery.
+  void RecoverAfterCommit(const std::set<std::string>& finished) {
+    phase_ = Phase::kPost;
+    index_ = 0;
+    redelivery_ = true;
+    std::vector<const BindingConfig*> left;
+    for (const auto* b : post_) {
+      if (!finished.count(b->spec.name())) left.push_back(b);
+    }
+    post_ = std::move(left);
+  }
 
   // Runs the bindings before the native handler, then `native`, then
   // `after_native` with the result so far (the reply goes out there for
@@ -345,6 +389,7 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
     req.set_binding(spec.name());
     req.set_priority(spec.priority());
     req.set_after_commit(phase_ == Phase::kPost);
+    req.set_redelivery(redelivery_);
     if (spec.content_access() != v1::CONTENT_ACCESS_NONE && message) {
       const auto ttl = std::chrono::milliseconds(spec.deadline_ms());
       auto lease = broker_->leases().Grant(message, spec, ttl,
@@ -355,6 +400,13 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
                                      std::string(lease.status().message())));
       }
       call->token = (*lease)->token;
+      if (phase_ == Phase::kPost) {
+        // A post-COMMIT binding is done when its lease ends normally.
+        (*lease)->on_end = [record = message,
+                            name = spec.name()](Lease::State how) {
+          if (how == Lease::State::kReleased) MarkFinished(*record, name);
+        };
+      }
       v1::Lease* out = req.mutable_lease();
       out->set_token((*lease)->token);
       auto stamp = [](std::chrono::system_clock::time_point t) {
@@ -459,6 +511,9 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
     } else if (ApplyEnvelopeEdits(v.envelope_edits(), envelope_)) {
       envelope_changed_ = true;
     }
+    if (post && call->token.empty() && message) {
+      MarkFinished(*message, spec.name());
+    }
     const bool has_reply = v.has_reply() && v.reply().code() != 0;
     spdlog::debug("binding={} sink={} event={} action={}", spec.name(),
                   spec.sink(), EventName(event_.type()),
@@ -529,6 +584,7 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
   v1::Event event_;
   std::vector<const BindingConfig*> pre_, post_;
   Phase phase_ = Phase::kPre;
+  bool redelivery_ = false;
   const std::chrono::steady_clock::time_point chain_started_ =
       std::chrono::steady_clock::now();
   size_t index_ = 0;
@@ -577,6 +633,7 @@ class Submission : public std::enable_shared_from_this<Submission> {
     if (st.ok()) {
       ::unlink(env.c_str());
       ::unlink(content.c_str());
+      ::unlink(FinishedPath(content).c_str());
       if (record_) broker_->leases().MessageReleased(*record_);
       MessagesCounter("submitted").Inc();
       spdlog::info(
@@ -603,6 +660,60 @@ class Submission : public std::enable_shared_from_this<Submission> {
   asio::steady_timer timer_;
   std::chrono::seconds delay_{1};
 };
+
+// The chain of a committed message is over: once no lease is active, it is
+// quarantined, held, or submitted.
+void FinishMessage(Broker* broker, std::shared_ptr<v1::QueueEntry> committed,
+                   std::shared_ptr<MessageRecord> record,
+                   std::string quarantine) {
+  record->ChainDone([committed, broker, record, quarantine] {
+    const std::string& id = committed->queue_id();
+    if (record->envelope_edited()) {
+      *committed->mutable_envelope() = record->envelope();
+      // Keep the spool's record in step with the envelope that goes out.
+      std::string bytes;
+      committed->SerializeToString(&bytes);
+      auto st = WriteFileDurably(
+          CommittedEnvelopePath(broker->options().spool_dir, id), bytes);
+      if (!st.ok()) spdlog::error("envelope record: {}", st.ToString());
+    }
+    if (!quarantine.empty()) {
+      MessagesCounter("quarantined").Inc();
+      spdlog::warn("quarantined queue_id={}: {}", id, quarantine);
+      return;
+    }
+    if (record->held()) {
+      MessagesCounter("held").Inc();
+      spdlog::warn(
+          "held queue_id={}: a lease expired under the hold policy; an "
+          "operator must release it",
+          id);
+      return;
+    }
+    std::error_code ec;
+    const auto size = fs::file_size(record->path(), ec);
+    if (!ec) committed->set_size(size);
+    std::make_shared<Submission>(broker, *committed, record)->Start();
+  });
+}
+
+// Edits of a committed message: a new version, fsynced, renamed over the old
+// one.
+MessageRecord::ApplyEdits CommittedEdits(
+    std::shared_ptr<std::weak_ptr<MessageRecord>> holder) {
+  return [holder](const std::vector<v1::ContentEdit>& edits) -> absl::Status {
+    auto rec = holder->lock();
+    if (!rec) return absl::FailedPreconditionError("message released");
+    const std::string path = rec->path();
+    const std::string tmp = path + ".edit";
+    auto size = RewriteMessage(path, tmp, edits);
+    if (!size.ok()) return size.status();
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+      return absl::UnavailableError("rename of the new version failed");
+    }
+    return FsyncPath(fs::path(path).parent_path().string());
+  };
+}
 
 // ---------------------------------------------------------------------------
 // One edge session stream.
@@ -846,19 +957,15 @@ void SessionState::HandleEod(v1::Event event) {
   auto holder = std::make_shared<std::weak_ptr<MessageRecord>>();
   auto record = std::make_shared<MessageRecord>(
       message->path(),
-      [message,
-       holder](const std::vector<v1::ContentEdit>& edits) -> absl::Status {
+      [message, holder, committed_edits = CommittedEdits(holder)](
+          const std::vector<v1::ContentEdit>& edits) -> absl::Status {
         auto rec = holder->lock();
         if (!rec) return absl::FailedPreconditionError("message released");
-        const std::string path = rec->path();
-        const std::string tmp = path + ".edit";
-        auto size = RewriteMessage(path, tmp, edits);
+        if (!rec->queue_id().empty()) return committed_edits(edits);
+        const std::string tmp = rec->path() + ".edit";
+        auto size = RewriteMessage(rec->path(), tmp, edits);
         if (!size.ok()) return size.status();
-        if (rec->queue_id().empty()) return message->ReplaceWith(tmp, *size);
-        if (::rename(tmp.c_str(), path.c_str()) != 0) {
-          return absl::UnavailableError("rename of the new version failed");
-        }
-        return FsyncPath(fs::path(path).parent_path().string());
+        return message->ReplaceWith(tmp, *size);
       });
   *holder = record;
   record->set_envelope(run->event().envelope());
@@ -908,41 +1015,10 @@ void SessionState::HandleEod(v1::Event event) {
     self->Send(std::move(resp));
     self->ReadNext();
   };
-  run->Run(
-      native, after_native, [message, committed, broker, record](ChainRun& r) {
-        if (committed->queue_id().empty()) return;  // refused before COMMIT
-        const std::string quarantine = r.quarantine_reason();
-        // The chain is over; the message goes on once no lease is active.
-        record->ChainDone([message, committed, broker, record, quarantine] {
-          const std::string& id = committed->queue_id();
-          if (record->envelope_edited()) {
-            *committed->mutable_envelope() = record->envelope();
-            // Keep the spool's record in step with the envelope that goes out.
-            std::string bytes;
-            committed->SerializeToString(&bytes);
-            auto st = WriteFileDurably(
-                CommittedEnvelopePath(broker->options().spool_dir, id), bytes);
-            if (!st.ok()) spdlog::error("envelope record: {}", st.ToString());
-          }
-          if (!quarantine.empty()) {
-            MessagesCounter("quarantined").Inc();
-            spdlog::warn("quarantined queue_id={}: {}", id, quarantine);
-            return;
-          }
-          if (record->held()) {
-            MessagesCounter("held").Inc();
-            spdlog::warn(
-                "held queue_id={}: a lease expired under the hold "
-                "policy; an operator must release it",
-                id);
-            return;
-          }
-          std::error_code ec;
-          const auto size = fs::file_size(record->path(), ec);
-          if (!ec) committed->set_size(size);
-          std::make_shared<Submission>(broker, *committed, record)->Start();
-        });
-      });
+  run->Run(native, after_native, [committed, broker, record](ChainRun& r) {
+    if (committed->queue_id().empty()) return;  // refused before COMMIT
+    FinishMessage(broker, committed, record, r.quarantine_reason());
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -1517,14 +1593,40 @@ void Broker::RecoverSpool() {
   for (const auto& entry :
        fs::directory_iterator(fs::path(options_.spool_dir) / "committed", ec)) {
     if (entry.path().extension() != ".env") continue;
-    v1::QueueEntry qe;
-    if (!qe.ParseFromString(ReadFileBytes(entry.path().string()))) {
+    auto committed = std::make_shared<v1::QueueEntry>();
+    if (!committed->ParseFromString(ReadFileBytes(entry.path().string()))) {
       spdlog::error("unreadable envelope record {}", entry.path().string());
       continue;
     }
-    spdlog::info("recovered committed queue_id={}; submitting", qe.queue_id());
-    auto sub = std::make_shared<Submission>(this, std::move(qe));
-    asio::post(pool_, [sub] { sub->Start(); });
+    const std::string path =
+        CommittedContentPath(options_.spool_dir, committed->queue_id());
+    auto holder = std::make_shared<std::weak_ptr<MessageRecord>>();
+    auto record = std::make_shared<MessageRecord>(path, CommittedEdits(holder));
+    *holder = record;
+    record->set_queue_id(committed->queue_id());
+    record->set_envelope(committed->envelope());
+    v1::Event event;
+    event.set_type(v1::EVENT_TYPE_EOD);
+    event.set_queue_id(committed->queue_id());
+    event.set_transaction_id(committed->transaction_id());
+    *event.mutable_session() = committed->session();
+    *event.mutable_envelope() = committed->envelope();
+    event.set_message_size(committed->size());
+    const std::set<std::string> finished = ReadFinished(path);
+    auto run = std::make_shared<ChainRun>(this, asio::make_strand(pool_),
+                                          config(), std::move(event));
+    run->message = record;
+    run->RecoverAfterCommit(finished);
+    spdlog::info(
+        "recovered committed queue_id={}; running again the sinks after "
+        "COMMIT that had not finished ({} had)",
+        committed->queue_id(), finished.size());
+    Broker* broker = this;
+    asio::post(pool_, [run, committed, record, broker] {
+      run->Run(nullptr, nullptr, [committed, record, broker](ChainRun& r) {
+        FinishMessage(broker, committed, record, r.quarantine_reason());
+      });
+    });
   }
 }
 

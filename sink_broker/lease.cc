@@ -242,6 +242,7 @@ void LeaseTable::End(const std::shared_ptr<Lease>& lease, Lease::State how) {
     lease->staged_envelope.clear();
   }
   lease->timer->cancel();
+  if (lease->on_end) lease->on_end(how);
   if (lease->fd >= 0) ::close(lease->fd);
   lease->fd = -1;
   MetricsRegistry::Default()

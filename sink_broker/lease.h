@@ -122,6 +122,8 @@ struct Lease {
   std::vector<v1::ContentEdit> staged_content;
   std::vector<v1::EnvelopeEdit> staged_envelope;
   std::unique_ptr<boost::asio::steady_timer> timer;
+  // Called once when the lease ends, with how it ended.
+  std::function<void(State)> on_end;
 };
 
 class LeaseTable {

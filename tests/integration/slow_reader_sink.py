@@ -20,7 +20,7 @@ from sinkline.v1 import content_pb2, types_pb2  # noqa: E402
 
 args = None
 lock = threading.Lock()
-stats = {"held": 0, "released": 0, "content_failures": 0,
+stats = {"held": 0, "redelivered": 0, "released": 0, "content_failures": 0,
          "refused_after_release": 0, "other_after_release": 0, "errors": []}
 channels = {}
 
@@ -96,6 +96,8 @@ def on_event(ctx):
     ctx.hold_lease()
     with lock:
         stats["held"] += 1
+        stats["redelivered"] += 1 if ctx.request.redelivery else 0
+        save()
     threading.Thread(target=work, args=(lease.token, lease.content_endpoint,
                                         ctx.event.queue_id),
                      daemon=True).start()
