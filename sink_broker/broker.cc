@@ -20,9 +20,13 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "google/protobuf/util/time_util.h"
 #include "message_edit.h"
 #include "sinkline/common/metrics.h"
+#include "trace.h"
 
 namespace sinkline::broker {
 
@@ -519,6 +523,13 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
                   spec.sink(), EventName(event_.type()),
                   v1::Action_Name(v.action()));
     if (post) {
+      broker_->messages().Note(
+          event_.queue_id(),
+          absl::StrCat("sink ", spec.name(), " ",
+                       absl::AsciiStrToLower(absl::StripPrefix(
+                           v1::Action_Name(v.action()), "ACTION_")),
+                       v.hold_lease() ? " (holds its lease)" : "",
+                       redelivery_ ? " (redelivery)" : ""));
       // The client has its reply: a refusal holds the message instead.
       if (v.action() == v1::ACTION_CONSUME) {
         stopped_ = true;
@@ -559,6 +570,11 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
     spdlog::warn("sink failure: binding={} sink={} event={} policy={}: {}",
                  spec.name(), spec.sink(), EventName(event_.type()),
                  policy_name, why);
+    if (phase_ == Phase::kPost) {
+      broker_->messages().Note(event_.queue_id(),
+                               absl::StrCat("sink ", spec.name(), " failed (",
+                                            policy_name, "): ", why));
+    }
     if (policy == v1::FAILURE_POLICY_CONTINUE) return;
     if (phase_ == Phase::kPost) {
       stopped_ = true;
@@ -602,7 +618,20 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
 };
 
 // ---------------------------------------------------------------------------
-// Submission of a committed message, retried while the backend fails.
+// Submission of a committed message, retried while the backend defers.
+
+// Where a message held for an operator says why (<queue id>.hold beside the
+// content: its state name on the first line, the reason on the second).
+std::string HoldPath(const std::string& content_path) {
+  return fs::path(content_path).replace_extension(".hold").string();
+}
+
+void WriteHold(const std::string& content_path, v1::MessageState state,
+               const std::string& reason) {
+  auto st = WriteFileDurably(HoldPath(content_path),
+                             MessageStateName(state) + "\n" + reason + "\n");
+  if (!st.ok()) spdlog::error("hold record: {}", st.ToString());
+}
 
 class Submission : public std::enable_shared_from_this<Submission> {
  public:
@@ -611,13 +640,24 @@ class Submission : public std::enable_shared_from_this<Submission> {
       : broker_(broker),
         entry_(std::move(entry)),
         record_(std::move(record)),
-        timer_(broker->pool()) {}
+        timer_(std::make_shared<asio::steady_timer>(broker->pool())),
+        recipients_(entry_.envelope().recipients_size()) {}
 
+  // Hands the message to the backend on the submission threads (a relay
+  // may block on the network; chains never wait for it).
   void Start() {
-    const std::string content =
-        CommittedContentPath(broker_->options().spool_dir, entry_.queue_id());
-    const std::string env =
-        CommittedEnvelopePath(broker_->options().spool_dir, entry_.queue_id());
+    auto self = shared_from_this();
+    asio::post(broker_->submit_pool(), [self] { self->Attempt(); });
+  }
+
+ private:
+  std::string ContentPath() const {
+    return CommittedContentPath(broker_->options().spool_dir,
+                                entry_.queue_id());
+  }
+
+  void Attempt() {
+    const std::string content = ContentPath();
     // THE INVARIANT: nothing goes to the queue while a lease is active.
     const int active = record_ ? record_->active_leases() : 0;
     if (active != 0) {
@@ -629,36 +669,139 @@ class Submission : public std::enable_shared_from_this<Submission> {
                        entry_.queue_id(), active);
       std::abort();
     }
-    absl::Status st = broker_->queue().Submit(entry_, content);
-    if (st.ok()) {
-      ::unlink(env.c_str());
-      ::unlink(content.c_str());
-      ::unlink(FinishedPath(content).c_str());
-      if (record_) broker_->leases().MessageReleased(*record_);
-      MessagesCounter("submitted").Inc();
-      spdlog::info(
-          "submitted queue_id={} recipients={} size={} "
-          "active_leases={}",
-          entry_.queue_id(), entry_.envelope().recipients_size(), entry_.size(),
-          active);
-      return;
+    auto result = broker_->queue().Submit(entry_, content);
+    if (!result.ok()) {
+      if (result.status().code() == absl::StatusCode::kFailedPrecondition) {
+        return Fail(std::string(result.status().message()));
+      }
+      return Defer(std::string(result.status().message()));
     }
-    delay_ = std::min(delay_ * 2, std::chrono::seconds(60));
-    spdlog::error("submission of queue_id={} failed, retry in {}s: {}",
-                  entry_.queue_id(), delay_.count(), st.ToString());
-    timer_.expires_after(delay_);
+    for (auto& r : result->refusals) refusals_.push_back(std::move(r));
+    for (auto& r : result->refused) refused_.push_back(std::move(r));
+    if (!result->deferred.empty()) {
+      // Only the deferred recipients are tried again, also after a restart.
+      if (result->deferred.size() !=
+          static_cast<size_t>(entry_.envelope().recipients_size())) {
+        auto* rcpts = entry_.mutable_envelope()->mutable_recipients();
+        rcpts->Clear();
+        for (auto& r : result->deferred) *rcpts->Add() = std::move(r);
+        PersistEnvelope();
+      }
+      return Defer(result->deferred_reason);
+    }
+    if (!refusals_.empty()) {
+      // What stays for an operator is what was refused; the rest went.
+      auto* rcpts = entry_.mutable_envelope()->mutable_recipients();
+      rcpts->Clear();
+      for (const auto& r : refused_) *rcpts->Add() = r;
+      PersistEnvelope();
+      return Fail(absl::StrCat(
+          refusals_.size(), " of ", recipients_,
+          " recipients refused: ", absl::StrJoin(refusals_, "; ")));
+    }
+    Done(active);
+  }
+
+  void Done(int active) {
+    const std::string content = ContentPath();
+    ::unlink(
+        CommittedEnvelopePath(broker_->options().spool_dir, entry_.queue_id())
+            .c_str());
+    ::unlink(content.c_str());
+    ::unlink(FinishedPath(content).c_str());
+    if (record_) broker_->leases().MessageReleased(*record_);
+    MessagesCounter("submitted").Inc();
+    if (entry_.has_committed()) {
+      const auto since = TimeUtil::GetCurrentTime() - entry_.committed();
+      MetricsRegistry::Default()
+          .GetHistogram("sinkline_broker_commit_to_submit_seconds",
+                        "Time from COMMIT to the queue backend taking the "
+                        "message.")
+          .Observe(TimeUtil::DurationToMicroseconds(since) / 1e6);
+    }
+    broker_->messages().SetState(
+        entry_.queue_id(), v1::MESSAGE_STATE_SUBMITTED,
+        absl::StrCat("submitted to ", broker_->queue().Describe()));
+    spdlog::info(
+        "submitted queue_id={} recipients={} size={} active_leases={} to={}",
+        entry_.queue_id(), entry_.envelope().recipients_size(), entry_.size(),
+        active, broker_->queue().Describe());
+  }
+
+  void Defer(const std::string& reason) {
+    const auto& opts = broker_->options();
+    if (entry_.has_committed()) {
+      const auto age = TimeUtil::DurationToMilliseconds(
+          TimeUtil::GetCurrentTime() - entry_.committed());
+      if (age > opts.max_queue_age.count()) {
+        return Fail(absl::StrCat("gave up after ", age / 1000,
+                                 " s in the queue: ", reason));
+      }
+    }
+    delay_ = delay_.count() == 0 ? opts.submit_retry_min
+                                 : std::min(delay_ * 2, opts.submit_retry_max);
+    MessagesCounter("deferred").Inc();
+    broker_->messages().SetState(
+        entry_.queue_id(), v1::MESSAGE_STATE_RELEASING,
+        absl::StrCat("deferred, retry in ", delay_.count(), " ms: ", reason),
+        reason);
+    spdlog::warn("deferred queue_id={} retry_in_ms={}: {}", entry_.queue_id(),
+                 delay_.count(), reason);
+    timer_->expires_after(delay_);
+    if (!broker_->AddRetryTimer(timer_)) return;  // stays in the spool
     auto self = shared_from_this();
-    timer_.async_wait([self](const boost::system::error_code& ec) {
+    timer_->async_wait([self](const boost::system::error_code& ec) {
+      self->broker_->RemoveRetryTimer(self->timer_.get());
       if (!ec) self->Start();
     });
   }
 
- private:
+  // Refused for good: the message moves to <spool>/failed with its reason,
+  // and operators see it through the admin service.
+  void Fail(const std::string& reason) {
+    const std::string& spool = broker_->options().spool_dir;
+    const std::string& id = entry_.queue_id();
+    const fs::path failed = fs::path(spool) / "failed";
+    std::error_code ec;
+    fs::rename(ContentPath(), failed / (id + ".msg"), ec);
+    if (!ec) {
+      fs::rename(CommittedEnvelopePath(spool, id), failed / (id + ".env"), ec);
+    }
+    auto st = ec ? absl::UnavailableError(ec.message())
+                 : WriteFileDurably((failed / (id + ".reason")).string(),
+                                    reason + "\n");
+    if (st.ok()) st = FsyncPath((fs::path(spool) / "committed").string());
+    if (!st.ok()) {
+      spdlog::error("queue_id={}: cannot move to failed/: {}", id,
+                    st.ToString());
+    }
+    ::unlink(FinishedPath(ContentPath()).c_str());
+    if (record_) broker_->leases().MessageReleased(*record_);
+    MessagesCounter("failed").Inc();
+    broker_->messages().SetState(id, v1::MESSAGE_STATE_FAILED,
+                                 "failed: " + reason, reason);
+    spdlog::error("failed queue_id={}: {}", id, reason);
+  }
+
+  void PersistEnvelope() {
+    std::string bytes;
+    entry_.SerializeToString(&bytes);
+    auto st = WriteFileDurably(
+        CommittedEnvelopePath(broker_->options().spool_dir, entry_.queue_id()),
+        bytes);
+    if (!st.ok()) spdlog::error("envelope record: {}", st.ToString());
+    broker_->messages().SetEnvelope(entry_.queue_id(), entry_.envelope(),
+                                    entry_.size());
+  }
+
   Broker* const broker_;
   v1::QueueEntry entry_;
   std::shared_ptr<MessageRecord> record_;
-  asio::steady_timer timer_;
-  std::chrono::seconds delay_{1};
+  std::shared_ptr<asio::steady_timer> timer_;
+  const int recipients_;
+  std::vector<std::string> refusals_;
+  std::vector<v1::Recipient> refused_;
+  std::chrono::milliseconds delay_{0};
 };
 
 // The chain of a committed message is over: once no lease is active, it is
@@ -668,6 +811,9 @@ void FinishMessage(Broker* broker, std::shared_ptr<v1::QueueEntry> committed,
                    std::string quarantine) {
   record->ChainDone([committed, broker, record, quarantine] {
     const std::string& id = committed->queue_id();
+    std::error_code ec;
+    const auto size = fs::file_size(record->path(), ec);
+    if (!ec) committed->set_size(size);
     if (record->envelope_edited()) {
       *committed->mutable_envelope() = record->envelope();
       // Keep the spool's record in step with the envelope that goes out.
@@ -677,22 +823,29 @@ void FinishMessage(Broker* broker, std::shared_ptr<v1::QueueEntry> committed,
           CommittedEnvelopePath(broker->options().spool_dir, id), bytes);
       if (!st.ok()) spdlog::error("envelope record: {}", st.ToString());
     }
+    broker->messages().SetEnvelope(id, committed->envelope(),
+                                   committed->size());
     if (!quarantine.empty()) {
       MessagesCounter("quarantined").Inc();
+      WriteHold(record->path(), v1::MESSAGE_STATE_QUARANTINED, quarantine);
+      broker->messages().SetState(id, v1::MESSAGE_STATE_QUARANTINED,
+                                  "quarantined: " + quarantine, quarantine);
       spdlog::warn("quarantined queue_id={}: {}", id, quarantine);
       return;
     }
     if (record->held()) {
+      const std::string reason =
+          "a lease expired under the hold policy; an operator must release "
+          "it";
       MessagesCounter("held").Inc();
-      spdlog::warn(
-          "held queue_id={}: a lease expired under the hold policy; an "
-          "operator must release it",
-          id);
+      WriteHold(record->path(), v1::MESSAGE_STATE_HELD, reason);
+      broker->messages().SetState(id, v1::MESSAGE_STATE_HELD, "held: " + reason,
+                                  reason);
+      spdlog::warn("held queue_id={}: {}", id, reason);
       return;
     }
-    std::error_code ec;
-    const auto size = fs::file_size(record->path(), ec);
-    if (!ec) committed->set_size(size);
+    broker->messages().SetState(id, v1::MESSAGE_STATE_RELEASING,
+                                "chain over, no lease active");
     std::make_shared<Submission>(broker, *committed, record)->Start();
   });
 }
@@ -724,6 +877,7 @@ class SessionState : public std::enable_shared_from_this<SessionState> {
  public:
   SessionState(Broker* broker)
       : broker_(broker), strand_(asio::make_strand(broker->pool())) {}
+  ~SessionState() { DiscardIncoming(); }
 
   Strand& strand() { return strand_; }
 
@@ -739,7 +893,27 @@ class SessionState : public std::enable_shared_from_this<SessionState> {
   void ReadNext();
   void HandleEvent(const v1::SessionRequest& req);
   void HandleEod(v1::Event event);
-  void DiscardIncoming() { incoming_.reset(); }
+  // Content of a transaction that did not reach COMMIT goes.
+  void DiscardIncoming() {
+    if (incoming_) broker_->messages().Forget(ReceivingKey());
+    incoming_.reset();
+  }
+  std::string ReceivingKey() const {
+    return absl::StrCat(session_id_, "-", incoming_tx_);
+  }
+  // A transaction's content starts: its queue id, its trace header, and
+  // its entry for operators.
+  void StartIncoming() {
+    incoming_qid_ = NewQueueId();
+    if (broker_->options().received_header) {
+      incoming_error_ = incoming_->Append(ReceivedHeader(
+          last_session_, last_envelope_, incoming_qid_, absl::Now()));
+    }
+    broker_->messages().Track(ReceivingKey(), v1::MESSAGE_STATE_RECEIVING,
+                              v1::Envelope(), 0,
+                              absl::StrCat("receiving in session ", session_id_,
+                                           ", transaction ", incoming_tx_));
+  }
   void MaybeFinish();
 
   Broker* const broker_;
@@ -752,6 +926,11 @@ class SessionState : public std::enable_shared_from_this<SessionState> {
   std::string session_id_;
   std::unique_ptr<IncomingMessage> incoming_;
   std::string incoming_tx_;
+  // The queue id of the message that arrives: chosen when its content
+  // starts (it is in the Received: header), given to the client at COMMIT.
+  std::string incoming_qid_;
+  v1::SessionInfo last_session_;
+  v1::Envelope last_envelope_;
   absl::Status incoming_error_;
 };
 
@@ -859,7 +1038,7 @@ void SessionState::OnMessage(v1::SessionRequest req) {
     case v1::SessionRequest::kData: {
       const auto& chunk = req.data();
       if (!incoming_ || incoming_tx_ != chunk.transaction_id()) {
-        incoming_.reset();
+        DiscardIncoming();
         incoming_error_ = absl::OkStatus();
         incoming_tx_ = chunk.transaction_id();
         auto m = IncomingMessage::Create(
@@ -867,6 +1046,7 @@ void SessionState::OnMessage(v1::SessionRequest req) {
             absl::StrCat(session_id_, "-", chunk.transaction_id()));
         if (m.ok()) {
           incoming_ = std::move(*m);
+          StartIncoming();
         } else {
           incoming_error_ = m.status();
         }
@@ -885,6 +1065,8 @@ void SessionState::OnMessage(v1::SessionRequest req) {
 
 void SessionState::HandleEvent(const v1::SessionRequest& req) {
   const v1::Event& event = req.event();
+  last_session_ = event.session();
+  last_envelope_ = event.envelope();
   EventsCounter(event.type()).Inc();
   switch (event.type()) {
     case v1::EVENT_TYPE_MAIL:
@@ -929,6 +1111,7 @@ void SessionState::HandleEod(v1::Event event) {
     if (m.ok()) {
       incoming_ = std::move(*m);
       incoming_error_ = absl::OkStatus();
+      StartIncoming();
     } else {
       incoming_error_ = m.status();
     }
@@ -971,10 +1154,11 @@ void SessionState::HandleEod(v1::Event event) {
   record->set_envelope(run->event().envelope());
   run->message = record;
 
-  auto native = [message, committed, broker, record](ChainRun& r) {
+  auto native = [message, committed, broker, record,
+                 qid = incoming_qid_](ChainRun& r) {
     // COMMIT: durable first, then the queue id goes to the client.
     v1::QueueEntry entry;
-    entry.set_queue_id(NewQueueId());
+    entry.set_queue_id(qid);
     *entry.mutable_envelope() = record->envelope();
     *entry.mutable_session() = r.event().session();
     entry.set_transaction_id(r.event().transaction_id());
@@ -992,6 +1176,13 @@ void SessionState::HandleEod(v1::Event event) {
         CommittedContentPath(broker->options().spool_dir, entry.queue_id()));
     record->set_queue_id(entry.queue_id());
     MessagesCounter("committed").Inc();
+    broker->messages().Forget(absl::StrCat(entry.session().session_id(), "-",
+                                           entry.transaction_id()));
+    broker->messages().Track(
+        entry.queue_id(), v1::MESSAGE_STATE_LEASED, entry.envelope(),
+        entry.size(),
+        absl::StrCat("committed from session ", entry.session().session_id(),
+                     " (client ", entry.session().client().ip(), ")"));
     r.mutable_event().set_queue_id(entry.queue_id());
     r.set_reply(MakeReply(250, "2.0.0",
                           absl::StrCat("Ok: queued as ", entry.queue_id())));
@@ -1015,10 +1206,14 @@ void SessionState::HandleEod(v1::Event event) {
     self->Send(std::move(resp));
     self->ReadNext();
   };
-  run->Run(native, after_native, [committed, broker, record](ChainRun& r) {
-    if (committed->queue_id().empty()) return;  // refused before COMMIT
-    FinishMessage(broker, committed, record, r.quarantine_reason());
-  });
+  run->Run(native, after_native,
+           [committed, broker, record, key = ReceivingKey()](ChainRun& r) {
+             if (committed->queue_id().empty()) {  // refused before COMMIT
+               broker->messages().Forget(key);
+               return;
+             }
+             FinishMessage(broker, committed, record, r.quarantine_reason());
+           });
 }
 
 // ---------------------------------------------------------------------------
@@ -1105,6 +1300,56 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
     return r;
   }
 
+  grpc::ServerUnaryReactor* ListMessages(
+      grpc::CallbackServerContext* ctx, const v1::ListMessagesRequest* req,
+      v1::ListMessagesResponse* resp) override {
+    std::multimap<std::string, v1::LeaseInfo> leases;
+    for (auto& l : broker_->leases().List()) leases.emplace(l.queue_id(), l);
+    for (auto& m : broker_->messages().List(req->state())) {
+      auto [from, to] = leases.equal_range(m.queue_id());
+      for (auto it = from; it != to && !m.queue_id().empty(); ++it) {
+        *m.add_leases() = it->second;
+      }
+      *resp->add_messages() = std::move(m);
+    }
+    auto* r = ctx->DefaultReactor();
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+
+  grpc::ServerUnaryReactor* GetMessage(grpc::CallbackServerContext* ctx,
+                                       const v1::GetMessageRequest* req,
+                                       v1::MessageInfo* resp) override {
+    auto m = broker_->GetMessage(req->queue_id());
+    if (m.ok()) *resp = std::move(*m);
+    auto* r = ctx->DefaultReactor();
+    r->Finish(ToGrpc(m.status()));
+    return r;
+  }
+
+  grpc::ServerUnaryReactor* ReleaseMessage(grpc::CallbackServerContext* ctx,
+                                           const v1::ReleaseMessageRequest* req,
+                                           v1::MessageInfo* resp) override {
+    auto m = broker_->ReleaseMessage(req->queue_id());
+    if (m.ok()) *resp = std::move(*m);
+    auto* r = ctx->DefaultReactor();
+    r->Finish(ToGrpc(m.status()));
+    return r;
+  }
+
+  grpc::ServerUnaryReactor* GetCounters(
+      grpc::CallbackServerContext* ctx, const v1::GetCountersRequest*,
+      v1::GetCountersResponse* resp) override {
+    for (const auto& [name, value] : MetricsRegistry::Default().Values()) {
+      auto* c = resp->add_counters();
+      c->set_name(name);
+      c->set_value(value < 0 ? 0 : static_cast<uint64_t>(value));
+    }
+    auto* r = ctx->DefaultReactor();
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+
   grpc::ServerUnaryReactor* ListBindings(
       grpc::CallbackServerContext* ctx, const v1::ListBindingsRequest*,
       v1::ListBindingsResponse* resp) override {
@@ -1136,6 +1381,35 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
     r->Finish(ToGrpc(st));
     return r;
   }
+  // A sink may say which message and binding it means in the call's
+  // metadata (sinkline-queue-id, sinkline-binding; the SDKs send both): a
+  // token of another message or binding is refused with PERMISSION_DENIED.
+  static absl::Status CheckClaim(Broker* broker,
+                                 const grpc::CallbackServerContext* ctx,
+                                 const std::string& token) {
+    const auto& md = ctx->client_metadata();
+    const auto q = md.find("sinkline-queue-id");
+    const auto b = md.find("sinkline-binding");
+    if (q == md.end() && b == md.end()) return absl::OkStatus();
+    auto lease = broker->leases().Find(token);
+    if (!lease.ok()) return lease.status();
+    if (q != md.end()) {
+      const std::string claimed(q->second.data(), q->second.size());
+      if (claimed != (*lease)->message->queue_id()) {
+        return absl::PermissionDeniedError(
+            absl::StrCat("this lease token is not for message ", claimed));
+      }
+    }
+    if (b != md.end()) {
+      const std::string claimed(b->second.data(), b->second.size());
+      if (claimed != (*lease)->binding) {
+        return absl::PermissionDeniedError(
+            absl::StrCat("this lease token is not for binding ", claimed));
+      }
+    }
+    return absl::OkStatus();
+  }
+
   uint64_t SnapshotSize(const std::string& token) {
     auto lease = broker_->leases().Find(token);
     struct stat st {};
@@ -1145,7 +1419,12 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
 
   class Reader : public grpc::ServerWriteReactor<v1::ReadRangeResponse> {
    public:
-    Reader(Broker* broker, const v1::ReadRangeRequest& req) {
+    Reader(Broker* broker, const grpc::CallbackServerContext* ctx,
+           const v1::ReadRangeRequest& req) {
+      if (auto st = CheckClaim(broker, ctx, req.token()); !st.ok()) {
+        Finish(ToGrpc(st));
+        return;
+      }
       auto lease = broker->leases().Find(req.token());
       if (!lease.ok()) {
         Finish(ToGrpc(lease.status()));
@@ -1213,13 +1492,17 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
   };
 
   grpc::ServerWriteReactor<v1::ReadRangeResponse>* ReadRange(
-      grpc::CallbackServerContext*, const v1::ReadRangeRequest* req) override {
-    return new Reader(broker_, *req);
+      grpc::CallbackServerContext* ctx,
+      const v1::ReadRangeRequest* req) override {
+    return new Reader(broker_, ctx, *req);
   }
 
   grpc::ServerUnaryReactor* ReadHeaders(
       grpc::CallbackServerContext* ctx, const v1::ReadHeadersRequest* req,
       v1::ReadHeadersResponse* resp) override {
+    if (auto st = CheckClaim(broker_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
     auto lease = broker_->leases().Find(req->token());
     if (!lease.ok()) return Done(ctx, lease.status());
     std::string head(1 << 20, '\0');
@@ -1239,11 +1522,17 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
   }
 
   grpc::ServerUnaryReactor* WriteRange(grpc::CallbackServerContext* ctx,
-                                       const v1::WriteRangeRequest*,
-                                       v1::EditResponse*) override {
-    return Done(ctx, absl::UnimplementedError(
-                         "WriteRange is not served yet; use the header "
-                         "edits or ReplaceBody"));
+                                       const v1::WriteRangeRequest* req,
+                                       v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(broker_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
+    v1::ContentEdit e;
+    auto* w = e.mutable_write_range();
+    w->set_offset(req->offset());
+    w->set_data(req->data());
+    w->set_truncate(req->truncate());
+    return Stage(ctx, req->token(), std::move(e), resp);
   }
 
   grpc::ServerUnaryReactor* Stage(grpc::CallbackServerContext* ctx,
@@ -1257,6 +1546,9 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
   grpc::ServerUnaryReactor* AddHeader(grpc::CallbackServerContext* ctx,
                                       const v1::AddHeaderRequest* req,
                                       v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(broker_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
     v1::ContentEdit e;
     *e.mutable_add_header() = req->header();
     return Stage(ctx, req->token(), std::move(e), resp);
@@ -1264,6 +1556,9 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
   grpc::ServerUnaryReactor* ChangeHeader(grpc::CallbackServerContext* ctx,
                                          const v1::ChangeHeaderRequest* req,
                                          v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(broker_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
     v1::ContentEdit e;
     *e.mutable_change_header() = req->header();
     return Stage(ctx, req->token(), std::move(e), resp);
@@ -1271,6 +1566,9 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
   grpc::ServerUnaryReactor* DeleteHeader(grpc::CallbackServerContext* ctx,
                                          const v1::DeleteHeaderRequest* req,
                                          v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(broker_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
     v1::ContentEdit e;
     *e.mutable_delete_header() = req->header();
     return Stage(ctx, req->token(), std::move(e), resp);
@@ -1278,8 +1576,9 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
 
   class BodyReader : public grpc::ServerReadReactor<v1::ReplaceBodyRequest> {
    public:
-    BodyReader(Broker* broker, v1::EditResponse* resp)
-        : broker_(broker), resp_(resp) {
+    BodyReader(Broker* broker, const grpc::CallbackServerContext* ctx,
+               v1::EditResponse* resp)
+        : broker_(broker), ctx_(ctx), resp_(resp) {
       StartRead(&req_);
     }
     void OnReadDone(bool ok) override {
@@ -1294,6 +1593,10 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
         StartRead(&req_);
         return;
       }
+      if (auto st = CheckClaim(broker_, ctx_, token_); !st.ok()) {
+        Finish(ToGrpc(st));
+        return;
+      }
       v1::ContentEdit e;
       e.mutable_replace_body()->set_body(std::move(body_));
       auto st = broker_->leases().StageContent(token_, std::move(e));
@@ -1305,13 +1608,14 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
    private:
     static constexpr size_t kMaxBody = 64u << 20;
     Broker* const broker_;
+    const grpc::CallbackServerContext* const ctx_;
     v1::EditResponse* const resp_;
     v1::ReplaceBodyRequest req_;
     std::string token_, body_;
   };
   grpc::ServerReadReactor<v1::ReplaceBodyRequest>* ReplaceBody(
-      grpc::CallbackServerContext*, v1::EditResponse* resp) override {
-    return new BodyReader(broker_, resp);
+      grpc::CallbackServerContext* ctx, v1::EditResponse* resp) override {
+    return new BodyReader(broker_, ctx, resp);
   }
 
   grpc::ServerUnaryReactor* Envelope(grpc::CallbackServerContext* ctx,
@@ -1325,6 +1629,9 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
   grpc::ServerUnaryReactor* SetSender(grpc::CallbackServerContext* ctx,
                                       const v1::SetSenderRequest* req,
                                       v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(broker_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
     v1::EnvelopeEdit e;
     e.set_set_sender(req->mail_from());
     return Envelope(ctx, req->token(), std::move(e), resp);
@@ -1332,6 +1639,9 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
   grpc::ServerUnaryReactor* AddRecipient(grpc::CallbackServerContext* ctx,
                                          const v1::AddRecipientRequest* req,
                                          v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(broker_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
     v1::EnvelopeEdit e;
     *e.mutable_add_recipient() = req->recipient();
     return Envelope(ctx, req->token(), std::move(e), resp);
@@ -1339,6 +1649,9 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
   grpc::ServerUnaryReactor* RemoveRecipient(
       grpc::CallbackServerContext* ctx, const v1::RemoveRecipientRequest* req,
       v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(broker_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
     v1::EnvelopeEdit e;
     e.set_remove_recipient(req->address());
     return Envelope(ctx, req->token(), std::move(e), resp);
@@ -1347,6 +1660,9 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
   grpc::ServerUnaryReactor* Renew(grpc::CallbackServerContext* ctx,
                                   const v1::RenewRequest* req,
                                   v1::RenewResponse* resp) override {
+    if (auto st = CheckClaim(broker_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
     auto until = broker_->leases().Renew(
         req->token(), std::chrono::milliseconds(req->extend_ms()));
     if (until.ok()) {
@@ -1361,6 +1677,9 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
   grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* ctx,
                                     const v1::ReleaseRequest* req,
                                     v1::ReleaseResponse*) override {
+    if (auto st = CheckClaim(broker_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
     return Done(ctx, broker_->leases().Release(req->token(), req->discard()));
   }
 
@@ -1375,6 +1694,9 @@ Broker::Broker(BrokerOptions options, Config config,
                std::unique_ptr<QueueBackend> queue)
     : options_(std::move(options)),
       pool_(std::max(1, options_.workers)),
+      submit_pool_(std::max(1, options_.submit_workers)),
+      messages_(
+          MessageTable::Limits{.keep_submitted = options_.keep_submitted}),
       queue_(std::move(queue)),
       leases_(std::make_unique<LeaseTable>(pool_)),
       config_(std::make_shared<const Config>(config)),
@@ -1387,9 +1709,90 @@ Broker::Broker(BrokerOptions options, Config config,
 
 Broker::~Broker() { Drain(); }
 
+absl::StatusOr<v1::MessageInfo> Broker::GetMessage(
+    const std::string& queue_id) {
+  auto m = messages_.Get(queue_id);
+  if (!m || queue_id.empty()) {
+    return absl::NotFoundError("no message with queue id " + queue_id);
+  }
+  for (auto& l : leases_->List()) {
+    if (l.queue_id() == queue_id) *m->add_leases() = std::move(l);
+  }
+  return *m;
+}
+
+absl::StatusOr<v1::MessageInfo> Broker::ReleaseMessage(
+    const std::string& queue_id) {
+  absl::MutexLock lock(&release_mu_);
+  const auto state = messages_.State(queue_id);
+  if (!state || queue_id.empty()) {
+    return absl::NotFoundError("no message with queue id " + queue_id);
+  }
+  const std::string& spool = options_.spool_dir;
+  const std::string content = CommittedContentPath(spool, queue_id);
+  const std::string env = CommittedEnvelopePath(spool, queue_id);
+  switch (*state) {
+    case v1::MESSAGE_STATE_HELD:
+    case v1::MESSAGE_STATE_QUARANTINED:
+      break;
+    case v1::MESSAGE_STATE_FAILED: {
+      const fs::path failed = fs::path(spool) / "failed";
+      std::error_code ec;
+      fs::rename(failed / (queue_id + ".msg"), content, ec);
+      if (!ec) fs::rename(failed / (queue_id + ".env"), env, ec);
+      if (ec) {
+        return absl::UnavailableError(absl::StrCat(
+            "cannot move ", queue_id, " back from failed/: ", ec.message()));
+      }
+      fs::remove(failed / (queue_id + ".reason"), ec);
+      if (auto st = FsyncPath((fs::path(spool) / "committed").string());
+          !st.ok()) {
+        return st;
+      }
+      break;
+    }
+    default:
+      return absl::FailedPreconditionError(
+          absl::StrCat("message ", queue_id, " is ", MessageStateName(*state),
+                       "; only held, quarantined or failed messages can be "
+                       "released"));
+  }
+  v1::QueueEntry entry;
+  if (!entry.ParseFromString(ReadFileBytes(env))) {
+    return absl::DataLossError("unreadable envelope record " + env);
+  }
+  ::unlink(HoldPath(content).c_str());
+  messages_.SetState(queue_id, v1::MESSAGE_STATE_RELEASING,
+                     "released by an operator");
+  spdlog::info("queue_id={} released by an operator (was {})", queue_id,
+               MessageStateName(*state));
+  std::make_shared<Submission>(this, std::move(entry))->Start();
+  return GetMessage(queue_id);
+}
+
+bool Broker::AddRetryTimer(const std::shared_ptr<asio::steady_timer>& t) {
+  absl::MutexLock lock(&retry_mu_);
+  if (draining_) return false;
+  retry_timers_[t.get()] = t;
+  return true;
+}
+
+void Broker::RemoveRetryTimer(asio::steady_timer* t) {
+  absl::MutexLock lock(&retry_mu_);
+  retry_timers_.erase(t);
+}
+
 void Broker::Drain() {
   leases_->CancelTimers();
+  {
+    absl::MutexLock lock(&retry_mu_);
+    draining_ = true;
+    for (auto& [raw, weak] : retry_timers_) {
+      if (auto t = weak.lock()) asio::post(pool_, [t] { t->cancel(); });
+    }
+  }
   pool_.join();
+  submit_pool_.join();
 }
 
 grpc::Service* Broker::content_service() { return content_service_.get(); }
@@ -1591,6 +1994,20 @@ void Broker::Unregister(SessionState* s) {
 void Broker::RecoverSpool() {
   std::error_code ec;
   for (const auto& entry :
+       fs::directory_iterator(fs::path(options_.spool_dir) / "failed", ec)) {
+    if (entry.path().extension() != ".env") continue;
+    v1::QueueEntry failed;
+    if (!failed.ParseFromString(ReadFileBytes(entry.path().string()))) continue;
+    std::string reason =
+        ReadFileBytes(fs::path(entry.path()).replace_extension(".reason"));
+    while (!reason.empty() && reason.back() == '\n') reason.pop_back();
+    messages_.Track(failed.queue_id(), v1::MESSAGE_STATE_FAILED,
+                    failed.envelope(), failed.size(),
+                    "found failed in the spool at start");
+    messages_.SetState(failed.queue_id(), v1::MESSAGE_STATE_FAILED,
+                       "failed: " + reason, reason);
+  }
+  for (const auto& entry :
        fs::directory_iterator(fs::path(options_.spool_dir) / "committed", ec)) {
     if (entry.path().extension() != ".env") continue;
     auto committed = std::make_shared<v1::QueueEntry>();
@@ -1600,6 +2017,24 @@ void Broker::RecoverSpool() {
     }
     const std::string path =
         CommittedContentPath(options_.spool_dir, committed->queue_id());
+    if (std::ifstream hold(HoldPath(path)); hold) {
+      // Held or quarantined for an operator: it stays so.
+      std::string state_name, reason;
+      std::getline(hold, state_name);
+      std::getline(hold, reason);
+      const auto state = state_name == "held" ? v1::MESSAGE_STATE_HELD
+                                              : v1::MESSAGE_STATE_QUARANTINED;
+      messages_.Track(committed->queue_id(), state, committed->envelope(),
+                      committed->size(), "found in the spool at start");
+      messages_.SetState(committed->queue_id(), state,
+                         state_name + ": " + reason, reason);
+      spdlog::warn("recovered {} queue_id={}: {}", state_name,
+                   committed->queue_id(), reason);
+      continue;
+    }
+    messages_.Track(committed->queue_id(), v1::MESSAGE_STATE_LEASED,
+                    committed->envelope(), committed->size(),
+                    "recovered from the spool at start");
     auto holder = std::make_shared<std::weak_ptr<MessageRecord>>();
     auto record = std::make_shared<MessageRecord>(path, CommittedEdits(holder));
     *holder = record;

@@ -4,6 +4,7 @@
 // once their chain is over.
 #pragma once
 
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <chrono>
@@ -14,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "config.h"
 #include "lease.h"
+#include "messages.h"
 #include "sinkline/v1/admin.grpc.pb.h"
 #include "sinkline/v1/content.grpc.pb.h"
 #include "sinkline/v1/session.grpc.pb.h"
@@ -40,6 +42,19 @@ struct BrokerOptions {
   // content access.
   uint64_t inline_max_bytes = 65536;
   int workers = 4;
+  // Threads that hand messages to the queue backend (a relay blocks on the
+  // network while it talks to the next hop).
+  int submit_workers = 2;
+  // Backoff between submission attempts while the backend defers: from the
+  // minimum, doubling up to the maximum.
+  std::chrono::milliseconds submit_retry_min{1000};
+  std::chrono::milliseconds submit_retry_max{300000};
+  // A message still deferred this long after COMMIT fails.
+  std::chrono::milliseconds max_queue_age{5LL * 24 * 3600 * 1000};
+  // Add a Received: trace header (RFC 5321 §4.4) to every message.
+  bool received_header = true;
+  // Submitted messages the admin service still shows.
+  size_t keep_submitted = 1000;
 };
 
 class SessionState;
@@ -85,6 +100,12 @@ class Broker {
   grpc::Service* admin_service();
   grpc::Service* content_service();
 
+  // An operator lets a held, quarantined or failed message go on to the
+  // queue backend.
+  absl::StatusOr<v1::MessageInfo> ReleaseMessage(const std::string& queue_id);
+  // One message with its leases; NOT_FOUND when the broker does not know it.
+  absl::StatusOr<v1::MessageInfo> GetMessage(const std::string& queue_id);
+
   // Waits for in-flight work (post-commit chains, submissions) to finish.
   void Drain();
 
@@ -93,6 +114,12 @@ class Broker {
   // Set once at start-up, before any session.
   void set_advertise(std::string a) { options_.advertise = std::move(a); }
   boost::asio::thread_pool& pool() { return pool_; }
+  boost::asio::thread_pool& submit_pool() { return submit_pool_; }
+  MessageTable& messages() { return messages_; }
+  // Deferred submissions wait on these timers; Drain() cancels them and the
+  // messages stay in the spool for the next start. False once draining.
+  bool AddRetryTimer(const std::shared_ptr<boost::asio::steady_timer>& t);
+  void RemoveRetryTimer(boost::asio::steady_timer* t);
   SinkChannels& channels() { return channels_; }
   LeaseTable& leases() { return *leases_; }
   QueueBackend& queue() { return *queue_; }
@@ -106,6 +133,13 @@ class Broker {
 
   BrokerOptions options_;
   boost::asio::thread_pool pool_;
+  boost::asio::thread_pool submit_pool_;
+  MessageTable messages_;
+  absl::Mutex release_mu_;  // one operator release of a message at a time
+  absl::Mutex retry_mu_;
+  bool draining_ ABSL_GUARDED_BY(retry_mu_) = false;
+  std::map<boost::asio::steady_timer*, std::weak_ptr<boost::asio::steady_timer>>
+      retry_timers_ ABSL_GUARDED_BY(retry_mu_);
   SinkChannels channels_;
   std::unique_ptr<QueueBackend> queue_;
   std::unique_ptr<LeaseTable> leases_;

@@ -1,6 +1,7 @@
 // sinkline-broker: the sink broker service.
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -17,6 +18,7 @@
 #include "sinkline/common/metrics_http.h"
 #include "sinkline/common/port_file.h"
 #include "sinkline/common/shutdown.h"
+#include "smtp_relay.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7000",
           "gRPC address for edges, sinks and operators (port 0 picks one)");
@@ -25,7 +27,28 @@ ABSL_FLAG(std::string, port_file, "",
 ABSL_FLAG(std::string, config, "", "bindings file (YAML); required");
 ABSL_FLAG(std::string, spool_dir, "", "durable spool directory; required");
 ABSL_FLAG(std::string, queue_dir, "",
-          "spool queue directory messages are submitted to; required");
+          "spool queue directory messages are submitted to (this or "
+          "--relay-host is required)");
+ABSL_FLAG(std::string, relay_host, "",
+          "submit by SMTP to this next hop (host:port) instead of a queue "
+          "directory");
+ABSL_FLAG(std::string, relay_helo, "",
+          "name sent in EHLO to the next hop (default: the host name)");
+ABSL_FLAG(int, relay_connect_timeout_ms, 30000,
+          "bound on connecting to the next hop");
+ABSL_FLAG(int, relay_timeout_ms, 300000,
+          "bound on each of the next hop's replies");
+ABSL_FLAG(int, submit_workers, 2, "threads that hand messages to the queue");
+ABSL_FLAG(int, submit_retry_min_ms, 1000,
+          "first delay before a deferred submission is tried again");
+ABSL_FLAG(int, submit_retry_max_ms, 300000,
+          "longest delay between attempts (the delay doubles up to it)");
+ABSL_FLAG(int64_t, max_queue_age_s, 5 * 24 * 3600,
+          "a message still deferred this long after COMMIT fails");
+ABSL_FLAG(bool, received_header, true,
+          "add a Received: trace header with the queue id to every message");
+ABSL_FLAG(uint64_t, keep_submitted, 1000,
+          "submitted messages the admin service still lists");
 ABSL_FLAG(std::string, advertise, "",
           "content endpoint given to sinks (default 127.0.0.1:<port>)");
 ABSL_FLAG(std::string, broker_id, "broker-1", "name of this broker");
@@ -57,8 +80,12 @@ int main(int argc, char** argv) {
   sb::BrokerOptions opts;
   opts.spool_dir = absl::GetFlag(FLAGS_spool_dir);
   const std::string queue_dir = absl::GetFlag(FLAGS_queue_dir);
-  if (config_path.empty() || opts.spool_dir.empty() || queue_dir.empty()) {
-    spdlog::critical("--config, --spool-dir and --queue-dir are required");
+  const std::string relay_host = absl::GetFlag(FLAGS_relay_host);
+  if (config_path.empty() || opts.spool_dir.empty() ||
+      queue_dir.empty() == relay_host.empty()) {
+    spdlog::critical(
+        "--config, --spool-dir and one of --queue-dir or --relay-host are "
+        "required");
     return 2;
   }
   auto config = sb::LoadConfig(config_path);
@@ -70,14 +97,41 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", st.ToString());
     return 1;
   }
-  auto queue = sb::QueueDirBackend::Create(queue_dir);
-  if (!queue.ok()) {
-    spdlog::critical("{}", queue.status().ToString());
-    return 1;
+  std::unique_ptr<sb::QueueBackend> queue;
+  if (!relay_host.empty()) {
+    sb::SmtpRelayOptions relay;
+    relay.next_hop = relay_host;
+    relay.helo_name = absl::GetFlag(FLAGS_relay_helo);
+    if (relay.helo_name.empty()) {
+      char host[256] = {};
+      ::gethostname(host, sizeof host - 1);
+      relay.helo_name = host[0] ? host : "localhost";
+    }
+    relay.connect_timeout = std::chrono::milliseconds(
+        absl::GetFlag(FLAGS_relay_connect_timeout_ms));
+    relay.command_timeout =
+        std::chrono::milliseconds(absl::GetFlag(FLAGS_relay_timeout_ms));
+    queue = std::make_unique<sb::SmtpRelayBackend>(std::move(relay));
+  } else {
+    auto dir = sb::QueueDirBackend::Create(queue_dir);
+    if (!dir.ok()) {
+      spdlog::critical("{}", dir.status().ToString());
+      return 1;
+    }
+    queue = std::move(*dir);
   }
   opts.broker_id = absl::GetFlag(FLAGS_broker_id);
   opts.inline_max_bytes = absl::GetFlag(FLAGS_inline_max_bytes);
   opts.workers = absl::GetFlag(FLAGS_workers);
+  opts.submit_workers = absl::GetFlag(FLAGS_submit_workers);
+  opts.submit_retry_min =
+      std::chrono::milliseconds(absl::GetFlag(FLAGS_submit_retry_min_ms));
+  opts.submit_retry_max =
+      std::chrono::milliseconds(absl::GetFlag(FLAGS_submit_retry_max_ms));
+  opts.max_queue_age =
+      std::chrono::milliseconds(absl::GetFlag(FLAGS_max_queue_age_s) * 1000);
+  opts.keep_submitted = absl::GetFlag(FLAGS_keep_submitted);
+  opts.received_header = absl::GetFlag(FLAGS_received_header);
   opts.config_path = config_path;
   opts.admin_state_path = absl::GetFlag(FLAGS_admin_state);
   if (opts.admin_state_path.empty()) {
@@ -103,7 +157,7 @@ int main(int argc, char** argv) {
   // broker: build the broker first with a placeholder, then fix it up.
   opts.advertise = absl::GetFlag(FLAGS_advertise);
   auto broker =
-      std::make_unique<sb::Broker>(opts, std::move(*config), std::move(*queue));
+      std::make_unique<sb::Broker>(opts, std::move(*config), std::move(queue));
   auto server = sinkline::StartGrpcServer(
       absl::GetFlag(FLAGS_listen),
       {broker->session_service(), broker->admin_service(),

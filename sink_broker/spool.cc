@@ -101,7 +101,7 @@ std::string CommittedEnvelopePath(const std::string& spool_dir,
 
 absl::Status PrepareSpool(const std::string& spool_dir) {
   std::error_code ec;
-  for (const char* sub : {"incoming", "committed"}) {
+  for (const char* sub : {"incoming", "committed", "failed"}) {
     fs::create_directories(fs::path(spool_dir) / sub, ec);
     if (ec) {
       return absl::UnavailableError(absl::StrCat("cannot create ", spool_dir,
@@ -183,8 +183,8 @@ absl::StatusOr<std::unique_ptr<QueueDirBackend>> QueueDirBackend::Create(
   return std::unique_ptr<QueueDirBackend>(new QueueDirBackend(dir));
 }
 
-absl::Status QueueDirBackend::Submit(const v1::QueueEntry& entry,
-                                     const std::string& content_path) {
+absl::StatusOr<SubmitOutcome> QueueDirBackend::Submit(
+    const v1::QueueEntry& entry, const std::string& content_path) {
   std::string json;
   google::protobuf::util::JsonPrintOptions opts;
   opts.preserve_proto_field_names = true;
@@ -218,8 +218,11 @@ absl::Status QueueDirBackend::Submit(const v1::QueueEntry& entry,
     st = Errno("rename " + tmp);
   }
   if (st.ok()) st = FsyncPath(dir_ + "/new");
-  if (!st.ok()) ::unlink(tmp.c_str());
-  return st;
+  if (!st.ok()) {
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  return SubmitOutcome{};
 }
 
 }  // namespace sinkline::broker

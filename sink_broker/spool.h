@@ -65,14 +65,29 @@ absl::Status PrepareSpool(const std::string& spool_dir);
 // Writes a file atomically: <path>.tmp, fsync, rename, fsync the directory.
 absl::Status WriteFileDurably(const std::string& path, const std::string& data);
 
+// What a queue backend did with a message it was handed.
+struct SubmitOutcome {
+  // Recipients to try again later (the next hop answered 4xx for them);
+  // empty when the backend is done with the message.
+  std::vector<v1::Recipient> deferred;
+  std::string deferred_reason;
+  // Recipients refused for good (5xx), each with the next hop's reply.
+  std::vector<v1::Recipient> refused;
+  std::vector<std::string> refusals;
+};
+
 // Where released messages go.
 class QueueBackend {
  public:
   virtual ~QueueBackend() = default;
-  // Takes the message whose content is at `content_path`. OK means the
-  // backend owns it now and the spool copy may go.
-  virtual absl::Status Submit(const v1::QueueEntry& entry,
-                              const std::string& content_path) = 0;
+  // Takes the message whose content is at `content_path`, for the
+  // recipients in `entry`. OK: the backend took it for every recipient not
+  // listed in the outcome. UNAVAILABLE: nothing was taken, try again later.
+  // FAILED_PRECONDITION: refused for good, the message says why.
+  virtual absl::StatusOr<SubmitOutcome> Submit(
+      const v1::QueueEntry& entry, const std::string& content_path) = 0;
+  // e.g. "queue-dir /var/spool/sinkline/queue", "smtp-relay mx:25".
+  virtual std::string Describe() const = 0;
 };
 
 // The spool queue directory: <dir>/tmp/<id> written and fsynced, then
@@ -82,8 +97,9 @@ class QueueDirBackend : public QueueBackend {
  public:
   static absl::StatusOr<std::unique_ptr<QueueDirBackend>> Create(
       const std::string& dir);
-  absl::Status Submit(const v1::QueueEntry& entry,
-                      const std::string& content_path) override;
+  absl::StatusOr<SubmitOutcome> Submit(
+      const v1::QueueEntry& entry, const std::string& content_path) override;
+  std::string Describe() const override { return "queue-dir " + dir_; }
 
  private:
   explicit QueueDirBackend(std::string dir) : dir_(std::move(dir)) {}

@@ -184,12 +184,15 @@ class Stack:
         with open(self.config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
 
-    def start_broker(self, listen="127.0.0.1:0"):
+    def start_broker(self, listen="127.0.0.1:0", extra=(), queue_dir=True):
+        """queue_dir=False: the caller names another backend in `extra`
+        (e.g. --relay-host)."""
         p = Process("broker", [binary("sinkline-broker"),
                                f"--listen={listen}",
                                f"--config={self.config_path}",
-                               f"--spool-dir={self.spool_dir}",
-                               f"--queue-dir={self.queue_dir}"], self.workdir)
+                               f"--spool-dir={self.spool_dir}"]
+                    + ([f"--queue-dir={self.queue_dir}"] if queue_dir else [])
+                    + list(extra), self.workdir)
         self.broker = self._add(p)
         return p
 
@@ -224,6 +227,49 @@ class Stack:
     def queue_ids(self):
         d = os.path.join(self.queue_dir, "new")
         return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+class AdminClient:
+    """The broker's sinkline.v1.Admin service, called with Debian's grpcio."""
+
+    def __init__(self, port):
+        import grpc  # noqa: E402  (Debian's python3-grpcio)
+        self.grpc = grpc
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+
+    def call(self, method, request, response_type):
+        fn = self.channel.unary_unary(
+            f"/sinkline.v1.Admin/{method}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response_type.FromString)
+        return fn(request, timeout=10)
+
+    def messages(self, state=0):
+        from sinkline.v1 import admin_pb2
+        return list(self.call("ListMessages",
+                              admin_pb2.ListMessagesRequest(state=state),
+                              admin_pb2.ListMessagesResponse).messages)
+
+    def message(self, queue_id):
+        from sinkline.v1 import admin_pb2
+        return self.call("GetMessage",
+                         admin_pb2.GetMessageRequest(queue_id=queue_id),
+                         admin_pb2.MessageInfo)
+
+    def release(self, queue_id):
+        from sinkline.v1 import admin_pb2
+        return self.call("ReleaseMessage",
+                         admin_pb2.ReleaseMessageRequest(queue_id=queue_id),
+                         admin_pb2.MessageInfo)
+
+    def counters(self):
+        from sinkline.v1 import admin_pb2
+        return {c.name: c.value for c in self.call(
+            "GetCounters", admin_pb2.GetCountersRequest(),
+            admin_pb2.GetCountersResponse).counters}
+
+    def close(self):
+        self.channel.close()
 
 
 class StackTestCase(unittest.TestCase):

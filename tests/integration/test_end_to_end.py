@@ -53,9 +53,16 @@ class EndToEndTest(StackTestCase):
         entry, queued = self.stack.queued(qid)
         stamp = f"X-Sinkline-Stamp: stamp; {qid}\r\n".encode()
         self.assertTrue(queued.startswith(stamp), queued[:200])
-        # Exactly the bytes sent, after the stamp: dots unstuffed, the
+        # Then the trace header (RFC 5321 §4.4) with the queue id.
+        received = re.match(
+            rb"Received: from client\.example\.net \(\[127\.0\.0\.1\]\)\r\n"
+            rb"\tby mx\.example\.test \(Sinkline\) with ESMTP id "
+            + qid.encode() + rb"; [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} "
+            rb"\d\d:\d\d:\d\d \+0000\r\n", queued[len(stamp):])
+        self.assertIsNotNone(received, queued[:300])
+        # Exactly the bytes sent, after those: dots unstuffed, the
         # 998-octet line intact.
-        self.assertEqual(queued[len(stamp):], body)
+        self.assertEqual(queued[len(stamp) + received.end():], body)
 
         self.assertEqual(entry["queue_id"], qid)
         env = entry["envelope"]

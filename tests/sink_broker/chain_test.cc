@@ -109,6 +109,7 @@ class ChainTest : public ::testing::Test {
     BrokerOptions opts;
     opts.spool_dir = (dir_ / "spool").string();
     opts.advertise = "127.0.0.1:1";
+    opts.received_header = false;  // exact bytes below
     broker_ =
         std::make_unique<Broker>(opts, std::move(*config), std::move(*queue));
     auto server = StartGrpcServer("127.0.0.1:0", {broker_->session_service()});

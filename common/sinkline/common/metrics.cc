@@ -172,4 +172,18 @@ std::string MetricsRegistry::Render() const {
   return out;
 }
 
+std::vector<std::pair<std::string, double>> MetricsRegistry::Values() const {
+  std::vector<std::pair<std::string, double>> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [name, f] : families_) {
+    for (const auto& [labels, c] : f.counters) {
+      out.emplace_back(name + labels, c->Value());
+    }
+    for (const auto& [labels, g] : f.gauges) {
+      out.emplace_back(name + labels, g->Value());
+    }
+  }
+  return out;
+}
+
 }  // namespace sinkline

@@ -86,6 +86,10 @@ class MetricsRegistry {
   // All families in the Prometheus text format.
   std::string Render() const;
 
+  // Every counter and gauge as `name{labels}` and its value, sorted by name
+  // (the admin services' GetCounters).
+  std::vector<std::pair<std::string, double>> Values() const;
+
  private:
   struct Family {
     std::string help;

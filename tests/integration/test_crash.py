@@ -1,0 +1,118 @@
+"""The broker killed with SIGKILL at random moments while sessions send
+mail and a sink after COMMIT edits every message: every message a client
+got 250 for is queued exactly once; no client ever gets 250 for a message
+that is not queued. Messages queued although their client saw no 250 (the
+broker committed, then died before the reply left) are counted and each is
+shown to be such a case: RFC 5321 §6.1 allows a duplicate, never a loss."""
+
+import os
+import random
+import re
+import smtplib
+import threading
+import time
+import unittest
+
+from harness import StackTestCase, wait_for
+
+QUEUED = re.compile(rb"queued as (\S+)")
+SESSIONS = 4
+KILLS = 3
+TIME_LIMIT_S = 90
+MESSAGE_ID = re.compile(rb"Message-ID: <([^>]+)>")
+
+
+class CrashTest(StackTestCase):
+
+    def test_sigkill_loses_nothing_acknowledged(self):
+        self.stack.start_stamp_sink()
+        self.stack.write_config([{
+            "name": "stamp-eod", "sink": "stamp", "event": "EOD",
+            "priority": 30000, "deadline_ms": 5000,
+            "failure_policy": "continue", "content_access": "read-write"}])
+        self.stack.start_broker()
+        port = self.stack.broker.port
+        self.stack.start_edge(["--broker-connect-timeout-ms=5000"])
+
+        acked = {}        # message id -> queue id
+        not_acked = set()  # message ids whose client saw no 250
+        lock = threading.Lock()
+        stop = threading.Event()
+        rng = random.Random(5321)
+
+        def client(n):
+            i = 0
+            while not stop.is_set():
+                i += 1
+                mid = f"{n}.{i}@crash.example.test"
+                body = (f"Message-ID: <{mid}>\r\nSubject: crash {n} {i}\r\n"
+                        f"\r\n{'x' * rng.randint(10, 5000)}\r\n").encode()
+                try:
+                    with smtplib.SMTP("127.0.0.1", self.stack.edge.port,
+                                      timeout=20) as s:
+                        s.ehlo("client.example.test")
+                        s.mail("load@example.test")
+                        s.rcpt("sink@example.test")
+                        code, resp = s.data(body)
+                except (smtplib.SMTPException, OSError):
+                    code, resp = 0, b""
+                with lock:
+                    if code == 250:
+                        acked[mid] = QUEUED.search(resp).group(1).decode()
+                    else:
+                        not_acked.add(mid)
+                        time.sleep(0.05)
+
+        threads = [threading.Thread(target=client, args=(n,))
+                   for n in range(SESSIONS)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + TIME_LIMIT_S
+        try:
+            for _ in range(KILLS):
+                time.sleep(rng.uniform(1.0, 3.0))
+                self.stack.broker.kill()
+                time.sleep(rng.uniform(0.0, 0.5))
+                self.stack.start_broker(listen=f"127.0.0.1:{port}")
+                self.assertLess(time.monotonic(), deadline)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+        self.assertGreater(len(acked), 50, "too little traffic to mean much")
+
+        # Everything committed reaches the queue once the broker is idle.
+        committed = os.path.join(self.stack.spool_dir, "committed")
+        wait_for(lambda: not [n for n in os.listdir(committed)
+                              if n.endswith(".msg")], 60,
+                 "the spool to drain into the queue")
+        self.assertEqual(os.listdir(os.path.join(self.stack.spool_dir,
+                                                 "incoming")), [])
+        queued = {}
+        for qid in self.stack.queue_ids():
+            _, data = self.stack.queued(qid, timeout_s=1)
+            mid = MESSAGE_ID.search(data).group(1).decode()
+            queued.setdefault(mid, []).append((qid, data))
+
+        for mid, qid in acked.items():
+            self.assertIn(mid, queued, f"acknowledged {mid} ({qid}) lost")
+            self.assertEqual([q for q, _ in queued[mid]], [qid],
+                             f"{mid} queued more than once or under another "
+                             "queue id")
+        extras = [mid for mid in queued if mid not in acked]
+        for mid in extras:
+            self.assertIn(mid, not_acked)
+            self.assertEqual(len(queued[mid]), 1)
+        # The sink after COMMIT ran for every queued message; a kill between
+        # its edit and the record that it finished may run it again.
+        stamps = [data.count(b"X-Sinkline-Stamp: ")
+                  for entries in queued.values() for _, data in entries]
+        self.assertTrue(all(1 <= n <= 2 for n in stamps), stamps)
+        print(f"\nacknowledged {len(acked)}, refused or cut "
+              f"{len(not_acked)}, queued without a 250 {len(extras)}, "
+              f"stamped twice {sum(1 for n in stamps if n == 2)}")
+
+
+if __name__ == "__main__":
+    unittest.main()
