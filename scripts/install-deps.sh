@@ -12,7 +12,7 @@ packages=(
   # stack
   openssl ca-certificates procps
   # tests and first steps
-  python3 python3-grpcio python3-protobuf swaks
+  python3 python3-grpcio python3-protobuf python3-aiosmtpd swaks
 )
 
 missing=()

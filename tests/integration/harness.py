@@ -7,6 +7,7 @@ prints their logs when a test fails.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,19 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 if PYTHON_DIR and PYTHON_DIR not in sys.path:
     sys.path.insert(0, PYTHON_DIR)  # generated message modules
 START_TIMEOUT_S = 15.0
+
+
+RECEIVED = re.compile(rb"Received: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
+
+
+def split_received(data, at=0):
+    """Returns (data without the Received: header that starts at offset
+    `at`, that header). The broker adds one trace header to every message
+    at COMMIT; tests that compare bytes take it out first."""
+    m = RECEIVED.match(data, at)
+    if m is None:
+        raise AssertionError(f"no Received: header at {at}: {data[:300]!r}")
+    return data[:at] + data[m.end():], m.group(0)
 
 
 def binary(name):

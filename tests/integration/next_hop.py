@@ -74,7 +74,7 @@ async def main():
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(Handler(), decode_data=False, enable_SMTPUTF8=True,
-                     data_size_limit=0),
+                     data_size_limit=100 * 1024 * 1024),
         "127.0.0.1", args.port, reuse_address=True)
     port = server.sockets[0].getsockname()[1]
     tmp = args.port_file + ".tmp"

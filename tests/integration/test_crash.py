@@ -19,6 +19,7 @@ QUEUED = re.compile(rb"queued as (\S+)")
 SESSIONS = 4
 KILLS = 3
 TIME_LIMIT_S = 90
+ACKED_PER_ROUND = 15
 MESSAGE_ID = re.compile(rb"Message-ID: <([^>]+)>")
 
 
@@ -70,17 +71,26 @@ class CrashTest(StackTestCase):
         deadline = time.monotonic() + TIME_LIMIT_S
         try:
             for _ in range(KILLS):
-                time.sleep(rng.uniform(1.0, 3.0))
+                # Traffic between kills: some messages acknowledged by this
+                # broker, then a random moment.
+                base = len(acked)
+                wait_for(lambda: len(acked) >= base + ACKED_PER_ROUND,
+                         max(1.0, deadline - time.monotonic()),
+                         "messages acknowledged between kills")
+                time.sleep(rng.uniform(0.0, 1.5))
                 self.stack.broker.kill()
                 time.sleep(rng.uniform(0.0, 0.5))
                 self.stack.start_broker(listen=f"127.0.0.1:{port}")
                 self.assertLess(time.monotonic(), deadline)
-            time.sleep(1.0)
+            base = len(acked)
+            wait_for(lambda: len(acked) >= base + ACKED_PER_ROUND,
+                     max(1.0, deadline - time.monotonic()),
+                     "messages acknowledged after the last restart")
         finally:
             stop.set()
             for t in threads:
                 t.join(timeout=30)
-        self.assertGreater(len(acked), 50, "too little traffic to mean much")
+        self.assertGreaterEqual(len(acked), (KILLS + 1) * ACKED_PER_ROUND)
 
         # Everything committed reaches the queue once the broker is idle.
         committed = os.path.join(self.stack.spool_dir, "committed")

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import BIN_DIR, wait_for
+from harness import BIN_DIR, split_received, wait_for
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -103,6 +103,8 @@ class StartScriptTest(unittest.TestCase):
             _, _, queued = f.read().partition(b"\n")
         stamp = f"X-Sinkline-Stamp: stamp; {qid}\r\n".encode()
         self.assertTrue(queued.startswith(stamp), queued[:200])
+        queued, received = split_received(queued, len(stamp))
+        self.assertIn(f"with ESMTP id {qid}".encode(), received)
         self.assertEqual(queued[len(stamp):], body.encode() + b"\r\n")
 
         self.script.send_signal(signal.SIGINT)
