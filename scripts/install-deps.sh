@@ -13,6 +13,9 @@ packages=(
   openssl ca-certificates procps
   # tests and first steps
   python3 python3-grpcio python3-protobuf python3-aiosmtpd swaks
+  # Postfix as a client of the edge and as the relay's next hop (private
+  # instances under each test's directory; the system one is not set up)
+  postfix
 )
 
 missing=()
@@ -26,5 +29,9 @@ echo "install-deps: installing ${missing[*]}" >&2
 sudo=""
 [[ $(id -u) -ne 0 ]] && sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
+if [[ " ${missing[*]} " == *" postfix "* ]]; then
+  echo "postfix postfix/main_mailer_type select No configuration" |
+    $sudo debconf-set-selections
+fi
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
