@@ -1505,10 +1505,9 @@ class Broker::ContentServiceImpl final : public v1::Content::CallbackService {
     }
     auto lease = broker_->leases().Find(req->token());
     if (!lease.ok()) return Done(ctx, lease.status());
-    std::string head(1 << 20, '\0');
-    const ssize_t n = ::pread((*lease)->fd, head.data(), head.size(), 0);
-    head.resize(n > 0 ? static_cast<size_t>(n) : 0);
-    const ParsedHeader h = ParseHeader(head);
+    auto index = (*lease)->message->HeaderIndex((*lease)->fd);
+    if (!index.ok()) return Done(ctx, index.status());
+    const ParsedHeader& h = **index;
     for (const auto& f : h.fields) {
       auto* out = resp->add_fields();
       out->set_name(f.name);

@@ -2,9 +2,13 @@
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/post.hpp>
+#include <cerrno>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "message_edit.h"
@@ -306,6 +310,40 @@ std::vector<v1::LeaseInfo> LeaseTable::List() {
 size_t LeaseTable::active() const {
   absl::MutexLock lock(&mu_);
   return leases_.size();
+}
+
+absl::StatusOr<std::shared_ptr<const ParsedHeader>> MessageRecord::HeaderIndex(
+    int fd, size_t max_header_bytes) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    return absl::InternalError(absl::StrCat("fstat: ", strerror(errno)));
+  }
+  const VersionKey key{st.st_dev, st.st_ino, st.st_size};
+  {
+    absl::MutexLock lock(&mu_);
+    if (index_ != nullptr && index_key_ == key) return index_;
+  }
+  std::string head(
+      std::min<size_t>(max_header_bytes, static_cast<size_t>(st.st_size)),
+      '\0');
+  size_t got = 0;
+  while (got < head.size()) {
+    const ssize_t n = ::pread(fd, head.data() + got, head.size() - got,
+                              static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      return absl::InternalError(absl::StrCat("read: ", strerror(errno)));
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  head.resize(got);
+  auto index = std::make_shared<const ParsedHeader>(ParseHeader(head));
+  absl::MutexLock lock(&mu_);
+  index_key_ = key;
+  index_ = index;
+  ++index_builds_;
+  return index;
 }
 
 }  // namespace sinkline::broker

@@ -6,6 +6,8 @@
 // expires leaves no partial write.
 #pragma once
 
+#include <sys/types.h>
+
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <chrono>
@@ -20,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "message_edit.h"
 #include "sinkline/v1/admin.pb.h"
 #include "sinkline/v1/types.pb.h"
 
@@ -84,6 +87,19 @@ class MessageRecord {
   // turns in priority order.
   void WhenNoWriter(std::function<void()> go);
 
+  // The index of the header block (fields, their raw bytes, where the body
+  // starts) of the content version open as `fd`, a lease's snapshot. Parsed
+  // once per version and shared by every lease that reads that version;
+  // edits publish a new file, so a new version gets a new index. The block
+  // is read up to `max_header_bytes`.
+  absl::StatusOr<std::shared_ptr<const ParsedHeader>> HeaderIndex(
+      int fd, size_t max_header_bytes = 1 << 20);
+  // How many times a header block was parsed (for tests and metrics).
+  int header_index_builds() const {
+    absl::MutexLock lock(&mu_);
+    return index_builds_;
+  }
+
  private:
   friend class LeaseTable;
   mutable absl::Mutex mu_;
@@ -99,6 +115,15 @@ class MessageRecord {
   std::function<void()> ready_ ABSL_GUARDED_BY(mu_);
   std::deque<std::function<void()>> writer_waiters_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> tokens_ ABSL_GUARDED_BY(mu_);
+  struct VersionKey {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    off_t size = -1;
+    bool operator==(const VersionKey&) const = default;
+  };
+  VersionKey index_key_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const ParsedHeader> index_ ABSL_GUARDED_BY(mu_);
+  int index_builds_ ABSL_GUARDED_BY(mu_) = 0;
   // Serialises publication of edits to the files.
   absl::Mutex publish_mu_;
 };
