@@ -3,7 +3,8 @@ after COMMIT: WriteRange (overwrite, append, truncate) becomes visible in
 the queued message when the lease ends; a token used for another message or
 binding is refused with PERMISSION_DENIED, a write under a read lease too;
 a write past the end fails with OUT_OF_RANGE and leaves no partial write;
-unknown tokens get NOT_FOUND, released ones FAILED_PRECONDITION."""
+unknown tokens get NOT_FOUND, released ones FAILED_PRECONDITION; ReadHeaders
+shows the header block of the lease's own version, folding kept."""
 
 import json
 import os
@@ -15,7 +16,7 @@ import grpc
 
 from harness import PYTHON_DIR, ROOT, Process, StackTestCase, wait_for
 
-from sinkline.v1 import content_pb2  # noqa: E402  (PYTHONPATH)
+from sinkline.v1 import content_pb2, types_pb2  # noqa: E402
 
 QUEUED = re.compile(rb"queued as (\S+)")
 
@@ -150,6 +151,36 @@ class ContentServiceTest(StackTestCase):
         code, details = self.code_of(self.write, wa["token"], 0, b"x")
         self.assertEqual(code, grpc.StatusCode.FAILED_PRECONDITION)
         self.assertIn("released", details)
+
+    def read_headers(self, token):
+        return self.call("ReadHeaders",
+                         content_pb2.ReadHeadersRequest(token=token),
+                         content_pb2.ReadHeadersResponse)
+
+    def test_read_headers_per_version(self):
+        body = (b"Subject: headers\r\nX-Folded: first\r\n\tsecond\r\n"
+                b"To: b@example.test\r\n\r\nbody\r\n")
+        qid = self.send(body)
+        leases = self.leases(2)
+        w, r = leases[(qid, "writer")], leases[(qid, "reader")]
+        before = self.read_headers(w["token"])
+        self.assertEqual([(f.name, f.value) for f in before.fields],
+                         [("Subject", "headers"),
+                          ("X-Folded", "first\r\n\tsecond"),
+                          ("To", "b@example.test")])
+        self.assertEqual(before.body_offset, body.index(b"body"))
+        # The writer adds a field at the top and ends its lease: the
+        # reader's snapshot (taken before) keeps the old header block.
+        self.call("AddHeader", content_pb2.AddHeaderRequest(
+            token=w["token"], header=types_pb2.AddHeader(
+                name="X-Added", value="yes",
+                position=types_pb2.HeaderPosition(index=0))),
+            content_pb2.EditResponse)
+        self.release(w["token"])
+        self.assertEqual(self.read_headers(r["token"]), before)
+        self.release(r["token"])
+        _, queued = self.stack.queued(qid)
+        self.assertEqual(queued, b"X-Added: yes\r\n" + body)
 
     def test_truncate(self):
         body = b"Subject: T\r\n\r\nkeep this\r\ndrop this\r\n"
