@@ -242,8 +242,9 @@ std::shared_ptr<v1::Sink::Stub> SinkChannels::Stub(const std::string& target) {
     // A sink that restarts is found again quickly.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+    sinkline::AddGrpcTlsChannelArgs(args);
     stub = v1::Sink::NewStub(grpc::CreateCustomChannel(
-        target, grpc::InsecureChannelCredentials(), args));
+        target, sinkline::GrpcChannelCredentials(), args));
   }
   return stub;
 }
@@ -1250,9 +1251,21 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
     return r;
   }
 
+  static grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* ctx,
+                                          const grpc::Status& st) {
+    spdlog::warn("admin call from {} refused: {}", ctx->peer(),
+                 st.error_message());
+    auto* r = ctx->DefaultReactor();
+    r->Finish(st);
+    return r;
+  }
+
   grpc::ServerUnaryReactor* ListSinks(grpc::CallbackServerContext* ctx,
                                       const v1::ListSinksRequest*,
                                       v1::ListSinksResponse* resp) override {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
     for (const auto& s : broker_->config()->sinks) {
       auto* out = resp->add_sinks();
       out->set_name(s.name);
@@ -1266,26 +1279,41 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* CreateBinding(grpc::CallbackServerContext* ctx,
                                           const v1::CreateBindingRequest* req,
                                           v1::BindingResponse* resp) override {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
     return Answer(ctx, broker_->CreateBinding(req->binding()), resp);
   }
   grpc::ServerUnaryReactor* UpdateBinding(grpc::CallbackServerContext* ctx,
                                           const v1::UpdateBindingRequest* req,
                                           v1::BindingResponse* resp) override {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
     return Answer(ctx, broker_->UpdateBinding(req->binding()), resp);
   }
   grpc::ServerUnaryReactor* EnableBinding(
       grpc::CallbackServerContext* ctx, const v1::SetBindingEnabledRequest* req,
       v1::BindingResponse* resp) override {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
     return Answer(ctx, broker_->SetBindingEnabled(req->name(), true), resp);
   }
   grpc::ServerUnaryReactor* DisableBinding(
       grpc::CallbackServerContext* ctx, const v1::SetBindingEnabledRequest* req,
       v1::BindingResponse* resp) override {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
     return Answer(ctx, broker_->SetBindingEnabled(req->name(), false), resp);
   }
   grpc::ServerUnaryReactor* DeleteBinding(grpc::CallbackServerContext* ctx,
                                           const v1::DeleteBindingRequest* req,
                                           v1::DeleteBindingResponse*) override {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
     auto* r = ctx->DefaultReactor();
     r->Finish(ToGrpc(broker_->DeleteBinding(req->name())));
     return r;
@@ -1294,6 +1322,9 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* ListLeases(grpc::CallbackServerContext* ctx,
                                        const v1::ListLeasesRequest*,
                                        v1::ListLeasesResponse* resp) override {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
     for (auto& l : broker_->leases().List()) *resp->add_leases() = l;
     auto* r = ctx->DefaultReactor();
     r->Finish(grpc::Status::OK);
@@ -1303,6 +1334,9 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* ListMessages(
       grpc::CallbackServerContext* ctx, const v1::ListMessagesRequest* req,
       v1::ListMessagesResponse* resp) override {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
     std::multimap<std::string, v1::LeaseInfo> leases;
     for (auto& l : broker_->leases().List()) leases.emplace(l.queue_id(), l);
     for (auto& m : broker_->messages().List(req->state())) {
@@ -1320,6 +1354,9 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* GetMessage(grpc::CallbackServerContext* ctx,
                                        const v1::GetMessageRequest* req,
                                        v1::MessageInfo* resp) override {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
     auto m = broker_->GetMessage(req->queue_id());
     if (m.ok()) *resp = std::move(*m);
     auto* r = ctx->DefaultReactor();
@@ -1330,6 +1367,9 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* ReleaseMessage(grpc::CallbackServerContext* ctx,
                                            const v1::ReleaseMessageRequest* req,
                                            v1::MessageInfo* resp) override {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
     auto m = broker_->ReleaseMessage(req->queue_id());
     if (m.ok()) *resp = std::move(*m);
     auto* r = ctx->DefaultReactor();
@@ -1340,6 +1380,9 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* GetCounters(
       grpc::CallbackServerContext* ctx, const v1::GetCountersRequest*,
       v1::GetCountersResponse* resp) override {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
     for (const auto& [name, value] : MetricsRegistry::Default().Values()) {
       auto* c = resp->add_counters();
       c->set_name(name);
@@ -1353,6 +1396,9 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* ListBindings(
       grpc::CallbackServerContext* ctx, const v1::ListBindingsRequest*,
       v1::ListBindingsResponse* resp) override {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
     for (const auto& b : broker_->config()->bindings) {
       *resp->add_bindings() = b.spec;
     }

@@ -16,6 +16,7 @@
 #include "config.h"
 #include "lease.h"
 #include "messages.h"
+#include "sinkline/common/grpc_security.h"
 #include "sinkline/v1/admin.grpc.pb.h"
 #include "sinkline/v1/content.grpc.pb.h"
 #include "sinkline/v1/session.grpc.pb.h"
@@ -29,6 +30,8 @@ struct BrokerOptions {
   std::string broker_id = "broker-1";
   // Content endpoint told to sinks (host:port of this broker).
   std::string advertise;
+  // Who may call the Admin service.
+  sinkline::AdminGuard admin_guard;
   // The bindings file, reloaded by ReloadFile().
   std::string config_path;
   // Where bindings made through the admin service are kept (YAML).

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "broker.h"
 #include "sinkline/common/flags.h"
+#include "sinkline/common/grpc_security.h"
 #include "sinkline/common/grpc_server.h"
 #include "sinkline/common/logging.h"
 #include "sinkline/common/metrics_http.h"
@@ -78,6 +79,21 @@ int main(int argc, char** argv) {
                         absl::GetFlag(FLAGS_log_json));
   const std::string config_path = absl::GetFlag(FLAGS_config);
   sb::BrokerOptions opts;
+  if (auto st = sinkline::LoadGrpcTls(); !st.ok()) {
+    spdlog::critical("{}", st.ToString());
+    return 2;
+  }
+  if (auto guard = sinkline::AdminGuard::FromFlags(); !guard.ok()) {
+    spdlog::critical("{}", guard.status().ToString());
+    return 2;
+  } else {
+    opts.admin_guard = std::move(*guard);
+    if (!opts.admin_guard.configured()) {
+      spdlog::warn(
+          "admin service: no --admin-token-file or --admin-client-names; "
+          "only callers on loopback are let in");
+    }
+  }
   opts.spool_dir = absl::GetFlag(FLAGS_spool_dir);
   const std::string queue_dir = absl::GetFlag(FLAGS_queue_dir);
   const std::string relay_host = absl::GetFlag(FLAGS_relay_host);
@@ -184,8 +200,12 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", st.ToString());
     return 1;
   }
-  spdlog::info("broker {} serving on port {} (content endpoint {})",
-               opts.broker_id, server->port, opts.advertise);
+  spdlog::info("broker {} serving on port {} (content endpoint {}, {})",
+               opts.broker_id, server->port, opts.advertise,
+               sinkline::GrpcTls().enabled() ? "TLS" : "plaintext");
+  if (server->health_port != 0) {
+    spdlog::info("health alone, in plaintext, on port {}", server->health_port);
+  }
 
   auto reload = [&broker](const char* why) {
     if (auto st = broker->ReloadFile(); !st.ok()) {

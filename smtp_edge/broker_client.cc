@@ -1,5 +1,7 @@
 #include "broker_client.h"
 
+#include "sinkline/common/grpc_security.h"
+
 namespace sinkline::edge {
 
 std::shared_ptr<grpc::Channel> MakeBrokerChannel(const std::string& target) {
@@ -11,7 +13,8 @@ std::shared_ptr<grpc::Channel> MakeBrokerChannel(const std::string& target) {
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
+  sinkline::AddGrpcTlsChannelArgs(args);
+  return grpc::CreateCustomChannel(target, sinkline::GrpcChannelCredentials(),
                                    args);
 }
 

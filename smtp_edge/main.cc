@@ -12,6 +12,7 @@
 #include "broker_client.h"
 #include "server.h"
 #include "sinkline/common/flags.h"
+#include "sinkline/common/grpc_security.h"
 #include "sinkline/common/logging.h"
 #include "sinkline/common/metrics_http.h"
 #include "sinkline/common/port_file.h"
@@ -47,6 +48,10 @@ int main(int argc, char** argv) {
   sinkline::InitLogging("edge", absl::GetFlag(FLAGS_log_level),
                         absl::GetFlag(FLAGS_log_json));
 
+  if (auto st = sinkline::LoadGrpcTls(); !st.ok()) {
+    spdlog::critical("{}", st.ToString());
+    return 2;
+  }
   sinkline::edge::EdgeOptions opts;
   opts.hostname = absl::GetFlag(FLAGS_hostname);
   if (opts.hostname.empty()) {

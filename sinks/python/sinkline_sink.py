@@ -94,9 +94,47 @@ def parse_args(name, extra_args=None, argv=None):
     parser.add_argument("--port-file", default="")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--log-level", default="info")
+    # The control plane's TLS, as in every Sinkline binary.
+    parser.add_argument("--grpc-tls-cert", default="")
+    parser.add_argument("--grpc-tls-key", default="")
+    parser.add_argument("--grpc-tls-ca", default="")
+    parser.add_argument("--grpc-tls-server-name", default="")
     if extra_args:
         extra_args(parser)
     return parser.parse_args(argv)
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def server_credentials(args):
+    """TLS for the sink's server (client certificates required when a CA
+    is given), or None for plaintext."""
+    if not args.grpc_tls_cert:
+        return None
+    ca = _read(args.grpc_tls_ca) if args.grpc_tls_ca else None
+    return grpc.ssl_server_credentials(
+        [(_read(args.grpc_tls_key), _read(args.grpc_tls_cert))],
+        root_certificates=ca, require_client_auth=ca is not None)
+
+
+def content_channel(args, address):
+    """A channel to the broker's Content service at `address` (the event's
+    content endpoint), with the same TLS as the sink's server."""
+    if not args.grpc_tls_cert:
+        return grpc.insecure_channel(address)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(_read(args.grpc_tls_ca)
+                           if args.grpc_tls_ca else None),
+        private_key=_read(args.grpc_tls_key),
+        certificate_chain=_read(args.grpc_tls_cert))
+    options = []
+    if args.grpc_tls_server_name:
+        options.append(("grpc.ssl_target_name_override",
+                        args.grpc_tls_server_name))
+    return grpc.secure_channel(address, creds, options=options)
 
 
 def serve(handler, name, args=None):
@@ -140,7 +178,9 @@ def serve(handler, name, args=None):
                 response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
         }),
     ))
-    port = server.add_insecure_port(args.listen)
+    creds = server_credentials(args)
+    port = (server.add_secure_port(args.listen, creds) if creds
+            else server.add_insecure_port(args.listen))
     if port == 0:
         log.critical("cannot listen on %s", args.listen)
         return 1

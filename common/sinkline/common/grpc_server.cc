@@ -2,17 +2,34 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "sinkline/common/grpc_security.h"
+
+ABSL_FLAG(std::string, grpc_health_listen, "",
+          "also serve the health service alone, in plaintext, on this "
+          "address (for probes that cannot speak TLS); off if empty");
 
 namespace sinkline {
 
 using grpc::health::v1::HealthCheckResponse;
 
+void GrpcServer::SetHealth(const std::string& service,
+                           HealthService::ServingStatus status) {
+  if (health) health->SetStatus(service, status);
+  if (plain_health) plain_health->SetStatus(service, status);
+}
+
 void GrpcServer::Stop(std::chrono::milliseconds grace) {
   if (health) health->Shutdown();
+  if (plain_health) plain_health->Shutdown();
   if (server) {
     server->Shutdown(std::chrono::system_clock::now() + grace);
     server->Wait();
+  }
+  if (health_server) {
+    health_server->Shutdown(std::chrono::system_clock::now());
+    health_server->Wait();
   }
 }
 
@@ -23,8 +40,7 @@ absl::StatusOr<GrpcServer> StartGrpcServer(
   grpc::ServerBuilder builder;
   GrpcServer out;
   out.health = std::make_unique<HealthService>();
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(),
-                           &out.port);
+  builder.AddListeningPort(listen, GrpcServerCredentials(), &out.port);
   for (grpc::Service* s : services) builder.RegisterService(s);
   builder.RegisterService(out.health.get());
   out.server = builder.BuildAndStart();
@@ -32,9 +48,23 @@ absl::StatusOr<GrpcServer> StartGrpcServer(
     return absl::UnavailableError(
         absl::StrCat("cannot listen for gRPC on ", listen));
   }
-  out.health->SetStatus("", HealthCheckResponse::SERVING);
+  if (const auto plain = absl::GetFlag(FLAGS_grpc_health_listen);
+      !plain.empty()) {
+    grpc::ServerBuilder hb;
+    out.plain_health = std::make_unique<HealthService>();
+    hb.AddListeningPort(plain, grpc::InsecureServerCredentials(),
+                        &out.health_port);
+    hb.RegisterService(out.plain_health.get());
+    out.health_server = hb.BuildAndStart();
+    if (!out.health_server || out.health_port == 0) {
+      out.Stop(std::chrono::milliseconds(0));
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen for gRPC health on ", plain));
+    }
+  }
+  out.SetHealth("", HealthCheckResponse::SERVING);
   for (const auto& name : service_names) {
-    out.health->SetStatus(name, HealthCheckResponse::SERVING);
+    out.SetHealth(name, HealthCheckResponse::SERVING);
   }
   return out;
 }

@@ -16,20 +16,31 @@
 namespace sinkline {
 
 struct GrpcServer {
-  // Declared before `server` so that it outlives it.
+  // Declared before the servers so that they outlive them.
   std::unique_ptr<HealthService> health;
+  std::unique_ptr<HealthService> plain_health;
   std::unique_ptr<grpc::Server> server;
-  // The port actually bound.
+  // With --grpc-health-listen: a plaintext server with only the health
+  // service (and reflection), for probes that cannot speak TLS (Kubernetes'
+  // native gRPC probes) while `server` requires TLS.
+  std::unique_ptr<grpc::Server> health_server;
+  // The ports actually bound.
   int port = 0;
+  int health_port = 0;
+
+  // Sets one service's health on every server.
+  void SetHealth(const std::string& service,
+                 HealthService::ServingStatus status);
 
   // Marks everything NOT_SERVING, ends health watches, and shuts the server
   // down, cancelling calls still running after `grace`.
   void Stop(std::chrono::milliseconds grace = std::chrono::seconds(5));
 };
 
-// Starts a server on `listen` ("host:port") with `services` registered. The
-// health service reports "" and each name in `service_names` (fully
-// qualified, e.g. "sinkline.v1.Sink") as SERVING.
+// Starts a server on `listen` ("host:port") with `services` registered,
+// with the control plane's credentials (grpc_security.h). The health
+// service reports "" and each name in `service_names` (fully qualified,
+// e.g. "sinkline.v1.Sink") as SERVING.
 absl::StatusOr<GrpcServer> StartGrpcServer(
     const std::string& listen, const std::vector<grpc::Service*>& services,
     const std::vector<std::string>& service_names = {});

@@ -11,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "sinkline/common/flags.h"
+#include "sinkline/common/grpc_security.h"
 #include "sinkline/common/grpc_server.h"
 #include "sinkline/common/logging.h"
 #include "sinkline/common/metrics.h"
@@ -206,6 +207,10 @@ void Init(int argc, char** argv, const std::string& name) {
 
 int Serve(Sink& sink) {
   const std::string& name = SinkName();
+  if (auto st = LoadGrpcTls(); !st.ok()) {
+    spdlog::critical("{}", st.ToString());
+    return 2;
+  }
   std::unique_ptr<MetricsHttpServer> metrics;
   if (const auto addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
     auto m = MetricsHttpServer::Start(addr, &MetricsRegistry::Default());
