@@ -1,31 +1,34 @@
 """The archive sink after COMMIT (priority 30000, read access): it holds its
 lease, copies each message through the Content service into the archive
 directory with its envelope as JSON, and releases the lease; only then is
-the message queued. The archived copy equals the queued one byte for byte."""
+the message queued. The archived copy equals the queued one byte for byte.
+When the copy cannot be written, the lease is left to expire and the
+binding's `hold` expiry policy keeps the message for an operator: it is not
+queued without its copy."""
 
 import json
 import os
 import re
+import shutil
 import smtplib
 import unittest
 
-from harness import StackTestCase
+from harness import AdminClient, StackTestCase, wait_for
 
 QUEUED = re.compile(rb"queued as (\S+)")
 
 
 class ArchiveSinkTest(StackTestCase):
 
-    def setUp(self):
-        super().setUp()
+    def start(self, deadline_ms=10000, extra=()):
         self.archive_dir = os.path.join(self.workdir, "archive")
         os.makedirs(self.archive_dir)
         self.stack.start_sink("archive", "sinkline-sink-archive", [
-            f"--archive-dir={self.archive_dir}"])
+            f"--archive-dir={self.archive_dir}"] + list(extra))
         self.stack.write_config([
             {"name": "archive-eod", "sink": "archive", "event": "EOD",
              "priority": 30000, "content_access": "read",
-             "deadline_ms": 10000, "expiry_policy": "hold",
+             "deadline_ms": deadline_ms, "expiry_policy": "hold",
              "failure_policy": "continue"},
         ])
         self.stack.start_broker()
@@ -39,6 +42,7 @@ class ArchiveSinkTest(StackTestCase):
         return entry, message
 
     def test_archived_copy_is_the_queued_one(self):
+        self.start()
         bodies = [
             b"Subject: plain\r\n\r\nhello\r\n",
             # dot lines, 8-bit octets, a long line, trailing blank lines
@@ -77,6 +81,31 @@ class ArchiveSinkTest(StackTestCase):
         self.assertEqual(sorted(os.listdir(self.archive_dir)),
                          sorted([q + ".eml" for q in ids]
                                 + [q + ".json" for q in ids]))
+
+    def test_message_without_its_copy_is_held_not_queued(self):
+        # Short leases, no renewal: a copy that fails lets the lease expire.
+        self.start(deadline_ms=1500, extra=["--renew=0s", "--attempts=2"])
+        shutil.rmtree(self.archive_dir)  # every write fails from now on
+        with smtplib.SMTP("127.0.0.1", self.stack.edge.port, timeout=30) as s:
+            # The client has its 250 at COMMIT, before the archive runs.
+            self.assertEqual(s.sendmail("alice@example.net",
+                                        ["bob@example.test"],
+                                        b"Subject: lost?\r\n\r\nhi\r\n"), {})
+        admin = AdminClient(self.stack.broker.port)
+        try:
+            from sinkline.v1 import types_pb2
+            held = wait_for(
+                lambda: admin.messages(types_pb2.MESSAGE_STATE_HELD), 20,
+                "the message held after its lease expired")
+            self.assertEqual(len(held), 1)
+            self.assertEqual(self.stack.queue_ids(), [])
+            self.assertIn("not archived",
+                          self.stack.sinks["archive"].log())
+            # The operator fixes the directory and lets it go on.
+            admin.release(held[0].queue_id)
+            self.stack.queued(held[0].queue_id)
+        finally:
+            admin.close()
 
 
 if __name__ == "__main__":
