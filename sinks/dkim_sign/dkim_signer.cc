@@ -5,6 +5,8 @@
 #include <openssl/pem.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -328,10 +330,15 @@ absl::StatusOr<std::string> DkimSigner::SignOne(absl::string_view message,
     dkim_free(dkim);
     return error;
   };
-  std::string copy(message);
-  status = dkim_chunk(dkim, reinterpret_cast<unsigned char*>(copy.data()),
-                      copy.size());
-  if (status != DKIM_STAT_OK) return fail("dkim_chunk", status);
+  // Fed in pieces through one small buffer (dkim_chunk takes a mutable
+  // pointer): no copy of the whole message per key.
+  std::vector<unsigned char> piece(64 * 1024);
+  for (size_t offset = 0; offset < message.size(); offset += piece.size()) {
+    const size_t n = std::min(piece.size(), message.size() - offset);
+    std::memcpy(piece.data(), message.data() + offset, n);
+    status = dkim_chunk(dkim, piece.data(), n);
+    if (status != DKIM_STAT_OK) return fail("dkim_chunk", status);
+  }
   status = dkim_chunk(dkim, nullptr, 0);
   if (status != DKIM_STAT_OK) return fail("dkim_chunk", status);
   bool testkey = false;
