@@ -9,10 +9,12 @@ packages=(
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
   libabsl-dev libboost-dev libboost-system-dev libssl-dev libyaml-cpp-dev
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libopendkim-dev
   # stack
   openssl ca-certificates procps
   # tests and first steps
   python3 python3-grpcio python3-protobuf python3-aiosmtpd swaks
+  python3-dkim python3-nacl
   # Postfix as a client of the edge and as the relay's next hop (private
   # instances under each test's directory; the system one is not set up)
   postfix
