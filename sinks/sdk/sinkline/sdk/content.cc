@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "sinkline/common/grpc_security.h"
 
 namespace sinkline::sdk {
 
@@ -36,8 +37,10 @@ std::shared_ptr<v1::Content::Stub> ContentClient::Stub(
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
+    // The same TLS as every channel of the control plane.
+    AddGrpcTlsChannelArgs(args);
     stub = v1::Content::NewStub(grpc::CreateCustomChannel(
-        endpoint, grpc::InsecureChannelCredentials(), args));
+        endpoint, GrpcChannelCredentials(), args));
   }
   return stub;
 }
