@@ -771,7 +771,7 @@ class Submission : public std::enable_shared_from_this<Submission> {
     auto st = ec ? absl::UnavailableError(ec.message())
                  : WriteFileDurably((failed / (id + ".reason")).string(),
                                     reason + "\n");
-    if (st.ok()) st = FsyncPath((fs::path(spool) / "committed").string());
+    if (st.ok()) st = SyncDirectory((fs::path(spool) / "committed").string());
     if (!st.ok()) {
       spdlog::error("queue_id={}: cannot move to failed/: {}", id,
                     st.ToString());
@@ -865,7 +865,7 @@ MessageRecord::ApplyEdits CommittedEdits(
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
       return absl::UnavailableError("rename of the new version failed");
     }
-    return FsyncPath(fs::path(path).parent_path().string());
+    return SyncDirectory(fs::path(path).parent_path().string());
   };
 }
 
@@ -1790,7 +1790,7 @@ absl::StatusOr<v1::MessageInfo> Broker::ReleaseMessage(
             "cannot move ", queue_id, " back from failed/: ", ec.message()));
       }
       fs::remove(failed / (queue_id + ".reason"), ec);
-      if (auto st = FsyncPath((fs::path(spool) / "committed").string());
+      if (auto st = SyncDirectory((fs::path(spool) / "committed").string());
           !st.ok()) {
         return st;
       }

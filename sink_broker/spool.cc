@@ -8,10 +8,13 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <map>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "google/protobuf/util/json_util.h"
+#include "sinkline/common/metrics.h"
 
 namespace sinkline::broker {
 namespace fs = std::filesystem;
@@ -74,6 +77,91 @@ absl::Status FsyncPath(const std::string& path) {
   return absl::OkStatus();
 }
 
+namespace {
+
+struct DirSyncState {
+  uint64_t started = 0;  // generations begun
+  uint64_t done = 0;     // generations ended
+  bool running = false;
+  absl::Status last;  // status of the latest ended generation
+};
+
+class DirectorySyncer {
+ public:
+  absl::Status Sync(const std::string& dir) {
+    static Counter& requested = MetricsRegistry::Default().GetCounter(
+        "sinkline_broker_dir_syncs_total",
+        "Directory fsyncs asked for by COMMITs and submissions (requested) "
+        "and run (run); concurrent requests share one.",
+        {{"what", "requested"}});
+    static Counter& run = MetricsRegistry::Default().GetCounter(
+        "sinkline_broker_dir_syncs_total",
+        "Directory fsyncs asked for by COMMITs and submissions (requested) "
+        "and run (run); concurrent requests share one.",
+        {{"what", "run"}});
+    requested.Inc();
+    absl::MutexLock lock(&mu_);
+    ++stats_.requested;
+    DirSyncState& d = dirs_[dir];
+    // The first generation that starts after this call.
+    const uint64_t need = d.started + 1;
+    while (d.done < need) {
+      if (d.running) {
+        cv_.Wait(&mu_);
+        continue;
+      }
+      d.running = true;
+      const uint64_t gen = ++d.started;
+      std::function<void()> hook = hook_;
+      mu_.Unlock();
+      if (hook) hook();
+      absl::Status st = FsyncPath(dir);
+      mu_.Lock();
+      d.running = false;
+      d.done = gen;
+      d.last = st;
+      ++stats_.run;
+      run.Inc();
+      cv_.SignalAll();
+    }
+    return d.last;
+  }
+
+  void set_hook(std::function<void()> hook) {
+    absl::MutexLock lock(&mu_);
+    hook_ = std::move(hook);
+  }
+
+  DirectorySyncStats stats() {
+    absl::MutexLock lock(&mu_);
+    return stats_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::map<std::string, DirSyncState> dirs_ ABSL_GUARDED_BY(mu_);
+  DirectorySyncStats stats_ ABSL_GUARDED_BY(mu_);
+  std::function<void()> hook_ ABSL_GUARDED_BY(mu_);
+};
+
+DirectorySyncer& Syncer() {
+  static DirectorySyncer* syncer = new DirectorySyncer;
+  return *syncer;
+}
+
+}  // namespace
+
+absl::Status SyncDirectory(const std::string& dir) {
+  return Syncer().Sync(dir);
+}
+
+DirectorySyncStats DirectorySyncCounts() { return Syncer().stats(); }
+
+void SetDirectorySyncHookForTesting(std::function<void()> hook) {
+  Syncer().set_hook(std::move(hook));
+}
+
 absl::Status WriteFileDurably(const std::string& path,
                               const std::string& data) {
   const std::string tmp = path + ".tmp";
@@ -85,7 +173,7 @@ absl::Status WriteFileDurably(const std::string& path,
   if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
     st = Errno("rename " + tmp);
   }
-  if (st.ok()) st = FsyncPath(Dir(path));
+  if (st.ok()) st = SyncDirectory(Dir(path));
   return st;
 }
 
@@ -165,7 +253,7 @@ absl::Status IncomingMessage::Commit(const v1::QueueEntry& entry) {
     return Errno("rename " + path_);
   path_ = msg;
   if (auto st = WriteFileDurably(env, record); !st.ok()) return st;
-  if (auto st = FsyncPath(spool_dir_ + "/incoming"); !st.ok()) return st;
+  if (auto st = SyncDirectory(spool_dir_ + "/incoming"); !st.ok()) return st;
   committed_ = true;
   return absl::OkStatus();
 }
@@ -217,7 +305,7 @@ absl::StatusOr<SubmitOutcome> QueueDirBackend::Submit(
   if (st.ok() && ::rename(tmp.c_str(), dst.c_str()) != 0) {
     st = Errno("rename " + tmp);
   }
-  if (st.ok()) st = FsyncPath(dir_ + "/new");
+  if (st.ok()) st = SyncDirectory(dir_ + "/new");
   if (!st.ok()) {
     ::unlink(tmp.c_str());
     return st;

@@ -5,6 +5,7 @@
 // the client hears 250. After submission both files are removed.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,23 @@ std::string NewToken();
 
 // fsync of a file or directory by path.
 absl::Status FsyncPath(const std::string& path);
+
+// Makes the entries of directory `dir` durable (renames and unlinks done
+// before the call), sharing fsyncs between concurrent callers: group
+// commit. A caller needs an fsync that starts after its call; while one
+// runs, later callers wait for it to end and then one of them runs the
+// next fsync for all who arrived meanwhile. Concurrent COMMITs thus share
+// the directory fsyncs of the spool and of the queue directory.
+absl::Status SyncDirectory(const std::string& dir);
+// How many directory fsyncs were asked for and how many ran (metrics
+// sinkline_broker_dir_syncs_total{what="requested"|"run"}).
+struct DirectorySyncStats {
+  uint64_t requested = 0;
+  uint64_t run = 0;
+};
+DirectorySyncStats DirectorySyncCounts();
+// For tests: runs before each directory fsync, outside the lock.
+void SetDirectorySyncHookForTesting(std::function<void()> hook);
 
 // One transaction's content while it arrives.
 class IncomingMessage {
