@@ -1,7 +1,9 @@
 #include "dkim_sign_sink.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
+#include "absl/strings/str_cat.h"
 #include "sinkline/common/metrics.h"
 #include "sinkline/sdk/content.h"
 
@@ -17,7 +19,80 @@ void Count(const char* result) {
       .Inc();
 }
 
+void AppendFileId(std::string* out, const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    absl::StrAppend(out, path, ":missing;");
+    return;
+  }
+  absl::StrAppend(out, path, ":", st.st_dev, ":", st.st_ino, ":", st.st_size,
+                  ":", st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec, ";");
+}
+
+const char* AlgorithmName(DkimAlgorithm algorithm) {
+  return algorithm == DkimAlgorithm::kRsaSha256 ? "rsa-sha256"
+                                                : "ed25519-sha256";
+}
+
 }  // namespace
+
+absl::StatusOr<std::unique_ptr<DkimSignSink>> DkimSignSink::Create(
+    DkimSignOptions options) {
+  std::unique_ptr<DkimSignSink> sink(new DkimSignSink(std::move(options)));
+  if (absl::Status st = sink->Load(); !st.ok()) return st;
+  return sink;
+}
+
+std::string DkimSignSink::Fingerprint(const DkimKeys* keys) const {
+  std::string out;
+  AppendFileId(&out, options_.keys_path);
+  if (keys != nullptr) {
+    for (const auto& [domain, list] : *keys) {
+      for (const auto& key : list) AppendFileId(&out, key.key_path);
+    }
+  } else {
+    for (const auto& path : key_paths_) AppendFileId(&out, path);
+  }
+  return out;
+}
+
+absl::Status DkimSignSink::Load() {
+  // Called with mu_ held, or before the sink serves.
+  auto keys = LoadDkimKeys(options_.keys_path);
+  if (!keys.ok()) return keys.status();
+  const std::string fingerprint = Fingerprint(&*keys);
+  std::vector<std::string> paths;
+  for (const auto& [domain, list] : *keys) {
+    for (const auto& key : list) {
+      paths.push_back(key.key_path);
+      spdlog::info("signing {} with selector {} ({})", domain, key.selector,
+                   AlgorithmName(key.algorithm));
+    }
+  }
+  auto signer = DkimSigner::Create(*std::move(keys), options_.signer);
+  if (!signer.ok()) return signer.status();
+  signer_ = std::shared_ptr<const DkimSigner>(std::move(*signer));
+  key_paths_ = std::move(paths);
+  fingerprint_ = fingerprint;
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const DkimSigner> DkimSignSink::Signer() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const absl::Time now = absl::Now();
+  if (now - last_check_ >= options_.check_interval) {
+    last_check_ = now;
+    if (Fingerprint(nullptr) != fingerprint_) {
+      if (absl::Status st = Load(); !st.ok()) {
+        spdlog::error("dkim-sign: keeping the previous keys: {}",
+                      st.ToString());
+        // Do not try again before the files change once more.
+        fingerprint_ = Fingerprint(nullptr);
+      }
+    }
+  }
+  return signer_;
+}
 
 void DkimSignSink::OnEod(sdk::EventContext& ctx) {
   const std::string& id = ctx.event().transaction_id();
@@ -30,13 +105,14 @@ void DkimSignSink::OnEod(sdk::EventContext& ctx) {
   auto fail = [&](const absl::Status& st) {
     spdlog::error("dkim-sign {}: {}", id, st.ToString());
     Count("error");
-    if (tempfail_on_error_) {
+    if (options_.tempfail_on_error) {
       ctx.Reject(451, "4.3.0", "Message could not be signed, try again later");
     }
   };
+  const std::shared_ptr<const DkimSigner> signer = Signer();
   auto message = sdk::ReadMessage(ctx);
   if (!message.ok()) return fail(message.status());
-  auto signatures = signer_->Sign(*message, id);
+  auto signatures = signer->Sign(*message, id);
   if (!signatures.ok()) return fail(signatures.status());
   if (signatures->empty()) {
     spdlog::debug("dkim-sign {}: no key for this From: domain", id);

@@ -8,6 +8,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "dkim_sign_sink.h"
 
 ABSL_FLAG(std::string, keys, "",
@@ -19,6 +20,8 @@ ABSL_FLAG(std::string, oversign_headers, "from",
 ABSL_FLAG(bool, tempfail_on_error, false,
           "answer 451 4.3.0 when a message cannot be signed, instead of "
           "passing it unsigned");
+ABSL_FLAG(absl::Duration, check_interval, absl::Seconds(10),
+          "how often at most to look whether the keys file or a key changed");
 
 namespace {
 std::vector<std::string> List(const std::string& text) {
@@ -32,30 +35,18 @@ std::vector<std::string> List(const std::string& text) {
 
 int main(int argc, char** argv) {
   sinkline::sdk::Init(argc, argv, "dkim-sign");
-  auto keys = sinkline::sinks::LoadDkimKeys(absl::GetFlag(FLAGS_keys));
-  if (!keys.ok()) {
-    spdlog::critical("--keys: {}", keys.status().ToString());
-    return 1;
-  }
-  sinkline::sinks::DkimSignerOptions options;
+  sinkline::sinks::DkimSignOptions options;
+  options.keys_path = absl::GetFlag(FLAGS_keys);
   if (const auto h = absl::GetFlag(FLAGS_sign_headers); !h.empty()) {
-    options.sign_headers = List(h);
+    options.signer.sign_headers = List(h);
   }
-  options.oversign_headers = List(absl::GetFlag(FLAGS_oversign_headers));
-  for (const auto& [domain, list] : *keys) {
-    for (const auto& key : list) {
-      spdlog::info("signing {} with selector {} ({})", domain, key.selector,
-                   key.algorithm == sinkline::sinks::DkimAlgorithm::kRsaSha256
-                       ? "rsa-sha256"
-                       : "ed25519-sha256");
-    }
-  }
-  auto signer = sinkline::sinks::DkimSigner::Create(*std::move(keys), options);
-  if (!signer.ok()) {
-    spdlog::critical("{}", signer.status().ToString());
+  options.signer.oversign_headers = List(absl::GetFlag(FLAGS_oversign_headers));
+  options.check_interval = absl::GetFlag(FLAGS_check_interval);
+  options.tempfail_on_error = absl::GetFlag(FLAGS_tempfail_on_error);
+  auto sink = sinkline::sinks::DkimSignSink::Create(std::move(options));
+  if (!sink.ok()) {
+    spdlog::critical("--keys: {}", sink.status().ToString());
     return 1;
   }
-  sinkline::sinks::DkimSignSink sink(*std::move(signer),
-                                     absl::GetFlag(FLAGS_tempfail_on_error));
-  return sinkline::sdk::Serve(sink);
+  return sinkline::sdk::Serve(**sink);
 }

@@ -11,6 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "dkim_sign_sink.h"
 
 namespace sinkline::sinks {
 namespace {
@@ -159,6 +160,45 @@ TEST_F(DkimSignerTest, NoKeyNoSignature) {
   EXPECT_TRUE(no_from->empty());
   // "example.test" must not match "notexample.test".
   EXPECT_EQ((*signer)->SigningDomain("From: a@notexample.test\r\n\r\n"), "");
+}
+
+TEST_F(DkimSignerTest, SinkLoadsTheKeysAgainWhenTheyChange) {
+  const std::string path = *dir_ + "/keys.yaml";
+  auto write = [&](const std::string& text) {
+    {
+      std::ofstream out(path + ".new");
+      out << text;
+    }
+    ASSERT_EQ(std::rename((path + ".new").c_str(), path.c_str()), 0);
+  };
+  auto keys = [](const std::string& selector) {
+    return "domains:\n  example.test:\n    selector: " + selector +
+           "\n    algorithm: rsa-sha256\n    key: rsa.pem\n";
+  };
+  const std::string message = "From: a@example.test\r\n\r\nbody\r\n";
+  write(keys("first"));
+  DkimSignOptions options;
+  options.keys_path = path;
+  options.check_interval = absl::ZeroDuration();
+  auto sink = DkimSignSink::Create(options);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  auto sigs = (*sink)->Signer()->Sign(message, "T");
+  ASSERT_TRUE(sigs.ok() && sigs->size() == 1u);
+  EXPECT_TRUE(absl::StrContains((*sigs)[0], "s=first;")) << (*sigs)[0];
+
+  write(keys("second"));
+  sigs = (*sink)->Signer()->Sign(message, "T");
+  ASSERT_TRUE(sigs.ok() && sigs->size() == 1u);
+  EXPECT_TRUE(absl::StrContains((*sigs)[0], "s=second;")) << (*sigs)[0];
+
+  // A set that does not load is refused; the previous keys stay.
+  write(
+      "domains:\n  example.test:\n    selector: third\n"
+      "    key: missing.pem\n");
+  sigs = (*sink)->Signer()->Sign(message, "T");
+  ASSERT_TRUE(sigs.ok() && sigs->size() == 1u);
+  EXPECT_TRUE(absl::StrContains((*sigs)[0], "s=second;")) << (*sigs)[0];
+  std::remove(path.c_str());
 }
 
 }  // namespace
