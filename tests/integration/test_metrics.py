@@ -59,6 +59,17 @@ class MetricsTest(StackTestCase):
                          f"promtool on {who}'s metrics:\n{out}\n"
                          f"--- metrics ---\n{text.decode()}")
 
+    def test_promtool_speaks_up(self):
+        """The check is not silent by nature: a counter without _total is
+        refused."""
+        r = subprocess.run([PROMTOOL, "check", "metrics"],
+                           input=b"# HELP foo A counter.\n"
+                                 b"# TYPE foo counter\nfoo 1\n",
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=60)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(b'should have "_total" suffix', r.stdout)
+
     def test_promtool_clean_and_counters_move_with_traffic(self):
         metrics = "--metrics-listen=127.0.0.1:0"
         self.stack.start_sink("stamp", "sinkline-sink-stamp",
