@@ -84,6 +84,11 @@ FAULTS = [
      "      targetPort: smtps", "targetPort smtps is not a port"),
     ("base/network-policies.yaml", "port: 7100", "port: 7101",
      "port 7101 is not a port of the pods it selects"),
+    ("base/network-policies.yaml", "  name: sinkline-default-deny\nspec:\n"
+     "  podSelector: {}\n", "  name: sinkline-default-deny\nspec:\n"
+     "  podSelector:\n    matchLabels:\n"
+     "      app.kubernetes.io/name: sinkline-edge\n",
+     "no default-deny ingress policy"),
     ("base/kustomization.yaml", "  - disruption-budgets.yaml\n",
      "  - disruption-budgets.yaml\n  - widget.yaml\n",
      "no schema for example.com/v1 Widget (unknown kind)"),

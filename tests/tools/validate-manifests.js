@@ -9,7 +9,8 @@
 //   - the container ports are exactly the ports of its listen flags;
 //   - every Service's targetPort is a port of the pods it selects, every
 //     gRPC probe points at a gRPC listen port, other probes at a container
-//     port, every NetworkPolicy port at a port of the pods it selects;
+//     port, every NetworkPolicy port at a port of the pods it selects, and
+//     a default-deny ingress policy exists;
 //   - `dns:///name:port` targets (flags and the bindings file) name a
 //     rendered Service with that port; ConfigMaps, Secrets and volumes
 //     referenced exist; absolute paths in flags lie under a volume mount
@@ -473,6 +474,16 @@ function checkRendered(objects, opts, problem) {
     if (!pods.some((p) => labelsMatch((pdb.spec || {}).selector, p.labels))) problem(`PodDisruptionBudget/${pdb.metadata.name}`, 'selects no pods');
   }
 
+  // Everything not allowed is refused: a policy that selects every pod
+  // with no ingress rule.
+  if (workloads.length && !byKind('NetworkPolicy').some((np) => {
+    const sp = np.spec || {};
+    const sel = sp.podSelector || {};
+    return Object.keys(sel.matchLabels || {}).length === 0 && !(sel.matchExpressions || []).length &&
+        (sp.policyTypes || []).includes('Ingress') && !(sp.ingress || []).length;
+  })) {
+    problem('NetworkPolicy', 'no default-deny ingress policy');
+  }
   for (const np of byKind('NetworkPolicy')) {
     const where = `NetworkPolicy/${np.metadata.name}`;
     const selected = pods.filter((p) => labelsMatch((np.spec || {}).podSelector || {}, p.labels));
