@@ -26,6 +26,7 @@
 #include "google/protobuf/util/time_util.h"
 #include "message_edit.h"
 #include "sinkline/common/metrics.h"
+#include "sinkline/common/time.h"
 #include "trace.h"
 
 namespace sinkline::broker {
@@ -713,7 +714,7 @@ class Submission : public std::enable_shared_from_this<Submission> {
     if (record_) broker_->leases().MessageReleased(*record_);
     MessagesCounter("submitted").Inc();
     if (entry_.has_committed()) {
-      const auto since = TimeUtil::GetCurrentTime() - entry_.committed();
+      const auto since = sinkline::NowTimestamp() - entry_.committed();
       MetricsRegistry::Default()
           .GetHistogram("sinkline_broker_commit_to_submit_seconds",
                         "Time from COMMIT to the queue backend taking the "
@@ -733,7 +734,7 @@ class Submission : public std::enable_shared_from_this<Submission> {
     const auto& opts = broker_->options();
     if (entry_.has_committed()) {
       const auto age = TimeUtil::DurationToMilliseconds(
-          TimeUtil::GetCurrentTime() - entry_.committed());
+          sinkline::NowTimestamp() - entry_.committed());
       if (age > opts.max_queue_age.count()) {
         return Fail(absl::StrCat("gave up after ", age / 1000,
                                  " s in the queue: ", reason));
@@ -1163,7 +1164,7 @@ void SessionState::HandleEod(v1::Event event) {
     *entry.mutable_envelope() = record->envelope();
     *entry.mutable_session() = r.event().session();
     entry.set_transaction_id(r.event().transaction_id());
-    *entry.mutable_committed() = TimeUtil::GetCurrentTime();
+    *entry.mutable_committed() = sinkline::NowTimestamp();
     entry.set_broker_id(broker->options().broker_id);
     entry.set_size(message->size());
     if (auto st = message->Commit(entry); !st.ok()) {

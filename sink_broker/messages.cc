@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/time_util.h"
 #include "sinkline/common/metrics.h"
+#include "sinkline/common/time.h"
 
 namespace sinkline::broker {
 
@@ -41,7 +42,7 @@ void MessageTable::AddHistoryLocked(Entry& e, const std::string& what) {
     history->DeleteSubrange(1, 1);
   }
   auto* h = history->Add();
-  *h->mutable_time() = TimeUtil::GetCurrentTime();
+  *h->mutable_time() = sinkline::NowTimestamp();
   h->set_what(what);
 }
 

@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/time_util.h"
+#include "sinkline/common/time.h"
 
 namespace sinkline::edge {
 
@@ -329,7 +330,7 @@ v1::Event Session::MakeEvent(v1::EventType type, const Command& cmd,
   for (const auto& p : mail_params_) *env->add_mail_params() = p;
   for (const auto& r : recipients_) *env->add_recipients() = r;
   *ev.mutable_native_reply() = native.ToProto();
-  *ev.mutable_time() = TimeUtil::GetCurrentTime();
+  *ev.mutable_time() = sinkline::NowTimestamp();
   return ev;
 }
 

@@ -143,6 +143,14 @@ class MetricsTest(StackTestCase):
             MESSAGES)
         self.assertEqual(
             moved('sinkline_broker_commit_to_submit_seconds_count'), MESSAGES)
+        # The stamp sink runs after COMMIT, so each message spends some time
+        # between COMMIT and submission: the sum moves, and not by whole
+        # seconds (timestamps are taken to the nanosecond).
+        spent = moved('sinkline_broker_commit_to_submit_seconds_sum')
+        self.assertGreater(spent, 0)
+        self.assertLess(spent, MESSAGES * 1.0)
+        self.assertGreater(
+            moved('sinkline_sink_call_seconds_sum{binding="stamp-eod"}'), 0)
         self.assertEqual(b1.get("sinkline_leases_active"), 0)
         # The sink counts the calls it served.
         s0, s1 = before["sink"], after("sink")
