@@ -7,12 +7,14 @@ packages=(
   # build
   build-essential cmake ninja-build pkg-config clang-format
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
-  libabsl-dev libboost-dev libboost-system-dev libssl-dev libyaml-cpp-dev
-  libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libabsl-dev libboost-dev libboost-system-dev libssl-dev libcrypt-dev
+  libyaml-cpp-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
   # stack
   openssl ca-certificates procps
   # tests and first steps
   python3 python3-grpcio python3-protobuf python3-aiosmtpd swaks
+  # (swaks --tls needs these)
+  libnet-ssleay-perl libio-socket-ssl-perl
 )
 
 missing=()

@@ -35,6 +35,18 @@ ABSL_FLAG(int, broker_connect_timeout_ms, 5000,
           "how long a new session waits for the broker before 421");
 ABSL_FLAG(int, broker_timeout_ms, 120000,
           "how long a command waits for the broker's answer before 451");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain for STARTTLS (no STARTTLS when empty)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls-cert");
+ABSL_FLAG(std::string, auth_file, "",
+          "credentials for AUTH PLAIN/LOGIN over TLS: user:crypt-hash lines "
+          "(no AUTH when empty)");
+ABSL_FLAG(std::vector<std::string>, accepted_domains, {},
+          "recipient domains taken by this edge, comma-separated; any other "
+          "needs AUTH or a trusted network (554 5.7.1)");
+ABSL_FLAG(std::vector<std::string>, trusted_networks, {},
+          "CIDR blocks whose clients may relay without AUTH, "
+          "comma-separated (none by default)");
 ABSL_FLAG(int, threads, 2, "I/O threads");
 ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics over HTTP on this address (off if empty)");
@@ -63,6 +75,11 @@ int main(int argc, char** argv) {
       std::chrono::milliseconds(absl::GetFlag(FLAGS_broker_connect_timeout_ms));
   opts.broker_timeout =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_broker_timeout_ms));
+  opts.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  opts.tls_key = absl::GetFlag(FLAGS_tls_key);
+  opts.auth_file = absl::GetFlag(FLAGS_auth_file);
+  opts.accepted_domains = absl::GetFlag(FLAGS_accepted_domains);
+  opts.trusted_networks = absl::GetFlag(FLAGS_trusted_networks);
 
   std::unique_ptr<sinkline::MetricsHttpServer> metrics;
   if (const auto addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
@@ -80,6 +97,15 @@ int main(int argc, char** argv) {
   auto work = boost::asio::make_work_guard(io);
   sinkline::edge::Server server(
       io, opts, sinkline::edge::MakeBrokerChannel(absl::GetFlag(FLAGS_broker)));
+  if (auto st = server.LoadPolicy(); !st.ok()) {
+    spdlog::critical("{}", st.ToString());
+    return 1;
+  }
+  if (!opts.auth_file.empty() && opts.tls_cert.empty()) {
+    spdlog::warn(
+        "--auth-file without --tls-cert: AUTH is only offered over "
+        "TLS, so no client can authenticate");
+  }
   auto port = server.Listen(absl::GetFlag(FLAGS_listen));
   if (!port.ok()) {
     spdlog::critical("{}", port.status().ToString());

@@ -5,6 +5,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -12,6 +13,7 @@
 #include <deque>
 #include <random>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "broker_client.h"
@@ -81,7 +83,8 @@ class Connection : public std::enable_shared_from_this<Connection>,
     spdlog::info("session {} start client={}:{}", session_id_,
                  info.client().ip(), info.client().port());
     SessionsGauge().Add(1);
-    session_ = std::make_unique<Session>(opts.limits, info, this);
+    session_ = std::make_unique<Session>(
+        opts.limits, server_->PolicyFor(info.client().ip()), info, this);
 
     // A broker that is restarting may refuse for a moment: try again until
     // the connect timeout, then give up with 421.
@@ -117,6 +120,11 @@ class Connection : public std::enable_shared_from_this<Connection>,
     for (;;) {
       co_await Flush();
       if (session_->closed() || !socket_.is_open()) break;
+      if (start_tls_) {
+        start_tls_ = false;
+        if (!co_await Handshake()) break;
+        continue;
+      }
       if (session_->waiting() || (stream_ && stream_->queued() > 32)) {
         const bool woke = co_await WaitWake(Clock::now() + opts.broker_timeout);
         if (!woke && session_->waiting()) {
@@ -127,8 +135,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
         continue;
       }
       last_activity_ = Clock::now();
-      size_t n = co_await socket_.async_read_some(
-          asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+      size_t n = co_await ReadSome(asio::buffer(buf), ec);
       if (ec) break;
       last_activity_ = Clock::now();
       session_->Feed(absl::string_view(buf, n));
@@ -162,8 +169,66 @@ class Connection : public std::enable_shared_from_this<Connection>,
     stream_->Send(std::move(req));
   }
   void Close() override { close_after_flush_ = true; }
+  void StartTls() override { start_tls_ = true; }
 
  private:
+  // Reads and writes go through TLS once STARTTLS completed.
+  asio::awaitable<size_t> ReadSome(asio::mutable_buffer b,
+                                   boost::system::error_code& ec) {
+    if (tls_) {
+      co_return co_await tls_->async_read_some(
+          b, asio::redirect_error(asio::use_awaitable, ec));
+    }
+    co_return co_await socket_.async_read_some(
+        b, asio::redirect_error(asio::use_awaitable, ec));
+  }
+  asio::awaitable<void> WriteAll(asio::const_buffer b,
+                                 boost::system::error_code& ec) {
+    if (tls_) {
+      co_await asio::async_write(*tls_, b,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+    } else {
+      co_await asio::async_write(socket_, b,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+
+  // The server side of the TLS handshake after STARTTLS's 220. Nothing was
+  // read from the socket since the STARTTLS line: whatever the client sends
+  // now goes to the handshake, and what it sent before was dropped by the
+  // session.
+  asio::awaitable<bool> Handshake() {
+    auto* ctx = server_->tls_context();
+    boost::system::error_code ec;
+    if (ctx == nullptr) {
+      socket_.close(ec);
+      co_return false;
+    }
+    tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_, *ctx);
+    handshaking_ = true;
+    last_activity_ = Clock::now();
+    co_await tls_->async_handshake(
+        asio::ssl::stream_base::server,
+        asio::redirect_error(asio::use_awaitable, ec));
+    handshaking_ = false;
+    last_activity_ = Clock::now();
+    if (ec) {
+      spdlog::info("session {}: TLS handshake failed: {}", session_id_,
+                   ec.message());
+      socket_.close(ec);
+      co_return false;
+    }
+    SSL* ssl = tls_->native_handle();
+    v1::TlsState state;
+    state.set_active(true);
+    state.set_version(SSL_get_version(ssl));
+    state.set_cipher(SSL_get_cipher_name(ssl));
+    spdlog::info("session {}: TLS {} {}", session_id_, state.version(),
+                 state.cipher());
+    session_->OnTlsStarted(state);
+    co_return true;
+  }
+
   void OpenStream(const v1::SessionInfo& info) {
     std::weak_ptr<Connection> weak = shared_from_this();
     // Callbacks of an earlier attempt's stream are ignored.
@@ -234,8 +299,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
       std::string w;
       w.swap(out_);
       boost::system::error_code ec;
-      co_await asio::async_write(socket_, asio::buffer(w),
-                                 asio::redirect_error(asio::use_awaitable, ec));
+      co_await WriteAll(asio::buffer(w), ec);
       if (ec) {
         socket_.close(ec);
         break;
@@ -260,14 +324,17 @@ class Connection : public std::enable_shared_from_this<Connection>,
       if (!self->session_->waiting() &&
           self->last_activity_ + idle <= Clock::now()) {
         spdlog::info("session {}: idle timeout", self->session_id_);
+        if (self->handshaking_) {
+          // No reply can go out in the middle of a handshake.
+          self->socket_.close(ec);
+          co_return;
+        }
         const std::string bye =
             MakeReply(421, "4.4.2",
                       absl::StrCat(self->server_->options().hostname,
                                    " Error: timeout exceeded"))
                 .Format();
-        co_await asio::async_write(
-            self->socket_, asio::buffer(bye),
-            asio::redirect_error(asio::use_awaitable, ec));
+        co_await self->WriteAll(asio::buffer(bye), ec);
         self->socket_.close(ec);
         co_return;
       }
@@ -303,6 +370,10 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // run at once.
   asio::any_io_executor strand_;
   tcp::socket socket_;
+  // Set once STARTTLS's handshake began.
+  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
+  bool start_tls_ = false;
+  bool handshaking_ = false;
   asio::steady_timer wake_;
   asio::steady_timer idle_;
   bool woken_ = false;
@@ -328,6 +399,59 @@ Server::Server(asio::io_context& io, EdgeOptions options,
       acceptor_(io) {}
 
 Server::~Server() = default;
+
+absl::Status Server::LoadPolicy() {
+  if (options_.tls_cert.empty() != options_.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!options_.tls_cert.empty()) {
+    auto ctx =
+        std::make_unique<asio::ssl::context>(asio::ssl::context::tls_server);
+    boost::system::error_code ec;
+    ctx->set_options(
+        asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+            asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+            asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use,
+        ec);
+    // No renegotiation: one handshake per session.
+    SSL_CTX_set_options(ctx->native_handle(), SSL_OP_NO_RENEGOTIATION);
+    if (!ec) ctx->use_certificate_chain_file(options_.tls_cert, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot use TLS certificate ", options_.tls_cert, ": ",
+                       ec.message()));
+    }
+    ctx->use_private_key_file(options_.tls_key, asio::ssl::context::pem, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cannot use TLS key ", options_.tls_key, ": ", ec.message()));
+    }
+    tls_ = std::move(ctx);
+  }
+  if (!options_.auth_file.empty()) {
+    auto c = Credentials::Load(options_.auth_file);
+    if (!c.ok()) return c.status();
+    credentials_ = std::move(*c);
+  }
+  accepted_domains_.clear();
+  for (const auto& d : options_.accepted_domains) {
+    std::string domain = absl::AsciiStrToLower(absl::StripAsciiWhitespace(d));
+    if (!domain.empty()) accepted_domains_.push_back(std::move(domain));
+  }
+  auto nets = ParseNetworks(options_.trusted_networks);
+  if (!nets.ok()) return nets.status();
+  trusted_ = std::move(*nets);
+  return absl::OkStatus();
+}
+
+SessionPolicy Server::PolicyFor(const std::string& client_ip) const {
+  SessionPolicy p;
+  p.starttls = tls_ != nullptr;
+  p.credentials = credentials_ ? &*credentials_ : nullptr;
+  p.accepted_domains = accepted_domains_;
+  p.trusted_client = InNetworks(trusted_, client_ip);
+  return p;
+}
 
 absl::StatusOr<int> Server::Listen(const std::string& address) {
   const auto colon = address.rfind(':');

@@ -5,13 +5,17 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "policy.h"
 #include "session.h"
 #include "sinkline/v1/session.grpc.pb.h"
 
@@ -24,6 +28,15 @@ struct EdgeOptions {
   std::chrono::milliseconds broker_connect_timeout{5000};
   std::chrono::milliseconds broker_timeout{120000};
   std::chrono::seconds idle_timeout{300};
+  // PEM certificate chain and key for STARTTLS; no STARTTLS when empty.
+  std::string tls_cert;
+  std::string tls_key;
+  // Credentials file for AUTH (user:crypt-hash lines); no AUTH when empty.
+  std::string auth_file;
+  // Recipient domains taken for local delivery; others are relaying.
+  std::vector<std::string> accepted_domains;
+  // CIDR blocks whose clients may relay without AUTH.
+  std::vector<std::string> trusted_networks;
 };
 
 class Connection;
@@ -34,6 +47,9 @@ class Server {
          std::shared_ptr<grpc::Channel> broker_channel);
   ~Server();
 
+  // Loads the TLS certificate, the credentials and the networks named in
+  // the options; fails when one of them is unusable.
+  absl::Status LoadPolicy();
   // Binds "host:port" (IPv4 or [IPv6]; port 0 picks one) and starts
   // accepting.
   absl::StatusOr<int> Listen(const std::string& address);
@@ -46,6 +62,9 @@ class Server {
   void Track(const std::shared_ptr<Connection>& c);
   void Untrack(Connection* c);
   size_t sessions() const;
+  // The policy for a client at `client_ip`.
+  SessionPolicy PolicyFor(const std::string& client_ip) const;
+  boost::asio::ssl::context* tls_context() { return tls_.get(); }
 
  private:
   boost::asio::io_context& io_;
@@ -53,6 +72,10 @@ class Server {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::SessionService::Stub> stub_;
   boost::asio::ip::tcp::acceptor acceptor_;
+  std::unique_ptr<boost::asio::ssl::context> tls_;
+  std::optional<Credentials> credentials_;
+  std::vector<std::string> accepted_domains_;
+  std::vector<Cidr> trusted_;
   mutable absl::Mutex mu_;
   std::map<Connection*, std::weak_ptr<Connection>> connections_
       ABSL_GUARDED_BY(mu_);

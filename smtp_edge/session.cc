@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -75,6 +76,13 @@ struct CommandTable {
         "8BITMIME",
         "ENHANCEDSTATUSCODES",
     };
+    if (s.policy_.starttls && !s.info_.tls().active()) {
+      r.lines.push_back("STARTTLS");
+    }
+    if (s.policy_.credentials != nullptr && s.info_.tls().active() &&
+        s.info_.auth_identity().empty()) {
+      r.lines.push_back("AUTH PLAIN LOGIN");
+    }
     return r;
   }
   static void ProceedHelo(Session& s, const Command& c,
@@ -149,6 +157,9 @@ struct CommandTable {
       return MakeReply(555, "5.5.4",
                        absl::StrCat("Unsupported parameter ", key));
     }
+    if (!s.RelayAllowed(path->address)) {
+      return MakeReply(554, "5.7.1", "Relay access denied");
+    }
     if (static_cast<int>(s.recipients_.size()) >= s.limits_.max_recipients) {
       return MakeReply(452, "4.5.3", "Error: too many recipients");
     }
@@ -216,8 +227,78 @@ struct CommandTable {
   static edge::Reply CheckHelp(Session&, const Command&, bool&) {
     return MakeReply(214, "2.0.0",
                      "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP "
-                     "QUIT");
+                     "QUIT STARTTLS AUTH");
   }
+  // STARTTLS (RFC 3207): 220, then the connection hands the socket to TLS.
+  static edge::Reply CheckStartTls(Session& s, const Command& c,
+                                   bool& to_broker) {
+    to_broker = false;
+    if (!s.policy_.starttls) {
+      return MakeReply(502, "5.5.1", "Error: command not implemented");
+    }
+    if (s.info_.tls().active()) return BadSequence("Error: TLS already active");
+    if (!c.argument.empty()) return MakeReply(501, "5.5.4", "Syntax: STARTTLS");
+    if (s.mail_from_) return BadSequence("Error: MAIL transaction in progress");
+    to_broker = true;
+    return MakeReply(220, "2.0.0", "Ready to start TLS");
+  }
+  static void ProceedStartTls(Session& s, const Command&,
+                              const edge::Reply& resolved) {
+    if (resolved.code == 220) s.starting_tls_ = true;
+  }
+
+  // AUTH (RFC 4954): only over TLS. The edge runs the SASL exchange itself;
+  // the AUTH event comes at its end (FinishAuth), with the identity only.
+  static edge::Reply CheckAuth(Session& s, const Command& c, bool& to_broker) {
+    to_broker = false;
+    if (s.policy_.credentials == nullptr) {
+      return MakeReply(502, "5.5.1", "Error: command not implemented");
+    }
+    if (s.info_.helo_name().empty()) {
+      return BadSequence("Error: send EHLO first");
+    }
+    if (!s.info_.auth_identity().empty()) {
+      return BadSequence("Error: already authenticated");
+    }
+    if (s.mail_from_) return BadSequence("Error: MAIL transaction in progress");
+    if (!s.info_.tls().active()) {
+      if (s.policy_.starttls) {
+        return MakeReply(530, "5.7.0", "Must issue a STARTTLS command first");
+      }
+      return MakeReply(538, "5.7.11",
+                       "Encryption required for requested authentication "
+                       "mechanism");
+    }
+    const size_t space = c.argument.find(' ');
+    const std::string mechanism =
+        absl::AsciiStrToUpper(c.argument.substr(0, space));
+    const std::string initial =
+        space == std::string::npos ? "" : c.argument.substr(space + 1);
+    if (mechanism.empty() || initial.find(' ') != std::string::npos) {
+      return MakeReply(501, "5.5.4", "Syntax: AUTH mechanism [response]");
+    }
+    if (mechanism != "PLAIN" && mechanism != "LOGIN") {
+      return MakeReply(504, "5.5.4", "Unrecognized authentication type");
+    }
+    s.auth_ = {};
+    s.auth_.mechanism = mechanism;
+    s.mode_ = Session::Mode::kAuth;
+    if (space != std::string::npos) {
+      // "=" is an empty initial response.
+      s.auth_.initial = initial == "=" ? "" : initial;
+      s.auth_.has_initial = true;
+    }
+    // The first challenge: empty for PLAIN, "Username:" for LOGIN.
+    return MakeReply(334, "", mechanism == "PLAIN" ? "" : "VXNlcm5hbWU6");
+  }
+  static void ProceedAuth(Session& s, const Command&,
+                          const edge::Reply& resolved) {
+    if (resolved.code == 235 && s.auth_.ok) {
+      s.info_.set_auth_identity(s.auth_.user);
+    }
+    s.auth_ = {};
+  }
+
   static edge::Reply CheckNotImplemented(Session&, const Command&,
                                          bool& to_broker) {
     to_broker = false;
@@ -245,9 +326,10 @@ const Session::CommandSpec kCommands[] = {
     {"HELP", v1::EVENT_TYPE_HELP, &CommandTable::CheckHelp, nullptr},
     {"QUIT", v1::EVENT_TYPE_QUIT, &CommandTable::CheckNoArgs, nullptr},
     // Extensions that come with the complete edge.
-    {"STARTTLS", v1::EVENT_TYPE_STARTTLS, &CommandTable::CheckNotImplemented,
-     nullptr},
-    {"AUTH", v1::EVENT_TYPE_AUTH, &CommandTable::CheckNotImplemented, nullptr},
+    {"STARTTLS", v1::EVENT_TYPE_STARTTLS, &CommandTable::CheckStartTls,
+     &CommandTable::ProceedStartTls},
+    {"AUTH", v1::EVENT_TYPE_AUTH, &CommandTable::CheckAuth,
+     &CommandTable::ProceedAuth},
     {"BDAT", v1::EVENT_TYPE_BDAT, &CommandTable::CheckNotImplemented, nullptr},
 };
 
@@ -266,8 +348,12 @@ const Session::CommandSpec* FindCommand(const std::string& verb) {
 
 }  // namespace
 
-Session::Session(SessionLimits limits, v1::SessionInfo info, SessionOutput* out)
-    : limits_(limits), info_(std::move(info)), out_(out) {}
+Session::Session(SessionLimits limits, SessionPolicy policy,
+                 v1::SessionInfo info, SessionOutput* out)
+    : limits_(limits),
+      policy_(std::move(policy)),
+      info_(std::move(info)),
+      out_(out) {}
 
 const std::string& Session::state_name() const {
   static const std::string kNames[] = {"GREETING", "INIT", "READY", "MAIL",
@@ -306,6 +392,15 @@ void Session::CloseAfter(const edge::Reply& r) {
   Reply(r);
   closed_ = true;
   out_->Close();
+}
+
+bool Session::RelayAllowed(const std::string& address) const {
+  const std::string domain = MailboxDomain(address);
+  if (domain.empty()) return true;  // "postmaster" is always local
+  for (const auto& d : policy_.accepted_domains) {
+    if (d == domain) return true;
+  }
+  return policy_.trusted_client || !info_.auth_identity().empty();
 }
 
 void Session::ResetTransaction() {
@@ -365,6 +460,26 @@ void Session::Proceed(const Pending& p, const edge::Reply& resolved,
     return;
   }
   Reply(resolved);
+  if (starting_tls_) {
+    // Plaintext sent after STARTTLS must not count as sent over TLS
+    // (CVE-2011-0411): drop it.
+    in_.clear();
+    out_->StartTls();
+  }
+}
+
+void Session::OnTlsStarted(const v1::TlsState& tls) {
+  starting_tls_ = false;
+  *info_.mutable_tls() = tls;
+  // RFC 3207 §4.2: forget what the client said before TLS.
+  info_.clear_helo_name();
+  info_.set_esmtp(false);
+  info_.clear_auth_identity();
+  ResetTransaction();
+  in_.clear();
+  discarding_line_ = false;
+  mode_ = Mode::kCommand;
+  Process();
 }
 
 void Session::OnResult(const v1::EventResult& result) {
@@ -406,13 +521,13 @@ void Session::OnBrokerLost() {
 }
 
 void Session::Feed(absl::string_view bytes) {
-  if (closed_) return;
+  if (closed_ || starting_tls_) return;
   in_.append(bytes.data(), bytes.size());
   Process();
 }
 
 void Session::Process() {
-  while (!closed_ && !pending_ && started_) {
+  while (!closed_ && !pending_ && started_ && !starting_tls_) {
     if (mode_ == Mode::kData) {
       if (!ProcessData()) return;
       continue;
@@ -449,10 +564,6 @@ void Session::Process() {
 }
 
 void Session::HandleLine(absl::string_view line) {
-  HandleCommand(ParseCommand(line));
-}
-
-void Session::HandleCommand(const Command& cmd) {
   if (broker_lost_) {
     CloseAfter(MakeReply(421, "4.3.0",
                          absl::StrCat(info_.server_hostname(),
@@ -460,6 +571,68 @@ void Session::HandleCommand(const Command& cmd) {
                                       "transmission channel")));
     return;
   }
+  if (mode_ == Mode::kAuth) {
+    AuthResponse(line);
+    return;
+  }
+  HandleCommand(ParseCommand(line));
+}
+
+void Session::AuthResponse(absl::string_view line) {
+  auto fail = [this](int code, const char* enhanced, const char* text) {
+    mode_ = Mode::kCommand;
+    auth_ = {};
+    Reply(MakeReply(code, enhanced, text));
+  };
+  if (line == "*") return fail(501, "5.0.0", "Authentication cancelled");
+  std::string decoded;
+  if (!absl::Base64Unescape(line, &decoded)) {
+    return fail(501, "5.5.2", "Error: invalid base64 data");
+  }
+  if (auth_.mechanism == "PLAIN") {
+    // authzid NUL authcid NUL passwd
+    const size_t a = decoded.find('\0');
+    const size_t b = a == std::string::npos ? a : decoded.find('\0', a + 1);
+    if (b == std::string::npos ||
+        decoded.find('\0', b + 1) != std::string::npos) {
+      return fail(501, "5.5.2", "Error: malformed PLAIN response");
+    }
+    FinishAuth(decoded.substr(0, a), decoded.substr(a + 1, b - a - 1),
+               decoded.substr(b + 1));
+    return;
+  }
+  if (!auth_.got_user) {
+    auth_.user = std::move(decoded);
+    auth_.got_user = true;
+    Reply(MakeReply(334, "", "UGFzc3dvcmQ6"));  // "Password:"
+    return;
+  }
+  FinishAuth("", auth_.user, decoded);
+}
+
+void Session::FinishAuth(const std::string& authzid, const std::string& user,
+                         const std::string& password) {
+  mode_ = Mode::kCommand;
+  auth_.user = user;
+  bool printable = !user.empty();
+  for (unsigned char ch : user) {
+    if (ch < 0x21 || ch == 0x7f) printable = false;
+  }
+  // Acting for another identity (authzid) is not offered.
+  auth_.ok = printable && (authzid.empty() || authzid == user) &&
+             policy_.credentials->Check(user, password);
+  const edge::Reply native =
+      auth_.ok ? MakeReply(235, "2.7.0", "Authentication successful")
+               : MakeReply(535, "5.7.8", "Authentication credentials invalid");
+  // The event names the mechanism and the identity, never the secret.
+  const Command cmd{"AUTH",
+                    absl::StrCat(auth_.mechanism, " ", absl::CHexEscape(user))};
+  v1::Event event = MakeEvent(v1::EVENT_TYPE_AUTH, cmd, native);
+  if (auth_.ok) event.mutable_session()->set_auth_identity(user);
+  Dispatch(FindCommand("AUTH"), cmd, std::move(event), native);
+}
+
+void Session::HandleCommand(const Command& cmd) {
   const CommandSpec* spec = FindCommand(cmd.verb);
   if (spec == nullptr) {
     const edge::Reply unknown =
@@ -475,6 +648,11 @@ void Session::HandleCommand(const Command& cmd) {
   bool to_broker = true;
   edge::Reply native = spec->check(*this, cmd, to_broker);
   if (!to_broker) {
+    if (mode_ == Mode::kAuth && auth_.has_initial) {
+      auth_.has_initial = false;
+      AuthResponse(std::exchange(auth_.initial, ""));
+      return;
+    }
     Reply(native);
     return;
   }
