@@ -1,6 +1,8 @@
 #include "session.h"
 
+#include <algorithm>
 #include <chrono>
+#include <set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -21,6 +23,23 @@ edge::Reply Ok(const char* enhanced = "2.0.0", const char* text = "Ok") {
 
 edge::Reply BadSequence(const char* text) {
   return MakeReply(503, "5.5.1", text);
+}
+
+bool HasNonAscii(absl::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) {
+    return static_cast<unsigned char>(c) >= 128;
+  });
+}
+
+// The reply for an address that is not acceptable: a UTF-8 one without
+// SMTPUTF8 (RFC 6531 §3.5) or plain bad syntax.
+edge::Reply BadAddress(absl::string_view address, bool smtputf8,
+                       const char* enhanced, const char* text) {
+  if (!smtputf8 && HasNonAscii(address) && ValidMailbox(address, true)) {
+    return MakeReply(553, "5.6.7",
+                     "Error: non-ASCII address requires SMTPUTF8");
+  }
+  return MakeReply(501, enhanced, text);
 }
 
 std::string NewId() {
@@ -74,6 +93,9 @@ struct CommandTable {
         "PIPELINING",
         absl::StrCat("SIZE ", s.limits_.max_message_size),
         "8BITMIME",
+        "SMTPUTF8",
+        "DSN",
+        "CHUNKING",
         "ENHANCEDSTATUSCODES",
     };
     if (s.policy_.starttls && !s.info_.tls().active()) {
@@ -103,11 +125,32 @@ struct CommandTable {
     if (!path.ok()) {
       return MakeReply(501, "5.5.4", std::string(path.status().message()));
     }
-    if (!path->address.empty() && !ValidMailbox(path->address, true)) {
-      return MakeReply(501, "5.1.7", "Bad sender address syntax");
-    }
+    bool smtputf8 = false;
+    std::set<std::string> seen;
     for (const auto& [key, value] : path->params) {
-      if (key == "SIZE") {
+      if (!seen.insert(key).second) {
+        return MakeReply(501, "5.5.4",
+                         absl::StrCat("Duplicate parameter ", key));
+      }
+      if (key == "SMTPUTF8") {
+        if (!value.empty()) {
+          return MakeReply(501, "5.5.4", "SMTPUTF8 takes no value");
+        }
+        smtputf8 = true;
+      } else if (key == "RET") {
+        if (!ValidRet(value)) {
+          return MakeReply(501, "5.5.4", "Bad RET parameter");
+        }
+      } else if (key == "ENVID") {
+        if (value.empty() || value.size() > 100 || !ValidXtext(value)) {
+          return MakeReply(501, "5.5.4", "Bad ENVID parameter");
+        }
+      } else if (key == "AUTH") {
+        // RFC 4954 §5: the original submitter, kept as given.
+        if (value != "<>" && (value.empty() || !ValidXtext(value))) {
+          return MakeReply(501, "5.5.4", "Bad AUTH parameter");
+        }
+      } else if (key == "SIZE") {
         uint64_t size = 0;
         if (!absl::SimpleAtoi(value, &size)) {
           return MakeReply(501, "5.5.4", "Bad SIZE parameter");
@@ -124,6 +167,10 @@ struct CommandTable {
         return MakeReply(555, "5.5.4",
                          absl::StrCat("Unsupported parameter ", key));
       }
+    }
+    if (!path->address.empty() && !ValidMailbox(path->address, smtputf8)) {
+      return BadAddress(path->address, smtputf8, "5.1.7",
+                        "Bad sender address syntax");
     }
     to_broker = true;
     return MakeReply(250, "2.1.0", "Ok");
@@ -149,13 +196,30 @@ struct CommandTable {
     if (!path.ok()) {
       return MakeReply(501, "5.5.4", std::string(path.status().message()));
     }
-    if (!ValidMailbox(path->address, true) &&
+    const bool smtputf8 = s.Smtputf8();
+    if (!ValidMailbox(path->address, smtputf8) &&
         !absl::EqualsIgnoreCase(path->address, "postmaster")) {
-      return MakeReply(501, "5.1.3", "Bad recipient address syntax");
+      return BadAddress(path->address, smtputf8, "5.1.3",
+                        "Bad recipient address syntax");
     }
+    std::set<std::string> seen;
     for (const auto& [key, value] : path->params) {
-      return MakeReply(555, "5.5.4",
-                       absl::StrCat("Unsupported parameter ", key));
+      if (!seen.insert(key).second) {
+        return MakeReply(501, "5.5.4",
+                         absl::StrCat("Duplicate parameter ", key));
+      }
+      if (key == "NOTIFY") {
+        if (!ValidNotify(value)) {
+          return MakeReply(501, "5.5.4", "Bad NOTIFY parameter");
+        }
+      } else if (key == "ORCPT") {
+        if (!ValidOrcpt(value, smtputf8)) {
+          return MakeReply(501, "5.5.4", "Bad ORCPT parameter");
+        }
+      } else {
+        return MakeReply(555, "5.5.4",
+                         absl::StrCat("Unsupported parameter ", key));
+      }
     }
     if (!s.RelayAllowed(path->address)) {
       return MakeReply(554, "5.7.1", "Relay access denied");
@@ -187,6 +251,7 @@ struct CommandTable {
     if (s.recipients_.empty()) {
       return MakeReply(554, "5.5.1", "Error: no valid recipients");
     }
+    if (s.bdat_used_) return BadSequence("Error: DATA after BDAT");
     to_broker = true;
     return MakeReply(354, "", "End data with <CR><LF>.<CR><LF>");
   }
@@ -194,13 +259,36 @@ struct CommandTable {
                           const edge::Reply& resolved) {
     if (resolved.code != 354) return;
     s.mode_ = Session::Mode::kData;
-    s.chunk_.clear();
-    s.message_size_ = 0;
-    s.line_start_ = true;
-    s.prev_crlf_ = true;
-    s.last_char_ = '\n';
-    s.line_len_ = 0;
-    s.bad_line_ending_ = s.line_too_long_ = s.too_big_ = false;
+    s.StartContent();
+  }
+
+  // BDAT (RFC 3030): the chunk's octets follow the command line and are
+  // read whatever the answer; the answer comes once they are in.
+  static edge::Reply CheckBdat(Session& s, const Command& c, bool& to_broker) {
+    to_broker = false;
+    auto arg = ParseBdatArgument(c.argument);
+    if (!arg.ok()) {
+      // Without a size the chunk cannot be skipped.
+      return MakeReply(501, "5.5.4", std::string(arg.status().message()));
+    }
+    s.bdat_ = {};
+    s.bdat_.size = s.bdat_.remaining = arg->size;
+    s.bdat_.last = arg->last;
+    if (!s.mail_from_) {
+      s.bdat_.refusal = BadSequence("Error: need MAIL command");
+    } else if (s.recipients_.empty()) {
+      s.bdat_.refusal = MakeReply(554, "5.5.1", "Error: no valid recipients");
+    } else if (!s.bdat_used_) {
+      s.bdat_used_ = true;
+      s.StartContent();
+    }
+    s.mode_ = Session::Mode::kBdat;
+    return {};
+  }
+  static void ProceedBdat(Session& s, const Command&,
+                          const edge::Reply& resolved) {
+    // A refused chunk ends the transaction; the client starts over.
+    if (!resolved.positive()) s.ResetTransaction();
   }
 
   static edge::Reply CheckNoArgs(Session&, const Command& c, bool& to_broker) {
@@ -227,7 +315,7 @@ struct CommandTable {
   static edge::Reply CheckHelp(Session&, const Command&, bool&) {
     return MakeReply(214, "2.0.0",
                      "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP "
-                     "QUIT STARTTLS AUTH");
+                     "QUIT STARTTLS AUTH BDAT");
   }
   // STARTTLS (RFC 3207): 220, then the connection hands the socket to TLS.
   static edge::Reply CheckStartTls(Session& s, const Command& c,
@@ -330,7 +418,8 @@ const Session::CommandSpec kCommands[] = {
      &CommandTable::ProceedStartTls},
     {"AUTH", v1::EVENT_TYPE_AUTH, &CommandTable::CheckAuth,
      &CommandTable::ProceedAuth},
-    {"BDAT", v1::EVENT_TYPE_BDAT, &CommandTable::CheckNotImplemented, nullptr},
+    {"BDAT", v1::EVENT_TYPE_BDAT, &CommandTable::CheckBdat,
+     &CommandTable::ProceedBdat},
 };
 
 const Session::CommandSpec kUnknown = {"", v1::EVENT_TYPE_UNKNOWN, nullptr,
@@ -360,7 +449,7 @@ const std::string& Session::state_name() const {
                                        "RCPT",     "DATA", "CLOSED"};
   if (closed_) return kNames[6];
   if (!started_) return kNames[0];
-  if (mode_ == Mode::kData) return kNames[5];
+  if (mode_ == Mode::kData || mode_ == Mode::kBdat) return kNames[5];
   if (!recipients_.empty()) return kNames[4];
   if (mail_from_) return kNames[3];
   if (!info_.helo_name().empty()) return kNames[2];
@@ -403,7 +492,25 @@ bool Session::RelayAllowed(const std::string& address) const {
   return policy_.trusted_client || !info_.auth_identity().empty();
 }
 
+bool Session::Smtputf8() const {
+  for (const auto& p : mail_params_) {
+    if (p.key() == "SMTPUTF8") return true;
+  }
+  return false;
+}
+
+void Session::StartContent() {
+  chunk_.clear();
+  message_size_ = 0;
+  line_start_ = true;
+  prev_crlf_ = true;
+  last_char_ = '\n';
+  line_len_ = 0;
+  bad_line_ending_ = line_too_long_ = too_big_ = false;
+}
+
 void Session::ResetTransaction() {
+  bdat_used_ = false;
   mail_from_.reset();
   mail_params_.clear();
   recipients_.clear();
@@ -532,6 +639,10 @@ void Session::Process() {
       if (!ProcessData()) return;
       continue;
     }
+    if (mode_ == Mode::kBdat) {
+      if (!ProcessBdat()) return;
+      continue;
+    }
     const size_t lf = in_.find('\n');
     if (lf == std::string::npos) {
       if (in_.size() > limits_.max_line_length) {
@@ -647,6 +758,7 @@ void Session::HandleCommand(const Command& cmd) {
   }
   bool to_broker = true;
   edge::Reply native = spec->check(*this, cmd, to_broker);
+  if (mode_ == Mode::kBdat) return;  // answered once the chunk is in
   if (!to_broker) {
     if (mode_ == Mode::kAuth && auth_.has_initial) {
       auth_.has_initial = false;
@@ -670,6 +782,11 @@ void Session::HandleCommand(const Command& cmd) {
   } else if (spec->event == v1::EVENT_TYPE_RCPT) {
     auto path = ParsePathArgument(cmd.argument, "TO:", false);
     event.mutable_recipient()->set_address(path->address);
+    for (const auto& [k, v] : path->params) {
+      auto* p = event.mutable_recipient()->add_params();
+      p->set_key(k);
+      p->set_value(v);
+    }
   }
   Dispatch(spec, cmd, std::move(event), native);
   if (spec->event == v1::EVENT_TYPE_MAIL && !mail_from_ && !pending_) {
@@ -731,6 +848,76 @@ void Session::DataLine(absl::string_view piece, bool complete) {
     out_->SendData(transaction_id_, std::move(chunk_));
     chunk_.clear();
   }
+}
+
+// BDAT octets: no dot-stuffing and no end marker, but the same rules for
+// line endings, line length and size as DATA.
+bool Session::ProcessBdat() {
+  if (bdat_.remaining > 0) {
+    if (in_.empty()) return false;
+    const size_t n =
+        static_cast<size_t>(std::min<uint64_t>(in_.size(), bdat_.remaining));
+    if (bdat_.refusal.code == 0) BdatBytes(absl::string_view(in_).substr(0, n));
+    in_.erase(0, n);
+    bdat_.remaining -= n;
+    if (bdat_.remaining > 0) return false;
+  }
+  EndOfChunk();
+  return true;
+}
+
+void Session::BdatBytes(absl::string_view piece) {
+  for (char c : piece) {
+    if ((c == '\n' && last_char_ != '\r') ||
+        (last_char_ == '\r' && c != '\n')) {
+      bad_line_ending_ = true;
+    }
+    line_len_ = c == '\n' ? 0 : line_len_ + 1;
+    // The limit counts the CRLF; the CR is counted here, the LF is one more.
+    if (line_len_ + 1 > limits_.max_text_line) line_too_long_ = true;
+    last_char_ = c;
+  }
+  message_size_ += piece.size();
+  if (message_size_ > limits_.max_message_size) too_big_ = true;
+  if (too_big_ || bad_line_ending_ || line_too_long_) {
+    chunk_.clear();
+    return;
+  }
+  chunk_.append(piece.data(), piece.size());
+  if (chunk_.size() >= limits_.chunk_size) {
+    out_->SendData(transaction_id_, std::move(chunk_));
+    chunk_.clear();
+  }
+}
+
+void Session::EndOfChunk() {
+  mode_ = Mode::kCommand;
+  const BdatChunk b = bdat_;
+  bdat_ = {};
+  if (b.refusal.code != 0) {
+    Reply(b.refusal);
+    return;
+  }
+  // A message that cannot end well is refused at once, not at LAST.
+  const bool ends_badly = b.last && last_char_ == '\r';
+  if (too_big_ || bad_line_ending_ || line_too_long_ || ends_badly) {
+    if (ends_badly) bad_line_ending_ = true;
+    EndOfData();
+    return;
+  }
+  const Command cmd{"BDAT", absl::StrCat(b.size, b.last ? " LAST" : "")};
+  const edge::Reply native =
+      MakeReply(250, "2.0.0", absl::StrCat("Ok: ", b.size, " octets received"));
+  v1::Event event = MakeEvent(v1::EVENT_TYPE_BDAT, cmd, native);
+  event.set_chunk_size(b.size);
+  event.set_last_chunk(b.last);
+  if (!b.last) {
+    Dispatch(FindCommand("BDAT"), cmd, std::move(event), native);
+    return;
+  }
+  // The last chunk's answer is the EOD's (the COMMIT).
+  out_->SendEvent(event, /*notify_only=*/true);
+  EndOfData();
 }
 
 void Session::EndOfData() {

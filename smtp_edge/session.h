@@ -98,7 +98,7 @@ class Session {
   const v1::SessionInfo& info() const { return info_; }
 
  private:
-  enum class Mode { kCommand, kData, kAuth };
+  enum class Mode { kCommand, kData, kAuth, kBdat };
 
   void Process();
   void HandleLine(absl::string_view line);
@@ -107,6 +107,12 @@ class Session {
   void DataLine(absl::string_view piece, bool complete);
   void EndOfData();
   void ResetTransaction();
+  // Resets the content state for a new message (DATA or first BDAT).
+  void StartContent();
+  bool Smtputf8() const;  // the transaction's MAIL had SMTPUTF8
+  bool ProcessBdat();     // false: needs more input
+  void BdatBytes(absl::string_view piece);
+  void EndOfChunk();
   void AuthResponse(absl::string_view line);
   // Checks the credentials and raises the AUTH event (identity only).
   void FinishAuth(const std::string& authzid, const std::string& user,
@@ -159,6 +165,16 @@ class Session {
   std::vector<v1::EsmtpParam> mail_params_;
   std::vector<v1::Recipient> recipients_;
   std::string transaction_id_;
+  bool bdat_used_ = false;  // the transaction's content comes by BDAT
+
+  // The BDAT chunk being read.
+  struct BdatChunk {
+    uint64_t size = 0;
+    uint64_t remaining = 0;
+    bool last = false;
+    edge::Reply refusal;  // read the octets, then answer this
+  };
+  BdatChunk bdat_;
 
   // DATA state.
   std::string chunk_;

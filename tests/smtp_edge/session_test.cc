@@ -106,7 +106,9 @@ std::string Play(const Transcript& t, bool byte_at_a_time, FakeWorld& w,
 
 const std::string kEhloReply =
     "250-mx.example.test Hello c.example\r\n250-PIPELINING\r\n"
-    "250-SIZE 52428800\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n";
+    "250-SIZE "
+    "52428800\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n250-"
+    "CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n";
 
 std::vector<Transcript> Transcripts() {
   const std::string long_line(998, 'x');
@@ -144,7 +146,7 @@ std::vector<Transcript> Transcripts() {
       {"rset noop vrfy help", "RSET\r\nNOOP\r\nVRFY bob\r\nHELP\r\n",
        "250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n252 2.5.0 Cannot VRFY user, but will "
        "accept message and attempt delivery\r\n214 2.0.0 Commands: EHLO HELO "
-       "MAIL RCPT DATA RSET NOOP VRFY HELP QUIT STARTTLS AUTH\r\n"},
+       "MAIL RCPT DATA RSET NOOP VRFY HELP QUIT STARTTLS AUTH BDAT\r\n"},
       {"unknown verb", "XYZZY\r\n",
        "500 5.5.2 Error: command not recognized\r\n"},
       {"bare LF command", "NOOP\n",
@@ -405,7 +407,9 @@ TEST_P(SessionTls, StartTlsDiscardsPipelinedPlaintextAndStartsOver) {
   }
   EXPECT_EQ(w.written,
             "250-mx.example.test Hello c.example\r\n250-PIPELINING\r\n"
-            "250-SIZE 52428800\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n"
+            "250-SIZE "
+            "52428800\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n250-"
+            "CHUNKING\r\n250-ENHANCEDSTATUSCODES\r\n"
             "250 STARTTLS\r\n220 2.0.0 Ready to start TLS\r\n");
   EXPECT_EQ(w.tls_requested, 1);
   EXPECT_TRUE(s.starting_tls());
@@ -424,7 +428,9 @@ TEST_P(SessionTls, StartTlsDiscardsPipelinedPlaintextAndStartsOver) {
   s.Feed("EHLO c.example\r\n");
   EXPECT_EQ(w.written,
             "250-mx.example.test Hello c.example\r\n250-PIPELINING\r\n"
-            "250-SIZE 52428800\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n"
+            "250-SIZE "
+            "52428800\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n250-"
+            "CHUNKING\r\n250-ENHANCEDSTATUSCODES\r\n"
             "250 AUTH PLAIN LOGIN\r\n");
   for (const auto& e : w.events) {
     EXPECT_NE(e.type(), v1::EVENT_TYPE_MAIL);  // the injected MAIL never ran
@@ -460,7 +466,8 @@ TEST_P(SessionTls, StartTlsRefusals) {
        std::vector<std::tuple<SessionPolicy, std::string, std::string>>{
            {SessionPolicy{}, "EHLO c\r\nSTARTTLS\r\n",
             "250-mx.example.test Hello c\r\n250-PIPELINING\r\n250-SIZE "
-            "52428800\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n502 5.5.1 "
+            "52428800\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n250-"
+            "CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n502 5.5.1 "
             "Error: command not implemented\r\n"},
            {TlsPolicy(), "HELO c\r\nSTARTTLS now\r\n",
             "250 mx.example.test\r\n501 5.5.4 Syntax: STARTTLS\r\n"},
@@ -705,6 +712,234 @@ TEST(Policy, Networks) {
   EXPECT_FALSE(ParseNetworks({"nonsense"}).ok());
   EXPECT_EQ(MailboxDomain("a@Example.TEST"), "example.test");
   EXPECT_EQ(MailboxDomain("postmaster"), "");
+}
+
+// --- BDAT, SMTPUTF8, DSN ---
+
+const char kTx[] =
+    "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n";
+const char kTxOk[] = "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n";
+
+std::string WithoutEhlo(const std::string& out) {
+  const std::string last = "250 ENHANCEDSTATUSCODES\r\n";
+  const size_t at = out.find(last);
+  return at == std::string::npos ? out : out.substr(at + last.size());
+}
+
+class SessionBdat : public ::testing::TestWithParam<bool> {};
+
+TEST_P(SessionBdat, Transcripts) {
+  // The content is taken as is: no dot-unstuffing, and ".\r\n" ends nothing.
+  const std::string part1 = "Subject: chunks\r\n\r\n.leading dot\r\n";
+  const std::string part2 = ".\r\nlast line\r\n";
+  SessionLimits small;
+  small.max_message_size = 10;
+  struct Case {
+    const char* name;
+    std::string input;
+    std::string output;
+    std::string data;
+    SessionLimits limits = {};
+  };
+  const std::vector<Case> cases = {
+      {"two chunks",
+       std::string(kTx) + "BDAT " + std::to_string(part1.size()) + "\r\n" +
+           part1 + "BDAT " + std::to_string(part2.size()) + " LAST\r\n" +
+           part2 + "QUIT\r\n",
+       std::string(kTxOk) + "250 2.0.0 Ok: " + std::to_string(part1.size()) +
+           " octets received\r\n250 2.0.0 Ok: queued as Q1\r\n221 2.0.0 "
+           "Bye\r\n",
+       part1 + part2},
+      {"empty last chunk", std::string(kTx) + "BDAT 4\r\nab\r\nBDAT 0 LAST\r\n",
+       std::string(kTxOk) +
+           "250 2.0.0 Ok: 4 octets received\r\n250 2.0.0 Ok: queued as Q1\r\n",
+       "ab\r\n"},
+      {"octets of a refused chunk are read, not run",
+       "HELO c\r\nBDAT 6\r\nNOOP\r\nNOOP\r\n",
+       "250 mx.example.test\r\n503 5.5.1 Error: need MAIL command\r\n250 "
+       "2.0.0 Ok\r\n",
+       ""},
+      {"no recipients", "HELO c\r\nMAIL FROM:<>\r\nBDAT 1 LAST\r\nx",
+       "250 mx.example.test\r\n250 2.1.0 Ok\r\n554 5.5.1 Error: no valid "
+       "recipients\r\n",
+       ""},
+      {"bad syntax", "HELO c\r\nBDAT\r\nBDAT x\r\nBDAT 1 FIRST\r\n",
+       "250 mx.example.test\r\n501 5.5.4 Syntax: BDAT size [LAST]\r\n501 "
+       "5.5.4 Syntax: BDAT size [LAST]\r\n501 5.5.4 Syntax: BDAT size "
+       "[LAST]\r\n",
+       ""},
+      {"DATA after BDAT", std::string(kTx) + "BDAT 2\r\nabDATA\r\n",
+       std::string(kTxOk) +
+           "250 2.0.0 Ok: 2 octets received\r\n503 5.5.1 Error: DATA after "
+           "BDAT\r\n",
+       ""},
+      {"bare LF refuses the chunk and ends the transaction",
+       std::string(kTx) + "BDAT 3\r\na\nbBDAT 2 LAST\r\n\r\n",
+       std::string(kTxOk) +
+           "550 5.6.0 Error: bare CR or LF in message; lines must end with "
+           "CRLF\r\n503 5.5.1 Error: need MAIL command\r\n",
+       ""},
+      {"bare CR at the very end", std::string(kTx) + "BDAT 2 LAST\r\na\r",
+       std::string(kTxOk) +
+           "550 5.6.0 Error: bare CR or LF in message; lines must end with "
+           "CRLF\r\n",
+       ""},
+      {"CRLF split across chunks is fine",
+       std::string(kTx) + "BDAT 2\r\na\rBDAT 1 LAST\r\n\n",
+       std::string(kTxOk) +
+           "250 2.0.0 Ok: 2 octets received\r\n250 2.0.0 Ok: queued as Q1\r\n",
+       "a\r\n"},
+      {"too big", std::string(kTx) + "BDAT 12 LAST\r\n0123456789\r\n",
+       std::string(kTxOk) + "552 5.3.4 Error: message size exceeds limit\r\n",
+       "", small},
+  };
+  for (const auto& c : cases) {
+    FakeWorld w;
+    std::string out =
+        WithoutEhlo(Play({"", c.input, ""}, GetParam(), w, c.limits));
+    EXPECT_EQ(out, c.output) << c.name;
+    EXPECT_EQ(w.data, c.data) << c.name;
+  }
+}
+
+TEST_P(SessionBdat, EventsCarryChunkSizes) {
+  FakeWorld w;
+  Play({"", std::string(kTx) + "BDAT 3\r\nab\nBDAT 2\r\nabBDAT 2 LAST\r\n\r\n",
+        ""},
+       GetParam(), w);
+  FakeWorld w2;
+  Play({"", std::string(kTx) + "BDAT 2\r\nabBDAT 2 LAST\r\n\r\n", ""},
+       GetParam(), w2);
+  std::vector<std::pair<uint64_t, bool>> chunks;
+  for (const auto& e : w2.events) {
+    if (e.type() == v1::EVENT_TYPE_BDAT) {
+      chunks.emplace_back(e.chunk_size(), e.last_chunk());
+    }
+  }
+  EXPECT_EQ(chunks,
+            (std::vector<std::pair<uint64_t, bool>>{{2, false}, {2, true}}));
+  EXPECT_EQ(w2.events.back().type(), v1::EVENT_TYPE_EOD);
+  EXPECT_EQ(w2.events.back().message_size(), 4u);
+  EXPECT_EQ(w2.data, "ab\r\n");
+}
+
+INSTANTIATE_TEST_SUITE_P(WholeAndByteAtATime, SessionBdat, ::testing::Bool());
+
+class SessionParams : public ::testing::TestWithParam<bool> {};
+
+TEST_P(SessionParams, Smtputf8AndDsn) {
+  const std::string utf8_from =
+      "j\xc3\xb6rg@b\xc3\xbc"
+      "cher.example";
+  const std::string utf8_to = "\xe7\x94\xa8\xe6\x88\xb7@example.test";
+  struct Case {
+    const char* name;
+    std::string input;
+    std::string output;
+  };
+  const std::vector<Case> cases = {
+      {"utf-8 addresses with SMTPUTF8",
+       "HELO c\r\nMAIL FROM:<" + utf8_from +
+           "> SMTPUTF8 BODY=8BITMIME\r\n"
+           "RCPT TO:<" +
+           utf8_to + ">\r\n",
+       "250 mx.example.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"},
+      {"utf-8 sender without SMTPUTF8",
+       "HELO c\r\nMAIL FROM:<" + utf8_from + ">\r\n",
+       "250 mx.example.test\r\n553 5.6.7 Error: non-ASCII address requires "
+       "SMTPUTF8\r\n"},
+      {"utf-8 recipient without SMTPUTF8",
+       "HELO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<" + utf8_to + ">\r\n",
+       "250 mx.example.test\r\n250 2.1.0 Ok\r\n553 5.6.7 Error: non-ASCII "
+       "address requires SMTPUTF8\r\n"},
+      {"broken utf-8", "HELO c\r\nMAIL FROM:<a\xc3@b.example> SMTPUTF8\r\n",
+       "250 mx.example.test\r\n501 5.1.7 Bad sender address syntax\r\n"},
+      {"SMTPUTF8 with a value",
+       "HELO c\r\nMAIL FROM:<a@b.example> SMTPUTF8=1\r\n",
+       "250 mx.example.test\r\n501 5.5.4 SMTPUTF8 takes no value\r\n"},
+      {"dsn parameters",
+       "HELO c\r\nMAIL FROM:<a@b.example> RET=HDRS ENVID=QQ+2B314159\r\n"
+       "RCPT TO:<c@d.example> NOTIFY=SUCCESS,FAILURE "
+       "ORCPT=rfc822;c+40d.example\r\nRCPT TO:<e@d.example> NOTIFY=NEVER\r\n",
+       "250 mx.example.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 "
+       "Ok\r\n"},
+      {"bad dsn parameters",
+       "HELO c\r\nMAIL FROM:<a@b.example> RET=ALL\r\n"
+       "MAIL FROM:<a@b.example> ENVID=a=b\r\n"
+       "MAIL FROM:<a@b.example> RET=FULL RET=HDRS\r\n"
+       "MAIL FROM:<a@b.example>\r\n"
+       "RCPT TO:<c@d.example> NOTIFY=NEVER,DELAY\r\n"
+       "RCPT TO:<c@d.example> NOTIFY=SOMETIMES\r\n"
+       "RCPT TO:<c@d.example> ORCPT=c@d.example\r\n"
+       "RCPT TO:<c@d.example> ORCPT=rfc822;c+4\r\n",
+       "250 mx.example.test\r\n501 5.5.4 Bad RET parameter\r\n501 5.5.4 Bad "
+       "ENVID parameter\r\n501 5.5.4 Duplicate parameter RET\r\n250 2.1.0 "
+       "Ok\r\n501 5.5.4 Bad NOTIFY parameter\r\n501 5.5.4 Bad NOTIFY "
+       "parameter\r\n501 5.5.4 Bad ORCPT parameter\r\n501 5.5.4 Bad ORCPT "
+       "parameter\r\n"},
+  };
+  for (const auto& c : cases) {
+    FakeWorld w;
+    EXPECT_EQ(Play({"", c.input, ""}, GetParam(), w), c.output) << c.name;
+  }
+}
+
+TEST_P(SessionParams, DsnParametersAreKeptInTheEnvelope) {
+  FakeWorld w;
+  Play({"",
+        "HELO c\r\nMAIL FROM:<a@b.example> RET=HDRS ENVID=QQ314159 "
+        "SMTPUTF8\r\nRCPT TO:<c@d.example> NOTIFY=SUCCESS,FAILURE "
+        "ORCPT=rfc822;c@d.example\r\nDATA\r\nx\r\n.\r\n",
+        ""},
+       GetParam(), w);
+  const v1::Event& eod = w.events.back();
+  ASSERT_EQ(eod.type(), v1::EVENT_TYPE_EOD);
+  std::vector<std::pair<std::string, std::string>> mail, rcpt;
+  for (const auto& p : eod.envelope().mail_params()) {
+    mail.emplace_back(p.key(), p.value());
+  }
+  ASSERT_EQ(eod.envelope().recipients_size(), 1);
+  for (const auto& p : eod.envelope().recipients(0).params()) {
+    rcpt.emplace_back(p.key(), p.value());
+  }
+  using Params = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(mail,
+            (Params{{"RET", "HDRS"}, {"ENVID", "QQ314159"}, {"SMTPUTF8", ""}}));
+  EXPECT_EQ(rcpt, (Params{{"NOTIFY", "SUCCESS,FAILURE"},
+                          {"ORCPT", "rfc822;c@d.example"}}));
+  // The RCPT event shows the recipient at hand with its parameters.
+  for (const auto& e : w.events) {
+    if (e.type() == v1::EVENT_TYPE_RCPT) {
+      EXPECT_EQ(e.recipient().params_size(), 2);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(WholeAndByteAtATime, SessionParams, ::testing::Bool());
+
+TEST(Parser, Utf8XtextBdat) {
+  EXPECT_TRUE(ValidUtf8("plain"));
+  EXPECT_TRUE(ValidUtf8("\xc3\xb6\xe7\x94\xa8\xf0\x9f\x93\xa7"));
+  EXPECT_FALSE(ValidUtf8("\xc3"));              // truncated
+  EXPECT_FALSE(ValidUtf8("\xc0\xaf"));          // overlong
+  EXPECT_FALSE(ValidUtf8("\xed\xa0\x80"));      // surrogate
+  EXPECT_FALSE(ValidUtf8("\xf4\x90\x80\x80"));  // past U+10FFFF
+  EXPECT_FALSE(ValidUtf8("\xff"));
+  EXPECT_TRUE(ValidXtext("abc+2Bdef"));
+  EXPECT_FALSE(ValidXtext("a+2"));
+  EXPECT_FALSE(ValidXtext("a+2b"));
+  EXPECT_FALSE(ValidXtext("a=b"));
+  EXPECT_FALSE(ValidXtext("a b"));
+  EXPECT_TRUE(ValidOrcpt("rfc822;a@b.c", false));
+  EXPECT_TRUE(ValidOrcpt("utf-8;\xc3\xb6@b.c", true));
+  EXPECT_FALSE(ValidOrcpt("utf-8;\xc3\xb6@b.c", false));
+  auto b = ParseBdatArgument("1024 last");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->size, 1024u);
+  EXPECT_TRUE(b->last);
+  EXPECT_FALSE(ParseBdatArgument("-1").ok());
+  EXPECT_FALSE(ParseBdatArgument("99999999999999999999").ok());
+  EXPECT_FALSE(ParseBdatArgument("1 LAST x").ok());
 }
 
 }  // namespace
