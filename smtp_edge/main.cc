@@ -31,6 +31,21 @@ ABSL_FLAG(uint64_t, max_message_size, 52428800,
 ABSL_FLAG(int, max_recipients, 100, "recipients per message before 452");
 ABSL_FLAG(int, max_line_length, 512, "longest command line, with CRLF");
 ABSL_FLAG(int, idle_timeout_s, 300, "close sessions idle this long (421)");
+ABSL_FLAG(int, max_session_s, 3600,
+          "close sessions this long after they began (421 4.4.2; 0: never)");
+ABSL_FLAG(int, max_sessions, 1000,
+          "open sessions in total; more get 421 4.7.0 (0: no limit)");
+ABSL_FLAG(int, max_sessions_per_client, 20,
+          "open sessions from one client address; more get 421 4.7.0 "
+          "(0: no limit)");
+ABSL_FLAG(int, max_errors, 20,
+          "5xx replies in one session before 421 4.7.0 (0: no limit)");
+ABSL_FLAG(int, greeting_delay_ms, 0,
+          "wait this long before the greeting; a client that talks first "
+          "gets 554 5.5.1");
+ABSL_FLAG(int, drain_grace_s, 30,
+          "on SIGTERM, how long sessions in a transaction may go on before "
+          "the edge closes them");
 ABSL_FLAG(int, broker_connect_timeout_ms, 5000,
           "how long a new session waits for the broker before 421");
 ABSL_FLAG(int, broker_timeout_ms, 120000,
@@ -70,6 +85,12 @@ int main(int argc, char** argv) {
   opts.limits.max_message_size = absl::GetFlag(FLAGS_max_message_size);
   opts.limits.max_recipients = absl::GetFlag(FLAGS_max_recipients);
   opts.limits.max_line_length = absl::GetFlag(FLAGS_max_line_length);
+  opts.limits.max_errors = absl::GetFlag(FLAGS_max_errors);
+  opts.max_session = std::chrono::seconds(absl::GetFlag(FLAGS_max_session_s));
+  opts.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  opts.max_sessions_per_client = absl::GetFlag(FLAGS_max_sessions_per_client);
+  opts.greeting_delay =
+      std::chrono::milliseconds(absl::GetFlag(FLAGS_greeting_delay_ms));
   opts.idle_timeout = std::chrono::seconds(absl::GetFlag(FLAGS_idle_timeout_s));
   opts.broker_connect_timeout =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_broker_connect_timeout_ms));
@@ -124,7 +145,20 @@ int main(int argc, char** argv) {
                opts.edge_id, *port, absl::GetFlag(FLAGS_broker));
 
   const int sig = sinkline::WaitForShutdownSignal();
-  spdlog::info("signal {}: closing sessions", sig);
+  // Drain: no new sessions; idle ones get 421 now, those in a transaction
+  // may finish within the grace period.
+  const auto grace = std::chrono::seconds(absl::GetFlag(FLAGS_drain_grace_s));
+  spdlog::info("signal {}: draining {} sessions (grace {}s)", sig,
+               server.sessions(), grace.count());
+  server.Drain();
+  const auto drain_end = std::chrono::steady_clock::now() + grace;
+  while (server.sessions() > 0 &&
+         std::chrono::steady_clock::now() < drain_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (server.sessions() > 0) {
+    spdlog::warn("grace period over: closing {} sessions", server.sessions());
+  }
   server.Stop();
   // Let sessions finish closing, then stop.
   for (int i = 0; i < 50 && server.sessions() > 0; ++i) {

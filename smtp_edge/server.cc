@@ -114,9 +114,20 @@ class Connection : public std::enable_shared_from_this<Connection>,
       Finish();
       co_return;
     }
+    // The greeting waits (--greeting-delay-ms); a client that talks before
+    // it is refused by the session.
+    const auto greet_at = started_at_ + opts.greeting_delay;
+    while (Clock::now() < greet_at && socket_.is_open()) {
+      co_await WaitWake(greet_at);
+    }
+    if (socket_.is_open() && socket_.available(ec) > 0 && !ec) {
+      size_t n = socket_.read_some(asio::buffer(buf_), ec);
+      if (!ec) session_->Feed(absl::string_view(buf_, n));
+    }
+    if (draining_) session_->SetDraining();
     session_->Start();
     asio::co_spawn(strand_, Watchdog(shared_from_this()), asio::detached);
-    char buf[16384];
+    char* buf = buf_;
     for (;;) {
       co_await Flush();
       if (session_->closed() || !socket_.is_open()) break;
@@ -135,12 +146,47 @@ class Connection : public std::enable_shared_from_this<Connection>,
         continue;
       }
       last_activity_ = Clock::now();
-      size_t n = co_await ReadSome(asio::buffer(buf), ec);
+      reading_ = true;
+      size_t n = co_await ReadSome(asio::buffer(buf, sizeof buf_), ec);
+      reading_ = false;
+      if (ec == asio::error::operation_aborted && session_->closed() &&
+          socket_.is_open()) {
+        continue;  // draining: the 421 is in out_
+      }
       if (ec) break;
       last_activity_ = Clock::now();
       session_->Feed(absl::string_view(buf, n));
     }
     Finish();
+  }
+
+  // A session over the limits: 421 and close, no broker stream.
+  asio::awaitable<void> Refuse(std::string why) {
+    finished_ = true;  // never tracked
+    boost::system::error_code ec;
+    const std::string reply =
+        MakeReply(421, "4.7.0",
+                  absl::StrCat(server_->options().hostname, " Error: ", why))
+            .Format();
+    co_await asio::async_write(socket_, asio::buffer(reply),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    socket_.shutdown(tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+  }
+
+  // The edge drains: the session decides whether to answer 421 now.
+  void BeginDrain() {
+    asio::post(strand_, [self = shared_from_this()] {
+      self->draining_ = true;
+      if (!self->session_ || self->finished_ || !self->got_map_) return;
+      self->session_->SetDraining();
+      if (self->session_->closed() && self->reading_) {
+        // Stop the read so that the loop sends the 421.
+        boost::system::error_code ec;
+        self->socket_.cancel(ec);
+      }
+      self->Wake();
+    });
   }
 
   // Closes the connection from outside (shutdown).
@@ -295,6 +341,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
   }
 
   asio::awaitable<void> Flush() {
+    flushing_ = true;
     while (!out_.empty() && socket_.is_open()) {
       std::string w;
       w.swap(out_);
@@ -305,6 +352,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
         break;
       }
     }
+    flushing_ = false;
     if (close_after_flush_ && socket_.is_open()) {
       boost::system::error_code ec;
       socket_.shutdown(tcp::socket::shutdown_both, ec);
@@ -313,26 +361,35 @@ class Connection : public std::enable_shared_from_this<Connection>,
   }
 
   // Closes idle sessions (RFC 5321 §4.5.3.2 timeouts).
+  // Also ends sessions older than --max-session-s, busy or not.
   static asio::awaitable<void> Watchdog(std::shared_ptr<Connection> self) {
-    const auto idle = self->server_->options().idle_timeout;
+    const auto& opts = self->server_->options();
+    const auto idle = opts.idle_timeout;
+    const auto end = opts.max_session.count() > 0
+                         ? self->started_at_ + opts.max_session
+                         : Clock::time_point::max();
     while (self->socket_.is_open() && !self->finished_) {
-      self->idle_.expires_at(self->last_activity_ + idle);
+      self->idle_.expires_at(std::min(self->last_activity_ + idle, end));
       boost::system::error_code ec;
       co_await self->idle_.async_wait(
           asio::redirect_error(asio::use_awaitable, ec));
       if (self->finished_ || !self->socket_.is_open()) co_return;
-      if (!self->session_->waiting() &&
-          self->last_activity_ + idle <= Clock::now()) {
-        spdlog::info("session {}: idle timeout", self->session_id_);
-        if (self->handshaking_) {
-          // No reply can go out in the middle of a handshake.
+      const auto now = Clock::now();
+      const bool too_long = end <= now;
+      if (too_long ||
+          (!self->session_->waiting() && self->last_activity_ + idle <= now)) {
+        spdlog::info("session {}: {}", self->session_id_,
+                     too_long ? "too long" : "idle timeout");
+        if (self->handshaking_ || self->flushing_) {
+          // No reply can go out in the middle of a handshake or a write.
           self->socket_.close(ec);
           co_return;
         }
         const std::string bye =
             MakeReply(421, "4.4.2",
-                      absl::StrCat(self->server_->options().hostname,
-                                   " Error: timeout exceeded"))
+                      absl::StrCat(opts.hostname,
+                                   too_long ? " Error: session too long"
+                                            : " Error: timeout exceeded"))
                 .Format();
         co_await self->WriteAll(asio::buffer(bye), ec);
         self->socket_.close(ec);
@@ -374,6 +431,11 @@ class Connection : public std::enable_shared_from_this<Connection>,
   std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
   bool start_tls_ = false;
   bool handshaking_ = false;
+  bool reading_ = false;
+  bool flushing_ = false;
+  bool draining_ = false;
+  const Clock::time_point started_at_ = Clock::now();
+  char buf_[16384];
   asio::steady_timer wake_;
   asio::steady_timer idle_;
   bool woken_ = false;
@@ -490,8 +552,22 @@ absl::StatusOr<int> Server::Listen(const std::string& address) {
             co_return;
           }
           if (ec) continue;
+          std::string ip;
+          if (auto ep = socket.remote_endpoint(ec); !ec) {
+            ip = ToAddress(ep).ip();
+          }
           auto conn = std::make_shared<Connection>(this, std::move(socket));
-          Track(conn);
+          std::string why;
+          if (!Track(conn, ip, &why)) {
+            spdlog::info("refused a session from {}: {}", ip, why);
+            asio::co_spawn(
+                conn->strand(),
+                [conn, why]() -> asio::awaitable<void> {
+                  co_await conn->Refuse(why);
+                },
+                asio::detached);
+            continue;
+          }
           asio::co_spawn(
               conn->strand(),
               [conn]() -> asio::awaitable<void> { co_await conn->Run(); },
@@ -502,6 +578,21 @@ absl::StatusOr<int> Server::Listen(const std::string& address) {
   return static_cast<int>(acceptor_.local_endpoint().port());
 }
 
+void Server::Drain() {
+  asio::post(io_, [this] {
+    boost::system::error_code ec;
+    acceptor_.close(ec);
+  });
+  std::vector<std::shared_ptr<Connection>> live;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [raw, t] : connections_) {
+      if (auto c = t.connection.lock()) live.push_back(std::move(c));
+    }
+  }
+  for (auto& c : live) c->BeginDrain();
+}
+
 void Server::Stop() {
   asio::post(io_, [this] {
     boost::system::error_code ec;
@@ -510,21 +601,40 @@ void Server::Stop() {
   std::vector<std::shared_ptr<Connection>> live;
   {
     absl::MutexLock lock(&mu_);
-    for (auto& [raw, weak] : connections_) {
-      if (auto c = weak.lock()) live.push_back(std::move(c));
+    for (auto& [raw, t] : connections_) {
+      if (auto c = t.connection.lock()) live.push_back(std::move(c));
     }
   }
   for (auto& c : live) c->Shutdown();
 }
 
-void Server::Track(const std::shared_ptr<Connection>& c) {
+bool Server::Track(const std::shared_ptr<Connection>& c, const std::string& ip,
+                   std::string* why) {
   absl::MutexLock lock(&mu_);
-  connections_[c.get()] = c;
+  if (options_.max_sessions > 0 &&
+      static_cast<int>(connections_.size()) >= options_.max_sessions) {
+    *why = "too many sessions";
+    return false;
+  }
+  int& mine = per_client_[ip];
+  if (options_.max_sessions_per_client > 0 &&
+      mine >= options_.max_sessions_per_client) {
+    if (mine == 0) per_client_.erase(ip);
+    *why = "too many sessions from your address";
+    return false;
+  }
+  ++mine;
+  connections_[c.get()] = Tracked{c, ip};
+  return true;
 }
 
 void Server::Untrack(Connection* c) {
   absl::MutexLock lock(&mu_);
-  connections_.erase(c);
+  auto it = connections_.find(c);
+  if (it == connections_.end()) return;
+  auto pc = per_client_.find(it->second.ip);
+  if (pc != per_client_.end() && --pc->second <= 0) per_client_.erase(pc);
+  connections_.erase(it);
 }
 
 size_t Server::sessions() const {

@@ -475,12 +475,31 @@ bool Session::Bound(v1::EventType type, const std::string& verb) const {
   return type < static_cast<int>(bound_.size()) && bound_[type];
 }
 
-void Session::Reply(const edge::Reply& r) { out_->Write(r.Format()); }
+void Session::Reply(const edge::Reply& r) {
+  out_->Write(r.Format());
+  if (r.code >= 500 && ++errors_ >= limits_.max_errors &&
+      limits_.max_errors > 0 && !closed_) {
+    CloseAfter(MakeReply(
+        421, "4.7.0",
+        absl::StrCat(info_.server_hostname(), " Error: too many errors")));
+  }
+}
 
 void Session::CloseAfter(const edge::Reply& r) {
-  Reply(r);
+  out_->Write(r.Format());
   closed_ = true;
   out_->Close();
+}
+
+void Session::SetDraining() {
+  draining_ = true;
+  if (started_ && !closed_ && !pending_ && !starting_tls_ &&
+      mode_ == Mode::kCommand && !mail_from_) {
+    CloseAfter(MakeReply(421, "4.3.2",
+                         absl::StrCat(info_.server_hostname(),
+                                      " Service shutting down, closing "
+                                      "transmission channel")));
+  }
 }
 
 bool Session::RelayAllowed(const std::string& address) const {
@@ -537,6 +556,18 @@ v1::Event Session::MakeEvent(v1::EventType type, const Command& cmd,
 
 void Session::Start() {
   started_ = true;
+  if (!in_.empty()) {
+    // An early talker: a real client waits for the greeting.
+    in_.clear();
+    CloseAfter(MakeReply(554, "5.5.1",
+                         absl::StrCat(info_.server_hostname(),
+                                      " Error: input before the greeting")));
+    return;
+  }
+  if (draining_) {
+    SetDraining();
+    return;
+  }
   const edge::Reply greeting = MakeReply(
       220, "", absl::StrCat(info_.server_hostname(), " ESMTP Sinkline"));
   Dispatch(&kConnect, Command{},
@@ -681,6 +712,13 @@ void Session::HandleLine(absl::string_view line) {
                                       " Service not available, closing "
                                       "transmission channel")));
     return;
+  }
+  if (draining_ && !mail_from_) {
+    const Command cmd = ParseCommand(line);
+    if (cmd.verb != "QUIT" || mode_ != Mode::kCommand) {
+      SetDraining();
+      return;
+    }
   }
   if (mode_ == Mode::kAuth) {
     AuthResponse(line);

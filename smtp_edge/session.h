@@ -23,6 +23,8 @@ struct SessionLimits {
   uint64_t max_message_size = 52428800;
   int max_recipients = 100;
   size_t chunk_size = 64 * 1024;  // DataChunk size sent to the broker
+  // Replies 5xx in one session before it is closed with 421 (0: no limit).
+  int max_errors = 20;
 };
 
 // What the client may do beyond plain SMTP; the server fills it in per
@@ -67,10 +69,14 @@ class Session {
 
   // Which events have bindings (from the broker); may change at any time.
   void SetBindingMap(const v1::BindingMap& map);
-  // Sends the greeting (or the CONNECT event first, when bound).
+  // Sends the greeting (or the CONNECT event first, when bound). A client
+  // that sent anything before (Feed before Start) gets 554 instead.
   void Start();
   // Input from the client.
   void Feed(absl::string_view bytes);
+  // The edge shuts down: a session outside a transaction gets 421 now (or
+  // at its next command), one inside may finish its transaction first.
+  void SetDraining();
   // The broker's answer to the pending event.
   void OnResult(const v1::EventResult& result);
   // The broker stream broke or timed out: the pending command gets 451,
@@ -93,6 +99,7 @@ class Session {
     edge::Reply native;
   };
   bool closed() const { return closed_; }
+  bool in_transaction() const { return mail_from_.has_value(); }
   size_t buffered() const { return in_.size(); }
   const std::string& state_name() const;
   const v1::SessionInfo& info() const { return info_; }
@@ -145,6 +152,8 @@ class Session {
   bool started_ = false;
   bool broker_lost_ = false;
   bool starting_tls_ = false;
+  bool draining_ = false;
+  int errors_ = 0;  // 5xx replies so far
 
   // An AUTH exchange in progress (Mode::kAuth) or just finished.
   struct AuthAttempt {

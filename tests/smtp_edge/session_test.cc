@@ -942,5 +942,98 @@ TEST(Parser, Utf8XtextBdat) {
   EXPECT_FALSE(ParseBdatArgument("1 LAST x").ok());
 }
 
+// --- Limits, early talkers, draining ---
+
+TEST_P(SessionParams, TooManyErrorsCloses) {
+  SessionLimits limits;
+  limits.max_errors = 3;
+  FakeWorld w;
+  EXPECT_EQ(
+      Play({"", "XYZZY\r\nNOOP\r\nMAIL FROM:<a@b.c>\r\nFOO\r\nNOOP\r\n", ""},
+           GetParam(), w, limits),
+      "500 5.5.2 Error: command not recognized\r\n250 2.0.0 Ok\r\n503 "
+      "5.5.1 Error: send HELO/EHLO first\r\n500 5.5.2 Error: command "
+      "not recognized\r\n421 4.7.0 mx.example.test Error: too many "
+      "errors\r\n");
+  EXPECT_TRUE(w.closed);
+  // 4xx replies do not count.
+  limits.max_recipients = 1;
+  FakeWorld w2;
+  const std::string out =
+      Play({"",
+            "HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<a@b.c>\r\nRCPT "
+            "TO:<a@b.c>\r\nRCPT TO:<a@b.c>\r\nRCPT TO:<a@b.c>\r\nNOOP\r\n",
+            ""},
+           GetParam(), w2, limits);
+  EXPECT_FALSE(w2.closed);
+  EXPECT_EQ(out.substr(out.size() - 14), "250 2.0.0 Ok\r\n");
+}
+
+TEST(Session, EarlyTalkerGets554) {
+  FakeWorld w;
+  Session s({}, Trusted(), TestInfo(), &w);
+  s.SetBindingMap({});
+  s.Feed("EHLO early.example\r\n");
+  s.Start();
+  EXPECT_EQ(w.written,
+            "554 5.5.1 mx.example.test Error: input before the greeting\r\n");
+  EXPECT_TRUE(w.closed);
+  for (const auto& e : w.events) EXPECT_NE(e.type(), v1::EVENT_TYPE_EHLO);
+}
+
+TEST(Session, DrainingIdleSessionGets421AtOnce) {
+  FakeWorld w;
+  Session s({}, Trusted(), TestInfo(), &w);
+  s.SetBindingMap({});
+  s.Start();
+  s.Feed("EHLO c\r\n");
+  w.written.clear();
+  s.SetDraining();
+  EXPECT_EQ(w.written,
+            "421 4.3.2 mx.example.test Service shutting down, closing "
+            "transmission channel\r\n");
+  EXPECT_TRUE(w.closed);
+}
+
+TEST(Session, DrainingLetsTheTransactionFinish) {
+  for (bool bytewise : {false, true}) {
+    FakeWorld w;
+    Session s({}, Trusted(), TestInfo(), &w);
+    s.SetBindingMap({});
+    s.Start();
+    s.Feed("EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<c@d.e>\r\nDATA\r\nhal");
+    w.written.clear();
+    s.SetDraining();
+    EXPECT_FALSE(w.closed);
+    const std::string rest = "f\r\n.\r\nMAIL FROM:<a@b.c>\r\n";
+    if (bytewise) {
+      for (char c : rest) {
+        s.Feed(absl::string_view(&c, 1));
+        w.AnswerAll(s);
+      }
+    } else {
+      s.Feed(rest);
+      w.AnswerAll(s);
+    }
+    EXPECT_EQ(w.written,
+              "250 2.0.0 Ok: queued as Q1\r\n421 4.3.2 mx.example.test "
+              "Service shutting down, closing transmission channel\r\n");
+    EXPECT_EQ(w.data, "half\r\n");
+    EXPECT_TRUE(w.closed);
+  }
+}
+
+TEST(Session, DrainingStillAnswersQuit) {
+  FakeWorld w;
+  Session s({}, Trusted(), TestInfo(), &w);
+  s.SetBindingMap({});
+  s.Start();
+  s.Feed("EHLO c\r\nMAIL FROM:<a@b.c>\r\n");
+  s.SetDraining();
+  w.written.clear();
+  s.Feed("RSET\r\nQUIT\r\n");
+  EXPECT_EQ(w.written, "250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n");
+}
+
 }  // namespace
 }  // namespace sinkline::edge
