@@ -493,13 +493,19 @@ void Session::CloseAfter(const edge::Reply& r) {
 
 void Session::SetDraining() {
   draining_ = true;
-  if (started_ && !closed_ && !pending_ && !starting_tls_ &&
-      mode_ == Mode::kCommand && !mail_from_) {
-    CloseAfter(MakeReply(421, "4.3.2",
-                         absl::StrCat(info_.server_hostname(),
-                                      " Service shutting down, closing "
-                                      "transmission channel")));
+  CloseIfDrained();
+}
+
+bool Session::CloseIfDrained() {
+  if (!draining_ || !started_ || closed_ || pending_ || starting_tls_ ||
+      mode_ != Mode::kCommand || mail_from_) {
+    return false;
   }
+  CloseAfter(MakeReply(421, "4.3.2",
+                       absl::StrCat(info_.server_hostname(),
+                                    " Service shutting down, closing "
+                                    "transmission channel")));
+  return true;
 }
 
 bool Session::RelayAllowed(const std::string& address) const {
@@ -598,6 +604,7 @@ void Session::Proceed(const Pending& p, const edge::Reply& resolved,
     return;
   }
   Reply(resolved);
+  if (CloseIfDrained()) return;
   if (starting_tls_) {
     // Plaintext sent after STARTTLS must not count as sent over TLS
     // (CVE-2011-0411): drop it.
@@ -666,6 +673,7 @@ void Session::Feed(absl::string_view bytes) {
 
 void Session::Process() {
   while (!closed_ && !pending_ && started_ && !starting_tls_) {
+    if (CloseIfDrained()) return;
     if (mode_ == Mode::kData) {
       if (!ProcessData()) return;
       continue;
@@ -712,13 +720,6 @@ void Session::HandleLine(absl::string_view line) {
                                       " Service not available, closing "
                                       "transmission channel")));
     return;
-  }
-  if (draining_ && !mail_from_) {
-    const Command cmd = ParseCommand(line);
-    if (cmd.verb != "QUIT" || mode_ != Mode::kCommand) {
-      SetDraining();
-      return;
-    }
   }
   if (mode_ == Mode::kAuth) {
     AuthResponse(line);

@@ -114,6 +114,8 @@ class Session {
   void DataLine(absl::string_view piece, bool complete);
   void EndOfData();
   void ResetTransaction();
+  // Draining and between transactions: 421 and close.
+  bool CloseIfDrained();
   // Resets the content state for a new message (DATA or first BDAT).
   void StartContent();
   bool Smtputf8() const;  // the transaction's MAIL had SMTPUTF8

@@ -81,6 +81,7 @@ class EdgeLimitsTest(StackTestCase):
         self.assertEqual(c.reply(), (421, [
             "421 4.7.0 mx.example.test Error: too many errors"]))
         self.assertTrue(c.closed_by_peer())
+        c.close()
         self.assert_serves(port)
 
     def test_session_length(self):
@@ -103,6 +104,7 @@ class EdgeLimitsTest(StackTestCase):
         self.assertEqual(lines, [
             "421 4.4.2 mx.example.test Error: session too long"])
         self.assertTrue(c.closed_by_peer())
+        c.close()
         self.assert_serves(port)
 
     def test_early_talker(self):
@@ -112,6 +114,7 @@ class EdgeLimitsTest(StackTestCase):
         self.assertEqual(c.reply(), (554, [
             "554 5.5.1 mx.example.test Error: input before the greeting"]))
         self.assertTrue(c.closed_by_peer())
+        c.close()
         # A client that waits gets the greeting.
         polite = RawSmtp(port)
         self.assertEqual(polite.reply()[0], 220)
@@ -137,6 +140,7 @@ class EdgeLimitsTest(StackTestCase):
             "421 4.3.2 mx.example.test Service shutting down, closing "
             "transmission channel"]))
         self.assertTrue(idle.closed_by_peer())
+        idle.close()
 
         # No new sessions.
         def refused():
@@ -155,8 +159,10 @@ class EdgeLimitsTest(StackTestCase):
         code, lines = busy.reply()
         self.assertEqual(code, 250, lines)
         self.assertIn("queued as", lines[0])
-        self.assertEqual(busy.cmd("NOOP")[0], 421)
+        # Then it is told, without waiting for another command.
+        self.assertEqual(busy.reply()[0], 421)
         self.assertTrue(busy.closed_by_peer())
+        busy.close()
         self.stack.edge.proc.wait(timeout=30)
         self.assertEqual(self.stack.edge.proc.returncode, 0)
         self.assertEqual(len(self.stack.queue_ids()), 1)
@@ -170,6 +176,7 @@ class EdgeLimitsTest(StackTestCase):
         self.stack.edge.proc.send_signal(signal.SIGTERM)
         # Never finishes its transaction: closed once the grace is over.
         self.assertTrue(stuck.closed_by_peer(timeout_s=30))
+        stuck.close()
         self.stack.edge.proc.wait(timeout=30)
         self.assertEqual(self.stack.edge.proc.returncode, 0)
 

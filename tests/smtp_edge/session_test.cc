@@ -1005,7 +1005,7 @@ TEST(Session, DrainingLetsTheTransactionFinish) {
     w.written.clear();
     s.SetDraining();
     EXPECT_FALSE(w.closed);
-    const std::string rest = "f\r\n.\r\nMAIL FROM:<a@b.c>\r\n";
+    const std::string rest = "f\r\n.\r\n";
     if (bytewise) {
       for (char c : rest) {
         s.Feed(absl::string_view(&c, 1));
@@ -1023,7 +1023,7 @@ TEST(Session, DrainingLetsTheTransactionFinish) {
   }
 }
 
-TEST(Session, DrainingStillAnswersQuit) {
+TEST(Session, DrainingClosesWhenTheTransactionEnds) {
   FakeWorld w;
   Session s({}, Trusted(), TestInfo(), &w);
   s.SetBindingMap({});
@@ -1032,7 +1032,9 @@ TEST(Session, DrainingStillAnswersQuit) {
   s.SetDraining();
   w.written.clear();
   s.Feed("RSET\r\nQUIT\r\n");
-  EXPECT_EQ(w.written, "250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n");
+  EXPECT_EQ(w.written,
+            "250 2.0.0 Ok\r\n421 4.3.2 mx.example.test Service shutting down, "
+            "closing transmission channel\r\n");
 }
 
 }  // namespace
