@@ -5,6 +5,7 @@ credentials file of `openssl passwd -6` hashes."""
 
 import os
 import re
+import signal
 import smtplib
 import socket
 import ssl
@@ -180,6 +181,37 @@ class EdgeTlsAuthTest(StackTestCase):
                          (503, ["503 5.5.1 Error: need MAIL command"]))
         self.assertEqual(c.cmd("QUIT")[0], 221)
         c.close()
+
+    def starttls(self):
+        c = RawSmtp(self.stack.edge.port)
+        self.assertEqual(c.reply()[0], 220)
+        self.assertEqual(c.cmd("EHLO c.example")[0], 250)
+        self.assertEqual(c.cmd("STARTTLS")[0], 220)
+        return c
+
+    def test_failed_handshake_closes_only_that_session(self):
+        self.start()
+        c = self.starttls()
+        c.send(b"this is not a TLS ClientHello\r\n")
+        self.assertTrue(c.closed_by_peer())
+        c.close()
+        r = self.swaks("--tls", "--to", "bob@example.test")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_drain_reaches_a_session_in_tls(self):
+        self.start()
+        c = self.starttls()
+        c.sock = self.tls_context().wrap_socket(
+            c.sock, server_hostname="mx.example.test")
+        self.assertEqual(c.cmd("EHLO c.example")[0], 250)
+        self.stack.edge.proc.send_signal(signal.SIGTERM)
+        # Sent over TLS while the edge was waiting for the next command.
+        self.assertEqual(c.reply(), (421, [
+            "421 4.3.2 mx.example.test Service shutting down, closing "
+            "transmission channel"]))
+        c.close()
+        self.stack.edge.proc.wait(timeout=30)
+        self.assertEqual(self.stack.edge.proc.returncode, 0)
 
     def test_trusted_network_may_relay_without_auth(self):
         self.start(["--trusted-networks=127.0.0.0/8"])
