@@ -30,6 +30,9 @@ ABSL_FLAG(uint64_t, max_message_size, 52428800,
           "largest message accepted, in octets (announced with SIZE)");
 ABSL_FLAG(int, max_recipients, 100, "recipients per message before 452");
 ABSL_FLAG(int, max_line_length, 512, "longest command line, with CRLF");
+ABSL_FLAG(int, max_text_line, 1000,
+          "longest message line, with CRLF; longer ones refuse the message "
+          "(550 5.6.0)");
 ABSL_FLAG(int, idle_timeout_s, 300, "close sessions idle this long (421)");
 ABSL_FLAG(int, max_session_s, 3600,
           "close sessions this long after they began (421 4.4.2; 0: never)");
@@ -85,6 +88,7 @@ int main(int argc, char** argv) {
   opts.limits.max_message_size = absl::GetFlag(FLAGS_max_message_size);
   opts.limits.max_recipients = absl::GetFlag(FLAGS_max_recipients);
   opts.limits.max_line_length = absl::GetFlag(FLAGS_max_line_length);
+  opts.limits.max_text_line = absl::GetFlag(FLAGS_max_text_line);
   opts.limits.max_errors = absl::GetFlag(FLAGS_max_errors);
   opts.max_session = std::chrono::seconds(absl::GetFlag(FLAGS_max_session_s));
   opts.max_sessions = absl::GetFlag(FLAGS_max_sessions);

@@ -70,6 +70,35 @@ class EdgeLimitsTest(StackTestCase):
         for c in open_ + [third, over]:
             c.close()
 
+    def test_message_limits(self):
+        port = self.start(["--max-text-line=100", "--max-recipients=2",
+                           "--max-message-size=2000", "--max-line-length=64"])
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.ehlo("c.example")
+            self.assertEqual(s.esmtp_features["size"], "2000")
+            code, resp = s.docmd("NOOP " + "x" * 70)
+            self.assertEqual((code, resp), (500, b"5.5.2 Error: line too long"))
+            self.assertEqual(s.mail("a@example.net")[0], 250)
+            self.assertEqual(s.rcpt("b@example.test")[0], 250)
+            self.assertEqual(s.rcpt("c@example.test")[0], 250)
+            self.assertEqual(s.rcpt("d@example.test"),
+                             (452, b"4.5.3 Error: too many recipients"))
+            code, resp = s.data(b"Subject: long\r\n\r\n" + b"y" * 99 +
+                                b"\r\n")
+            self.assertEqual((code, resp[:5]), (550, b"5.6.0"))
+            s.mail("a@example.net")
+            s.rcpt("b@example.test")
+            code, resp = s.data(b"Subject: big\r\n\r\n" +
+                                (b"z" * 90 + b"\r\n") * 30)
+            self.assertEqual((code, resp[:5]), (552, b"5.3.4"))
+            self.assertEqual(s.mail("a@example.net", ["SIZE=2001"])[0], 552)
+            s.rset()
+            s.mail("a@example.net")
+            s.rcpt("b@example.test")
+            code, resp = s.data(b"Subject: fits\r\n\r\n" + b"w" * 96 +
+                                b"\r\n")
+            self.assertEqual(code, 250, resp)
+
     def test_too_many_errors(self):
         port = self.start(["--max-errors=3"])
         c = RawSmtp(port)
