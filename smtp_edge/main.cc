@@ -38,7 +38,7 @@ ABSL_FLAG(int, max_session_s, 3600,
           "close sessions this long after they began (421 4.4.2; 0: never)");
 ABSL_FLAG(int, max_sessions, 1000,
           "open sessions in total; more get 421 4.7.0 (0: no limit)");
-ABSL_FLAG(int, max_sessions_per_client, 20,
+ABSL_FLAG(int, max_sessions_per_client, 50,
           "open sessions from one client address; more get 421 4.7.0 "
           "(0: no limit)");
 ABSL_FLAG(int, max_errors, 20,

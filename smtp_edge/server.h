@@ -33,7 +33,7 @@ struct EdgeOptions {
   // Open sessions in total and from one client address; more get 421 4.7.0
   // (0: no limit).
   int max_sessions = 1000;
-  int max_sessions_per_client = 20;
+  int max_sessions_per_client = 50;
   // The greeting waits this long; input before it gets 554 (early talker).
   std::chrono::milliseconds greeting_delay{0};
   // PEM certificate chain and key for STARTTLS; no STARTTLS when empty.
