@@ -671,6 +671,17 @@ void Session::Feed(absl::string_view bytes) {
   Process();
 }
 
+size_t Session::CommandLineLimit() const {
+  // RFC 4954 §4: an AUTH command with its initial response, and each SASL
+  // response, may take up to 12288 octets.
+  constexpr size_t kAuthLine = 12288;
+  if (policy_.credentials != nullptr &&
+      (mode_ == Mode::kAuth || absl::StartsWithIgnoreCase(in_, "AUTH "))) {
+    return std::max(limits_.max_line_length, kAuthLine);
+  }
+  return limits_.max_line_length;
+}
+
 void Session::Process() {
   while (!closed_ && !pending_ && started_ && !starting_tls_) {
     if (CloseIfDrained()) return;
@@ -682,9 +693,10 @@ void Session::Process() {
       if (!ProcessBdat()) return;
       continue;
     }
+    const size_t limit = CommandLineLimit();
     const size_t lf = in_.find('\n');
     if (lf == std::string::npos) {
-      if (in_.size() > limits_.max_line_length) {
+      if (in_.size() > limit) {
         // Drop what cannot be a command; answer when the line ends.
         discarding_line_ = true;
         in_.clear();
@@ -693,7 +705,7 @@ void Session::Process() {
     }
     std::string line = in_.substr(0, lf + 1);
     in_.erase(0, lf + 1);
-    if (discarding_line_ || line.size() > limits_.max_line_length) {
+    if (discarding_line_ || line.size() > limit) {
       discarding_line_ = false;
       Reply(MakeReply(500, "5.5.2", "Error: line too long"));
       continue;

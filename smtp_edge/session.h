@@ -108,6 +108,7 @@ class Session {
   enum class Mode { kCommand, kData, kAuth, kBdat };
 
   void Process();
+  size_t CommandLineLimit() const;
   void HandleLine(absl::string_view line);
   void HandleCommand(const Command& cmd);
   bool ProcessData();  // false: needs more input

@@ -592,6 +592,27 @@ TEST_P(SessionTls, AuthExchanges) {
   }
 }
 
+TEST_P(SessionTls, AuthLinesMayBeLong) {
+  // A long password (libcrypt takes up to 512 octets): the AUTH line is over
+  // the 512-octet command limit but within RFC 4954's 12288.
+  const std::string long_pass(400, 'p');
+  auto hashed = Credentials::Parse("bob:" + Sha512Crypt(long_pass) + "\n");
+  ASSERT_TRUE(hashed.ok());
+  SessionPolicy policy = TlsPolicy();
+  policy.credentials = &*hashed;
+  FakeWorld w;
+  Session s({}, policy, TestInfo(), &w);
+  std::string out = PlayAfterTls(
+      s, w,
+      "EHLO c\r\nAUTH PLAIN " + Plain("", "bob", long_pass) +
+          "\r\nAUTH LOGIN\r\nNOOP " + std::string(600, 'n') + "\r\n",
+      GetParam());
+  out = out.substr(out.find("250 AUTH PLAIN LOGIN\r\n") + 22);
+  EXPECT_EQ(out,
+            "235 2.7.0 Authentication successful\r\n503 5.5.1 Error: already "
+            "authenticated\r\n500 5.5.2 Error: line too long\r\n");
+}
+
 TEST_P(SessionTls, AuthEventCarriesTheIdentity) {
   FakeWorld w;
   Session s({}, TlsPolicy(), TestInfo(), &w);
