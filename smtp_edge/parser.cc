@@ -2,6 +2,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 
@@ -33,7 +34,125 @@ bool ValidMailbox(absl::string_view a, bool utf8) {
     }
     if (c >= 128 && !utf8) return false;
   }
+  return !utf8 || ValidUtf8(a);
+}
+
+bool ValidUtf8(absl::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const unsigned char c = text[i];
+    int extra = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+      extra = 1;
+      cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      extra = 2;
+      cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      extra = 3;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + extra >= text.size()) return false;
+    for (int k = 1; k <= extra; ++k) {
+      const unsigned char cc = text[i + k];
+      if ((cc & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    if ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (extra == 3 && (cp < 0x10000 || cp > 0x10ffff))) {
+      return false;
+    }
+    i += extra + 1;
+  }
   return true;
+}
+
+bool ValidXtext(absl::string_view text) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    const unsigned char c = text[i];
+    if (c == '+') {
+      if (i + 2 >= text.size()) return false;
+      for (int k = 1; k <= 2; ++k) {
+        const char h = text[i + k];
+        if (!((h >= '0' && h <= '9') || (h >= 'A' && h <= 'F'))) return false;
+      }
+      i += 2;
+    } else if (c < 33 || c > 126 || c == '=') {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool ValidNotify(absl::string_view value) {
+  if (absl::EqualsIgnoreCase(value, "NEVER")) return true;
+  if (value.empty()) return false;
+  bool seen[3] = {false, false, false};
+  for (absl::string_view v : absl::StrSplit(value, ',')) {
+    int k = absl::EqualsIgnoreCase(v, "SUCCESS")   ? 0
+            : absl::EqualsIgnoreCase(v, "FAILURE") ? 1
+            : absl::EqualsIgnoreCase(v, "DELAY")   ? 2
+                                                   : -1;
+    if (k < 0 || seen[k]) return false;
+    seen[k] = true;
+  }
+  return true;
+}
+
+bool ValidOrcpt(absl::string_view value, bool utf8) {
+  const size_t semi = value.find(';');
+  if (semi == 0 || semi == absl::string_view::npos ||
+      semi + 1 == value.size()) {
+    return false;
+  }
+  for (char c : value.substr(0, semi)) {
+    if (!absl::ascii_isalnum(c) && c != '-') return false;
+  }
+  const absl::string_view addr = value.substr(semi + 1);
+  if (utf8 && absl::EqualsIgnoreCase(value.substr(0, semi), "utf-8")) {
+    // utf-8-addr-xtext / unitext (RFC 6533): UTF-8, no controls or '='.
+    if (!ValidUtf8(addr)) return false;
+    for (unsigned char c : addr) {
+      if (c < 33 || c == 127 || c == '=') return false;
+    }
+    return true;
+  }
+  return ValidXtext(addr);
+}
+
+bool ValidRet(absl::string_view value) {
+  return absl::EqualsIgnoreCase(value, "FULL") ||
+         absl::EqualsIgnoreCase(value, "HDRS");
+}
+
+absl::StatusOr<BdatArgument> ParseBdatArgument(absl::string_view arg) {
+  std::vector<absl::string_view> parts =
+      absl::StrSplit(arg, ' ', absl::SkipEmpty());
+  BdatArgument out;
+  if (parts.empty() || parts.size() > 2 || parts[0].size() > 18) {
+    return absl::InvalidArgumentError("Syntax: BDAT size [LAST]");
+  }
+  for (char c : parts[0]) {
+    if (!absl::ascii_isdigit(c)) {
+      return absl::InvalidArgumentError("Syntax: BDAT size [LAST]");
+    }
+  }
+  if (!absl::SimpleAtoi(parts[0], &out.size)) {
+    return absl::InvalidArgumentError("Syntax: BDAT size [LAST]");
+  }
+  if (parts.size() == 2) {
+    if (!absl::EqualsIgnoreCase(parts[1], "LAST")) {
+      return absl::InvalidArgumentError("Syntax: BDAT size [LAST]");
+    }
+    out.last = true;
+  }
+  return out;
 }
 
 absl::StatusOr<PathArgument> ParsePathArgument(absl::string_view arg,

@@ -3,6 +3,7 @@
 // (RFC 5321 §4.1.1.2, §4.1.2).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,27 @@ absl::StatusOr<PathArgument> ParsePathArgument(absl::string_view arg,
                                                bool allow_null);
 
 // A syntactically acceptable mailbox: local@domain, printable ASCII (or
-// UTF-8 when `utf8`), no spaces or brackets, at most 254 octets.
+// well-formed UTF-8 when `utf8`, RFC 6531), no spaces or brackets, at most
+// 254 octets.
 bool ValidMailbox(absl::string_view address, bool utf8);
+
+// Well-formed UTF-8 (no overlong forms, no surrogates).
+bool ValidUtf8(absl::string_view text);
+
+// DSN parameter values (RFC 3461): xtext (ENVID, ORCPT's address);
+// NOTIFY=NEVER or a list of SUCCESS, FAILURE, DELAY; ORCPT=type;xtext;
+// RET=FULL or HDRS.
+bool ValidXtext(absl::string_view text);
+bool ValidNotify(absl::string_view value);
+bool ValidOrcpt(absl::string_view value, bool utf8);
+bool ValidRet(absl::string_view value);
+
+// "BDAT <size> [LAST]" (RFC 3030): the chunk size, and whether it is the
+// last chunk. InvalidArgument when the argument is not that.
+struct BdatArgument {
+  uint64_t size = 0;
+  bool last = false;
+};
+absl::StatusOr<BdatArgument> ParseBdatArgument(absl::string_view arg);
 
 }  // namespace sinkline::edge

@@ -5,6 +5,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -12,6 +13,7 @@
 #include <deque>
 #include <random>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "broker_client.h"
@@ -81,7 +83,8 @@ class Connection : public std::enable_shared_from_this<Connection>,
     spdlog::info("session {} start client={}:{}", session_id_,
                  info.client().ip(), info.client().port());
     SessionsGauge().Add(1);
-    session_ = std::make_unique<Session>(opts.limits, info, this);
+    session_ = std::make_unique<Session>(
+        opts.limits, server_->PolicyFor(info.client().ip()), info, this);
 
     // A broker that is restarting may refuse for a moment: try again until
     // the connect timeout, then give up with 421.
@@ -111,12 +114,28 @@ class Connection : public std::enable_shared_from_this<Connection>,
       Finish();
       co_return;
     }
+    // The greeting waits (--greeting-delay-ms); a client that talks before
+    // it is refused by the session.
+    const auto greet_at = started_at_ + opts.greeting_delay;
+    while (Clock::now() < greet_at && socket_.is_open()) {
+      co_await WaitWake(greet_at);
+    }
+    if (socket_.is_open() && socket_.available(ec) > 0 && !ec) {
+      size_t n = socket_.read_some(asio::buffer(buf_), ec);
+      if (!ec) session_->Feed(absl::string_view(buf_, n));
+    }
+    if (draining_) session_->SetDraining();
     session_->Start();
     asio::co_spawn(strand_, Watchdog(shared_from_this()), asio::detached);
-    char buf[16384];
+    char* buf = buf_;
     for (;;) {
       co_await Flush();
       if (session_->closed() || !socket_.is_open()) break;
+      if (start_tls_) {
+        start_tls_ = false;
+        if (!co_await Handshake()) break;
+        continue;
+      }
       if (session_->waiting() || (stream_ && stream_->queued() > 32)) {
         const bool woke = co_await WaitWake(Clock::now() + opts.broker_timeout);
         if (!woke && session_->waiting()) {
@@ -127,13 +146,47 @@ class Connection : public std::enable_shared_from_this<Connection>,
         continue;
       }
       last_activity_ = Clock::now();
-      size_t n = co_await socket_.async_read_some(
-          asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+      reading_ = true;
+      size_t n = co_await ReadSome(asio::buffer(buf, sizeof buf_), ec);
+      reading_ = false;
+      if (ec == asio::error::operation_aborted && session_->closed() &&
+          socket_.is_open()) {
+        continue;  // draining: the 421 is in out_
+      }
       if (ec) break;
       last_activity_ = Clock::now();
       session_->Feed(absl::string_view(buf, n));
     }
     Finish();
+  }
+
+  // A session over the limits: 421 and close, no broker stream.
+  asio::awaitable<void> Refuse(std::string why) {
+    finished_ = true;  // never tracked
+    boost::system::error_code ec;
+    const std::string reply =
+        MakeReply(421, "4.7.0",
+                  absl::StrCat(server_->options().hostname, " Error: ", why))
+            .Format();
+    co_await asio::async_write(socket_, asio::buffer(reply),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    socket_.shutdown(tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+  }
+
+  // The edge drains: the session decides whether to answer 421 now.
+  void BeginDrain() {
+    asio::post(strand_, [self = shared_from_this()] {
+      self->draining_ = true;
+      if (!self->session_ || self->finished_ || !self->got_map_) return;
+      self->session_->SetDraining();
+      if (self->session_->closed() && self->reading_) {
+        // Stop the read so that the loop sends the 421.
+        boost::system::error_code ec;
+        self->socket_.cancel(ec);
+      }
+      self->Wake();
+    });
   }
 
   // Closes the connection from outside (shutdown).
@@ -162,8 +215,66 @@ class Connection : public std::enable_shared_from_this<Connection>,
     stream_->Send(std::move(req));
   }
   void Close() override { close_after_flush_ = true; }
+  void StartTls() override { start_tls_ = true; }
 
  private:
+  // Reads and writes go through TLS once STARTTLS completed.
+  asio::awaitable<size_t> ReadSome(asio::mutable_buffer b,
+                                   boost::system::error_code& ec) {
+    if (tls_) {
+      co_return co_await tls_->async_read_some(
+          b, asio::redirect_error(asio::use_awaitable, ec));
+    }
+    co_return co_await socket_.async_read_some(
+        b, asio::redirect_error(asio::use_awaitable, ec));
+  }
+  asio::awaitable<void> WriteAll(asio::const_buffer b,
+                                 boost::system::error_code& ec) {
+    if (tls_) {
+      co_await asio::async_write(*tls_, b,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+    } else {
+      co_await asio::async_write(socket_, b,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+
+  // The server side of the TLS handshake after STARTTLS's 220. Nothing was
+  // read from the socket since the STARTTLS line: whatever the client sends
+  // now goes to the handshake, and what it sent before was dropped by the
+  // session.
+  asio::awaitable<bool> Handshake() {
+    auto* ctx = server_->tls_context();
+    boost::system::error_code ec;
+    if (ctx == nullptr) {
+      socket_.close(ec);
+      co_return false;
+    }
+    tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_, *ctx);
+    handshaking_ = true;
+    last_activity_ = Clock::now();
+    co_await tls_->async_handshake(
+        asio::ssl::stream_base::server,
+        asio::redirect_error(asio::use_awaitable, ec));
+    handshaking_ = false;
+    last_activity_ = Clock::now();
+    if (ec) {
+      spdlog::info("session {}: TLS handshake failed: {}", session_id_,
+                   ec.message());
+      socket_.close(ec);
+      co_return false;
+    }
+    SSL* ssl = tls_->native_handle();
+    v1::TlsState state;
+    state.set_active(true);
+    state.set_version(SSL_get_version(ssl));
+    state.set_cipher(SSL_get_cipher_name(ssl));
+    spdlog::info("session {}: TLS {} {}", session_id_, state.version(),
+                 state.cipher());
+    session_->OnTlsStarted(state);
+    co_return true;
+  }
+
   void OpenStream(const v1::SessionInfo& info) {
     std::weak_ptr<Connection> weak = shared_from_this();
     // Callbacks of an earlier attempt's stream are ignored.
@@ -230,17 +341,18 @@ class Connection : public std::enable_shared_from_this<Connection>,
   }
 
   asio::awaitable<void> Flush() {
+    flushing_ = true;
     while (!out_.empty() && socket_.is_open()) {
       std::string w;
       w.swap(out_);
       boost::system::error_code ec;
-      co_await asio::async_write(socket_, asio::buffer(w),
-                                 asio::redirect_error(asio::use_awaitable, ec));
+      co_await WriteAll(asio::buffer(w), ec);
       if (ec) {
         socket_.close(ec);
         break;
       }
     }
+    flushing_ = false;
     if (close_after_flush_ && socket_.is_open()) {
       boost::system::error_code ec;
       socket_.shutdown(tcp::socket::shutdown_both, ec);
@@ -249,25 +361,37 @@ class Connection : public std::enable_shared_from_this<Connection>,
   }
 
   // Closes idle sessions (RFC 5321 §4.5.3.2 timeouts).
+  // Also ends sessions older than --max-session-s, busy or not.
   static asio::awaitable<void> Watchdog(std::shared_ptr<Connection> self) {
-    const auto idle = self->server_->options().idle_timeout;
+    const auto& opts = self->server_->options();
+    const auto idle = opts.idle_timeout;
+    const auto end = opts.max_session.count() > 0
+                         ? self->started_at_ + opts.max_session
+                         : Clock::time_point::max();
     while (self->socket_.is_open() && !self->finished_) {
-      self->idle_.expires_at(self->last_activity_ + idle);
+      self->idle_.expires_at(std::min(self->last_activity_ + idle, end));
       boost::system::error_code ec;
       co_await self->idle_.async_wait(
           asio::redirect_error(asio::use_awaitable, ec));
       if (self->finished_ || !self->socket_.is_open()) co_return;
-      if (!self->session_->waiting() &&
-          self->last_activity_ + idle <= Clock::now()) {
-        spdlog::info("session {}: idle timeout", self->session_id_);
+      const auto now = Clock::now();
+      const bool too_long = end <= now;
+      if (too_long ||
+          (!self->session_->waiting() && self->last_activity_ + idle <= now)) {
+        spdlog::info("session {}: {}", self->session_id_,
+                     too_long ? "too long" : "idle timeout");
+        if (self->handshaking_ || self->flushing_) {
+          // No reply can go out in the middle of a handshake or a write.
+          self->socket_.close(ec);
+          co_return;
+        }
         const std::string bye =
             MakeReply(421, "4.4.2",
-                      absl::StrCat(self->server_->options().hostname,
-                                   " Error: timeout exceeded"))
+                      absl::StrCat(opts.hostname,
+                                   too_long ? " Error: session too long"
+                                            : " Error: timeout exceeded"))
                 .Format();
-        co_await asio::async_write(
-            self->socket_, asio::buffer(bye),
-            asio::redirect_error(asio::use_awaitable, ec));
+        co_await self->WriteAll(asio::buffer(bye), ec);
         self->socket_.close(ec);
         co_return;
       }
@@ -303,6 +427,15 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // run at once.
   asio::any_io_executor strand_;
   tcp::socket socket_;
+  // Set once STARTTLS's handshake began.
+  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
+  bool start_tls_ = false;
+  bool handshaking_ = false;
+  bool reading_ = false;
+  bool flushing_ = false;
+  bool draining_ = false;
+  const Clock::time_point started_at_ = Clock::now();
+  char buf_[16384];
   asio::steady_timer wake_;
   asio::steady_timer idle_;
   bool woken_ = false;
@@ -328,6 +461,59 @@ Server::Server(asio::io_context& io, EdgeOptions options,
       acceptor_(io) {}
 
 Server::~Server() = default;
+
+absl::Status Server::LoadPolicy() {
+  if (options_.tls_cert.empty() != options_.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!options_.tls_cert.empty()) {
+    auto ctx =
+        std::make_unique<asio::ssl::context>(asio::ssl::context::tls_server);
+    boost::system::error_code ec;
+    ctx->set_options(
+        asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+            asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+            asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use,
+        ec);
+    // No renegotiation: one handshake per session.
+    SSL_CTX_set_options(ctx->native_handle(), SSL_OP_NO_RENEGOTIATION);
+    if (!ec) ctx->use_certificate_chain_file(options_.tls_cert, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot use TLS certificate ", options_.tls_cert, ": ",
+                       ec.message()));
+    }
+    ctx->use_private_key_file(options_.tls_key, asio::ssl::context::pem, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cannot use TLS key ", options_.tls_key, ": ", ec.message()));
+    }
+    tls_ = std::move(ctx);
+  }
+  if (!options_.auth_file.empty()) {
+    auto c = Credentials::Load(options_.auth_file);
+    if (!c.ok()) return c.status();
+    credentials_ = std::move(*c);
+  }
+  accepted_domains_.clear();
+  for (const auto& d : options_.accepted_domains) {
+    std::string domain = absl::AsciiStrToLower(absl::StripAsciiWhitespace(d));
+    if (!domain.empty()) accepted_domains_.push_back(std::move(domain));
+  }
+  auto nets = ParseNetworks(options_.trusted_networks);
+  if (!nets.ok()) return nets.status();
+  trusted_ = std::move(*nets);
+  return absl::OkStatus();
+}
+
+SessionPolicy Server::PolicyFor(const std::string& client_ip) const {
+  SessionPolicy p;
+  p.starttls = tls_ != nullptr;
+  p.credentials = credentials_ ? &*credentials_ : nullptr;
+  p.accepted_domains = accepted_domains_;
+  p.trusted_client = InNetworks(trusted_, client_ip);
+  return p;
+}
 
 absl::StatusOr<int> Server::Listen(const std::string& address) {
   const auto colon = address.rfind(':');
@@ -366,8 +552,22 @@ absl::StatusOr<int> Server::Listen(const std::string& address) {
             co_return;
           }
           if (ec) continue;
+          std::string ip;
+          if (auto ep = socket.remote_endpoint(ec); !ec) {
+            ip = ToAddress(ep).ip();
+          }
           auto conn = std::make_shared<Connection>(this, std::move(socket));
-          Track(conn);
+          std::string why;
+          if (!Track(conn, ip, &why)) {
+            spdlog::info("refused a session from {}: {}", ip, why);
+            asio::co_spawn(
+                conn->strand(),
+                [conn, why]() -> asio::awaitable<void> {
+                  co_await conn->Refuse(why);
+                },
+                asio::detached);
+            continue;
+          }
           asio::co_spawn(
               conn->strand(),
               [conn]() -> asio::awaitable<void> { co_await conn->Run(); },
@@ -378,6 +578,21 @@ absl::StatusOr<int> Server::Listen(const std::string& address) {
   return static_cast<int>(acceptor_.local_endpoint().port());
 }
 
+void Server::Drain() {
+  asio::post(io_, [this] {
+    boost::system::error_code ec;
+    acceptor_.close(ec);
+  });
+  std::vector<std::shared_ptr<Connection>> live;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [raw, t] : connections_) {
+      if (auto c = t.connection.lock()) live.push_back(std::move(c));
+    }
+  }
+  for (auto& c : live) c->BeginDrain();
+}
+
 void Server::Stop() {
   asio::post(io_, [this] {
     boost::system::error_code ec;
@@ -386,21 +601,40 @@ void Server::Stop() {
   std::vector<std::shared_ptr<Connection>> live;
   {
     absl::MutexLock lock(&mu_);
-    for (auto& [raw, weak] : connections_) {
-      if (auto c = weak.lock()) live.push_back(std::move(c));
+    for (auto& [raw, t] : connections_) {
+      if (auto c = t.connection.lock()) live.push_back(std::move(c));
     }
   }
   for (auto& c : live) c->Shutdown();
 }
 
-void Server::Track(const std::shared_ptr<Connection>& c) {
+bool Server::Track(const std::shared_ptr<Connection>& c, const std::string& ip,
+                   std::string* why) {
   absl::MutexLock lock(&mu_);
-  connections_[c.get()] = c;
+  if (options_.max_sessions > 0 &&
+      static_cast<int>(connections_.size()) >= options_.max_sessions) {
+    *why = "too many sessions";
+    return false;
+  }
+  int& mine = per_client_[ip];
+  if (options_.max_sessions_per_client > 0 &&
+      mine >= options_.max_sessions_per_client) {
+    if (mine == 0) per_client_.erase(ip);
+    *why = "too many sessions from your address";
+    return false;
+  }
+  ++mine;
+  connections_[c.get()] = Tracked{c, ip};
+  return true;
 }
 
 void Server::Untrack(Connection* c) {
   absl::MutexLock lock(&mu_);
-  connections_.erase(c);
+  auto it = connections_.find(c);
+  if (it == connections_.end()) return;
+  auto pc = per_client_.find(it->second.ip);
+  if (pc != per_client_.end() && --pc->second <= 0) per_client_.erase(pc);
+  connections_.erase(it);
 }
 
 size_t Server::sessions() const {

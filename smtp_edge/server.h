@@ -5,13 +5,17 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "policy.h"
 #include "session.h"
 #include "sinkline/v1/session.grpc.pb.h"
 
@@ -24,6 +28,23 @@ struct EdgeOptions {
   std::chrono::milliseconds broker_connect_timeout{5000};
   std::chrono::milliseconds broker_timeout{120000};
   std::chrono::seconds idle_timeout{300};
+  // A session is closed (421 4.4.2) this long after it began (0: never).
+  std::chrono::seconds max_session{3600};
+  // Open sessions in total and from one client address; more get 421 4.7.0
+  // (0: no limit).
+  int max_sessions = 1000;
+  int max_sessions_per_client = 50;
+  // The greeting waits this long; input before it gets 554 (early talker).
+  std::chrono::milliseconds greeting_delay{0};
+  // PEM certificate chain and key for STARTTLS; no STARTTLS when empty.
+  std::string tls_cert;
+  std::string tls_key;
+  // Credentials file for AUTH (user:crypt-hash lines); no AUTH when empty.
+  std::string auth_file;
+  // Recipient domains taken for local delivery; others are relaying.
+  std::vector<std::string> accepted_domains;
+  // CIDR blocks whose clients may relay without AUTH.
+  std::vector<std::string> trusted_networks;
 };
 
 class Connection;
@@ -34,18 +55,29 @@ class Server {
          std::shared_ptr<grpc::Channel> broker_channel);
   ~Server();
 
+  // Loads the TLS certificate, the credentials and the networks named in
+  // the options; fails when one of them is unusable.
+  absl::Status LoadPolicy();
   // Binds "host:port" (IPv4 or [IPv6]; port 0 picks one) and starts
   // accepting.
   absl::StatusOr<int> Listen(const std::string& address);
-  // Stops accepting and closes every connection (421 to idle clients).
+  // Stops accepting; sessions outside a transaction get 421 4.3.2 now,
+  // the others when their transaction is over.
+  void Drain();
+  // Stops accepting and closes every connection.
   void Stop();
 
   // Internal.
   const EdgeOptions& options() const { return options_; }
   v1::SessionService::Stub* stub() { return stub_.get(); }
-  void Track(const std::shared_ptr<Connection>& c);
+  // Admits a new connection from `ip`, or explains in `why` why not.
+  bool Track(const std::shared_ptr<Connection>& c, const std::string& ip,
+             std::string* why);
   void Untrack(Connection* c);
   size_t sessions() const;
+  // The policy for a client at `client_ip`.
+  SessionPolicy PolicyFor(const std::string& client_ip) const;
+  boost::asio::ssl::context* tls_context() { return tls_.get(); }
 
  private:
   boost::asio::io_context& io_;
@@ -53,9 +85,17 @@ class Server {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::SessionService::Stub> stub_;
   boost::asio::ip::tcp::acceptor acceptor_;
+  std::unique_ptr<boost::asio::ssl::context> tls_;
+  std::optional<Credentials> credentials_;
+  std::vector<std::string> accepted_domains_;
+  std::vector<Cidr> trusted_;
   mutable absl::Mutex mu_;
-  std::map<Connection*, std::weak_ptr<Connection>> connections_
-      ABSL_GUARDED_BY(mu_);
+  struct Tracked {
+    std::weak_ptr<Connection> connection;
+    std::string ip;
+  };
+  std::map<Connection*, Tracked> connections_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> per_client_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace sinkline::edge

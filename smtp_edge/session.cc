@@ -1,8 +1,11 @@
 #include "session.h"
 
+#include <algorithm>
 #include <chrono>
+#include <set>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -21,6 +24,23 @@ edge::Reply Ok(const char* enhanced = "2.0.0", const char* text = "Ok") {
 
 edge::Reply BadSequence(const char* text) {
   return MakeReply(503, "5.5.1", text);
+}
+
+bool HasNonAscii(absl::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) {
+    return static_cast<unsigned char>(c) >= 128;
+  });
+}
+
+// The reply for an address that is not acceptable: a UTF-8 one without
+// SMTPUTF8 (RFC 6531 §3.5) or plain bad syntax.
+edge::Reply BadAddress(absl::string_view address, bool smtputf8,
+                       const char* enhanced, const char* text) {
+  if (!smtputf8 && HasNonAscii(address) && ValidMailbox(address, true)) {
+    return MakeReply(553, "5.6.7",
+                     "Error: non-ASCII address requires SMTPUTF8");
+  }
+  return MakeReply(501, enhanced, text);
 }
 
 std::string NewId() {
@@ -74,8 +94,18 @@ struct CommandTable {
         "PIPELINING",
         absl::StrCat("SIZE ", s.limits_.max_message_size),
         "8BITMIME",
+        "SMTPUTF8",
+        "DSN",
+        "CHUNKING",
         "ENHANCEDSTATUSCODES",
     };
+    if (s.policy_.starttls && !s.info_.tls().active()) {
+      r.lines.push_back("STARTTLS");
+    }
+    if (s.policy_.credentials != nullptr && s.info_.tls().active() &&
+        s.info_.auth_identity().empty()) {
+      r.lines.push_back("AUTH PLAIN LOGIN");
+    }
     return r;
   }
   static void ProceedHelo(Session& s, const Command& c,
@@ -96,11 +126,32 @@ struct CommandTable {
     if (!path.ok()) {
       return MakeReply(501, "5.5.4", std::string(path.status().message()));
     }
-    if (!path->address.empty() && !ValidMailbox(path->address, true)) {
-      return MakeReply(501, "5.1.7", "Bad sender address syntax");
-    }
+    bool smtputf8 = false;
+    std::set<std::string> seen;
     for (const auto& [key, value] : path->params) {
-      if (key == "SIZE") {
+      if (!seen.insert(key).second) {
+        return MakeReply(501, "5.5.4",
+                         absl::StrCat("Duplicate parameter ", key));
+      }
+      if (key == "SMTPUTF8") {
+        if (!value.empty()) {
+          return MakeReply(501, "5.5.4", "SMTPUTF8 takes no value");
+        }
+        smtputf8 = true;
+      } else if (key == "RET") {
+        if (!ValidRet(value)) {
+          return MakeReply(501, "5.5.4", "Bad RET parameter");
+        }
+      } else if (key == "ENVID") {
+        if (value.empty() || value.size() > 100 || !ValidXtext(value)) {
+          return MakeReply(501, "5.5.4", "Bad ENVID parameter");
+        }
+      } else if (key == "AUTH") {
+        // RFC 4954 §5: the original submitter, kept as given.
+        if (value != "<>" && (value.empty() || !ValidXtext(value))) {
+          return MakeReply(501, "5.5.4", "Bad AUTH parameter");
+        }
+      } else if (key == "SIZE") {
         uint64_t size = 0;
         if (!absl::SimpleAtoi(value, &size)) {
           return MakeReply(501, "5.5.4", "Bad SIZE parameter");
@@ -117,6 +168,10 @@ struct CommandTable {
         return MakeReply(555, "5.5.4",
                          absl::StrCat("Unsupported parameter ", key));
       }
+    }
+    if (!path->address.empty() && !ValidMailbox(path->address, smtputf8)) {
+      return BadAddress(path->address, smtputf8, "5.1.7",
+                        "Bad sender address syntax");
     }
     to_broker = true;
     return MakeReply(250, "2.1.0", "Ok");
@@ -142,13 +197,33 @@ struct CommandTable {
     if (!path.ok()) {
       return MakeReply(501, "5.5.4", std::string(path.status().message()));
     }
-    if (!ValidMailbox(path->address, true) &&
+    const bool smtputf8 = s.Smtputf8();
+    if (!ValidMailbox(path->address, smtputf8) &&
         !absl::EqualsIgnoreCase(path->address, "postmaster")) {
-      return MakeReply(501, "5.1.3", "Bad recipient address syntax");
+      return BadAddress(path->address, smtputf8, "5.1.3",
+                        "Bad recipient address syntax");
     }
+    std::set<std::string> seen;
     for (const auto& [key, value] : path->params) {
-      return MakeReply(555, "5.5.4",
-                       absl::StrCat("Unsupported parameter ", key));
+      if (!seen.insert(key).second) {
+        return MakeReply(501, "5.5.4",
+                         absl::StrCat("Duplicate parameter ", key));
+      }
+      if (key == "NOTIFY") {
+        if (!ValidNotify(value)) {
+          return MakeReply(501, "5.5.4", "Bad NOTIFY parameter");
+        }
+      } else if (key == "ORCPT") {
+        if (!ValidOrcpt(value, smtputf8)) {
+          return MakeReply(501, "5.5.4", "Bad ORCPT parameter");
+        }
+      } else {
+        return MakeReply(555, "5.5.4",
+                         absl::StrCat("Unsupported parameter ", key));
+      }
+    }
+    if (!s.RelayAllowed(path->address)) {
+      return MakeReply(554, "5.7.1", "Relay access denied");
     }
     if (static_cast<int>(s.recipients_.size()) >= s.limits_.max_recipients) {
       return MakeReply(452, "4.5.3", "Error: too many recipients");
@@ -177,6 +252,7 @@ struct CommandTable {
     if (s.recipients_.empty()) {
       return MakeReply(554, "5.5.1", "Error: no valid recipients");
     }
+    if (s.bdat_used_) return BadSequence("Error: DATA after BDAT");
     to_broker = true;
     return MakeReply(354, "", "End data with <CR><LF>.<CR><LF>");
   }
@@ -184,13 +260,36 @@ struct CommandTable {
                           const edge::Reply& resolved) {
     if (resolved.code != 354) return;
     s.mode_ = Session::Mode::kData;
-    s.chunk_.clear();
-    s.message_size_ = 0;
-    s.line_start_ = true;
-    s.prev_crlf_ = true;
-    s.last_char_ = '\n';
-    s.line_len_ = 0;
-    s.bad_line_ending_ = s.line_too_long_ = s.too_big_ = false;
+    s.StartContent();
+  }
+
+  // BDAT (RFC 3030): the chunk's octets follow the command line and are
+  // read whatever the answer; the answer comes once they are in.
+  static edge::Reply CheckBdat(Session& s, const Command& c, bool& to_broker) {
+    to_broker = false;
+    auto arg = ParseBdatArgument(c.argument);
+    if (!arg.ok()) {
+      // Without a size the chunk cannot be skipped.
+      return MakeReply(501, "5.5.4", std::string(arg.status().message()));
+    }
+    s.bdat_ = {};
+    s.bdat_.size = s.bdat_.remaining = arg->size;
+    s.bdat_.last = arg->last;
+    if (!s.mail_from_) {
+      s.bdat_.refusal = BadSequence("Error: need MAIL command");
+    } else if (s.recipients_.empty()) {
+      s.bdat_.refusal = MakeReply(554, "5.5.1", "Error: no valid recipients");
+    } else if (!s.bdat_used_) {
+      s.bdat_used_ = true;
+      s.StartContent();
+    }
+    s.mode_ = Session::Mode::kBdat;
+    return {};
+  }
+  static void ProceedBdat(Session& s, const Command&,
+                          const edge::Reply& resolved) {
+    // A refused chunk ends the transaction; the client starts over.
+    if (!resolved.positive()) s.ResetTransaction();
   }
 
   static edge::Reply CheckNoArgs(Session&, const Command& c, bool& to_broker) {
@@ -217,8 +316,78 @@ struct CommandTable {
   static edge::Reply CheckHelp(Session&, const Command&, bool&) {
     return MakeReply(214, "2.0.0",
                      "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP "
-                     "QUIT");
+                     "QUIT STARTTLS AUTH BDAT");
   }
+  // STARTTLS (RFC 3207): 220, then the connection hands the socket to TLS.
+  static edge::Reply CheckStartTls(Session& s, const Command& c,
+                                   bool& to_broker) {
+    to_broker = false;
+    if (!s.policy_.starttls) {
+      return MakeReply(502, "5.5.1", "Error: command not implemented");
+    }
+    if (s.info_.tls().active()) return BadSequence("Error: TLS already active");
+    if (!c.argument.empty()) return MakeReply(501, "5.5.4", "Syntax: STARTTLS");
+    if (s.mail_from_) return BadSequence("Error: MAIL transaction in progress");
+    to_broker = true;
+    return MakeReply(220, "2.0.0", "Ready to start TLS");
+  }
+  static void ProceedStartTls(Session& s, const Command&,
+                              const edge::Reply& resolved) {
+    if (resolved.code == 220) s.starting_tls_ = true;
+  }
+
+  // AUTH (RFC 4954): only over TLS. The edge runs the SASL exchange itself;
+  // the AUTH event comes at its end (FinishAuth), with the identity only.
+  static edge::Reply CheckAuth(Session& s, const Command& c, bool& to_broker) {
+    to_broker = false;
+    if (s.policy_.credentials == nullptr) {
+      return MakeReply(502, "5.5.1", "Error: command not implemented");
+    }
+    if (s.info_.helo_name().empty()) {
+      return BadSequence("Error: send EHLO first");
+    }
+    if (!s.info_.auth_identity().empty()) {
+      return BadSequence("Error: already authenticated");
+    }
+    if (s.mail_from_) return BadSequence("Error: MAIL transaction in progress");
+    if (!s.info_.tls().active()) {
+      if (s.policy_.starttls) {
+        return MakeReply(530, "5.7.0", "Must issue a STARTTLS command first");
+      }
+      return MakeReply(538, "5.7.11",
+                       "Encryption required for requested authentication "
+                       "mechanism");
+    }
+    const size_t space = c.argument.find(' ');
+    const std::string mechanism =
+        absl::AsciiStrToUpper(c.argument.substr(0, space));
+    const std::string initial =
+        space == std::string::npos ? "" : c.argument.substr(space + 1);
+    if (mechanism.empty() || initial.find(' ') != std::string::npos) {
+      return MakeReply(501, "5.5.4", "Syntax: AUTH mechanism [response]");
+    }
+    if (mechanism != "PLAIN" && mechanism != "LOGIN") {
+      return MakeReply(504, "5.5.4", "Unrecognized authentication type");
+    }
+    s.auth_ = {};
+    s.auth_.mechanism = mechanism;
+    s.mode_ = Session::Mode::kAuth;
+    if (space != std::string::npos) {
+      // "=" is an empty initial response.
+      s.auth_.initial = initial == "=" ? "" : initial;
+      s.auth_.has_initial = true;
+    }
+    // The first challenge: empty for PLAIN, "Username:" for LOGIN.
+    return MakeReply(334, "", mechanism == "PLAIN" ? "" : "VXNlcm5hbWU6");
+  }
+  static void ProceedAuth(Session& s, const Command&,
+                          const edge::Reply& resolved) {
+    if (resolved.code == 235 && s.auth_.ok) {
+      s.info_.set_auth_identity(s.auth_.user);
+    }
+    s.auth_ = {};
+  }
+
   static edge::Reply CheckNotImplemented(Session&, const Command&,
                                          bool& to_broker) {
     to_broker = false;
@@ -246,10 +415,12 @@ const Session::CommandSpec kCommands[] = {
     {"HELP", v1::EVENT_TYPE_HELP, &CommandTable::CheckHelp, nullptr},
     {"QUIT", v1::EVENT_TYPE_QUIT, &CommandTable::CheckNoArgs, nullptr},
     // Extensions that come with the complete edge.
-    {"STARTTLS", v1::EVENT_TYPE_STARTTLS, &CommandTable::CheckNotImplemented,
-     nullptr},
-    {"AUTH", v1::EVENT_TYPE_AUTH, &CommandTable::CheckNotImplemented, nullptr},
-    {"BDAT", v1::EVENT_TYPE_BDAT, &CommandTable::CheckNotImplemented, nullptr},
+    {"STARTTLS", v1::EVENT_TYPE_STARTTLS, &CommandTable::CheckStartTls,
+     &CommandTable::ProceedStartTls},
+    {"AUTH", v1::EVENT_TYPE_AUTH, &CommandTable::CheckAuth,
+     &CommandTable::ProceedAuth},
+    {"BDAT", v1::EVENT_TYPE_BDAT, &CommandTable::CheckBdat,
+     &CommandTable::ProceedBdat},
 };
 
 const Session::CommandSpec kUnknown = {"", v1::EVENT_TYPE_UNKNOWN, nullptr,
@@ -267,15 +438,19 @@ const Session::CommandSpec* FindCommand(const std::string& verb) {
 
 }  // namespace
 
-Session::Session(SessionLimits limits, v1::SessionInfo info, SessionOutput* out)
-    : limits_(limits), info_(std::move(info)), out_(out) {}
+Session::Session(SessionLimits limits, SessionPolicy policy,
+                 v1::SessionInfo info, SessionOutput* out)
+    : limits_(limits),
+      policy_(std::move(policy)),
+      info_(std::move(info)),
+      out_(out) {}
 
 const std::string& Session::state_name() const {
   static const std::string kNames[] = {"GREETING", "INIT", "READY", "MAIL",
                                        "RCPT",     "DATA", "CLOSED"};
   if (closed_) return kNames[6];
   if (!started_) return kNames[0];
-  if (mode_ == Mode::kData) return kNames[5];
+  if (mode_ == Mode::kData || mode_ == Mode::kBdat) return kNames[5];
   if (!recipients_.empty()) return kNames[4];
   if (mail_from_) return kNames[3];
   if (!info_.helo_name().empty()) return kNames[2];
@@ -301,15 +476,67 @@ bool Session::Bound(v1::EventType type, const std::string& verb) const {
   return type < static_cast<int>(bound_.size()) && bound_[type];
 }
 
-void Session::Reply(const edge::Reply& r) { out_->Write(r.Format()); }
+void Session::Reply(const edge::Reply& r) {
+  out_->Write(r.Format());
+  if (r.code >= 500 && ++errors_ >= limits_.max_errors &&
+      limits_.max_errors > 0 && !closed_) {
+    CloseAfter(MakeReply(
+        421, "4.7.0",
+        absl::StrCat(info_.server_hostname(), " Error: too many errors")));
+  }
+}
 
 void Session::CloseAfter(const edge::Reply& r) {
-  Reply(r);
+  out_->Write(r.Format());
   closed_ = true;
   out_->Close();
 }
 
+void Session::SetDraining() {
+  draining_ = true;
+  CloseIfDrained();
+}
+
+bool Session::CloseIfDrained() {
+  if (!draining_ || !started_ || closed_ || pending_ || starting_tls_ ||
+      mode_ != Mode::kCommand || mail_from_) {
+    return false;
+  }
+  CloseAfter(MakeReply(421, "4.3.2",
+                       absl::StrCat(info_.server_hostname(),
+                                    " Service shutting down, closing "
+                                    "transmission channel")));
+  return true;
+}
+
+bool Session::RelayAllowed(const std::string& address) const {
+  const std::string domain = MailboxDomain(address);
+  if (domain.empty()) return true;  // "postmaster" is always local
+  for (const auto& d : policy_.accepted_domains) {
+    if (d == domain) return true;
+  }
+  return policy_.trusted_client || !info_.auth_identity().empty();
+}
+
+bool Session::Smtputf8() const {
+  for (const auto& p : mail_params_) {
+    if (p.key() == "SMTPUTF8") return true;
+  }
+  return false;
+}
+
+void Session::StartContent() {
+  chunk_.clear();
+  message_size_ = 0;
+  line_start_ = true;
+  prev_crlf_ = true;
+  last_char_ = '\n';
+  line_len_ = 0;
+  bad_line_ending_ = line_too_long_ = too_big_ = false;
+}
+
 void Session::ResetTransaction() {
+  bdat_used_ = false;
   mail_from_.reset();
   mail_params_.clear();
   recipients_.clear();
@@ -336,6 +563,18 @@ v1::Event Session::MakeEvent(v1::EventType type, const Command& cmd,
 
 void Session::Start() {
   started_ = true;
+  if (!in_.empty()) {
+    // An early talker: a real client waits for the greeting.
+    in_.clear();
+    CloseAfter(MakeReply(554, "5.5.1",
+                         absl::StrCat(info_.server_hostname(),
+                                      " Error: input before the greeting")));
+    return;
+  }
+  if (draining_) {
+    SetDraining();
+    return;
+  }
   const edge::Reply greeting = MakeReply(
       220, "", absl::StrCat(info_.server_hostname(), " ESMTP Sinkline"));
   Dispatch(&kConnect, Command{},
@@ -366,6 +605,27 @@ void Session::Proceed(const Pending& p, const edge::Reply& resolved,
     return;
   }
   Reply(resolved);
+  if (CloseIfDrained()) return;
+  if (starting_tls_) {
+    // Plaintext sent after STARTTLS must not count as sent over TLS
+    // (CVE-2011-0411): drop it.
+    in_.clear();
+    out_->StartTls();
+  }
+}
+
+void Session::OnTlsStarted(const v1::TlsState& tls) {
+  starting_tls_ = false;
+  *info_.mutable_tls() = tls;
+  // RFC 3207 §4.2: forget what the client said before TLS.
+  info_.clear_helo_name();
+  info_.set_esmtp(false);
+  info_.clear_auth_identity();
+  ResetTransaction();
+  in_.clear();
+  discarding_line_ = false;
+  mode_ = Mode::kCommand;
+  Process();
 }
 
 void Session::OnResult(const v1::EventResult& result) {
@@ -407,20 +667,37 @@ void Session::OnBrokerLost() {
 }
 
 void Session::Feed(absl::string_view bytes) {
-  if (closed_) return;
+  if (closed_ || starting_tls_) return;
   in_.append(bytes.data(), bytes.size());
   Process();
 }
 
+size_t Session::CommandLineLimit() const {
+  // RFC 4954 §4: an AUTH command with its initial response, and each SASL
+  // response, may take up to 12288 octets.
+  constexpr size_t kAuthLine = 12288;
+  if (policy_.credentials != nullptr &&
+      (mode_ == Mode::kAuth || absl::StartsWithIgnoreCase(in_, "AUTH "))) {
+    return std::max(limits_.max_line_length, kAuthLine);
+  }
+  return limits_.max_line_length;
+}
+
 void Session::Process() {
-  while (!closed_ && !pending_ && started_) {
+  while (!closed_ && !pending_ && started_ && !starting_tls_) {
+    if (CloseIfDrained()) return;
     if (mode_ == Mode::kData) {
       if (!ProcessData()) return;
       continue;
     }
+    if (mode_ == Mode::kBdat) {
+      if (!ProcessBdat()) return;
+      continue;
+    }
+    const size_t limit = CommandLineLimit();
     const size_t lf = in_.find('\n');
     if (lf == std::string::npos) {
-      if (in_.size() > limits_.max_line_length) {
+      if (in_.size() > limit) {
         // Drop what cannot be a command; answer when the line ends.
         discarding_line_ = true;
         in_.clear();
@@ -429,7 +706,7 @@ void Session::Process() {
     }
     std::string line = in_.substr(0, lf + 1);
     in_.erase(0, lf + 1);
-    if (discarding_line_ || line.size() > limits_.max_line_length) {
+    if (discarding_line_ || line.size() > limit) {
       discarding_line_ = false;
       Reply(MakeReply(500, "5.5.2", "Error: line too long"));
       continue;
@@ -450,10 +727,6 @@ void Session::Process() {
 }
 
 void Session::HandleLine(absl::string_view line) {
-  HandleCommand(ParseCommand(line));
-}
-
-void Session::HandleCommand(const Command& cmd) {
   if (broker_lost_) {
     CloseAfter(MakeReply(421, "4.3.0",
                          absl::StrCat(info_.server_hostname(),
@@ -461,6 +734,68 @@ void Session::HandleCommand(const Command& cmd) {
                                       "transmission channel")));
     return;
   }
+  if (mode_ == Mode::kAuth) {
+    AuthResponse(line);
+    return;
+  }
+  HandleCommand(ParseCommand(line));
+}
+
+void Session::AuthResponse(absl::string_view line) {
+  auto fail = [this](int code, const char* enhanced, const char* text) {
+    mode_ = Mode::kCommand;
+    auth_ = {};
+    Reply(MakeReply(code, enhanced, text));
+  };
+  if (line == "*") return fail(501, "5.0.0", "Authentication cancelled");
+  std::string decoded;
+  if (!absl::Base64Unescape(line, &decoded)) {
+    return fail(501, "5.5.2", "Error: invalid base64 data");
+  }
+  if (auth_.mechanism == "PLAIN") {
+    // authzid NUL authcid NUL passwd
+    const size_t a = decoded.find('\0');
+    const size_t b = a == std::string::npos ? a : decoded.find('\0', a + 1);
+    if (b == std::string::npos ||
+        decoded.find('\0', b + 1) != std::string::npos) {
+      return fail(501, "5.5.2", "Error: malformed PLAIN response");
+    }
+    FinishAuth(decoded.substr(0, a), decoded.substr(a + 1, b - a - 1),
+               decoded.substr(b + 1));
+    return;
+  }
+  if (!auth_.got_user) {
+    auth_.user = std::move(decoded);
+    auth_.got_user = true;
+    Reply(MakeReply(334, "", "UGFzc3dvcmQ6"));  // "Password:"
+    return;
+  }
+  FinishAuth("", auth_.user, decoded);
+}
+
+void Session::FinishAuth(const std::string& authzid, const std::string& user,
+                         const std::string& password) {
+  mode_ = Mode::kCommand;
+  auth_.user = user;
+  bool printable = !user.empty();
+  for (unsigned char ch : user) {
+    if (ch < 0x21 || ch == 0x7f) printable = false;
+  }
+  // Acting for another identity (authzid) is not offered.
+  auth_.ok = printable && (authzid.empty() || authzid == user) &&
+             policy_.credentials->Check(user, password);
+  const edge::Reply native =
+      auth_.ok ? MakeReply(235, "2.7.0", "Authentication successful")
+               : MakeReply(535, "5.7.8", "Authentication credentials invalid");
+  // The event names the mechanism and the identity, never the secret.
+  const Command cmd{"AUTH",
+                    absl::StrCat(auth_.mechanism, " ", absl::CHexEscape(user))};
+  v1::Event event = MakeEvent(v1::EVENT_TYPE_AUTH, cmd, native);
+  if (auth_.ok) event.mutable_session()->set_auth_identity(user);
+  Dispatch(FindCommand("AUTH"), cmd, std::move(event), native);
+}
+
+void Session::HandleCommand(const Command& cmd) {
   const CommandSpec* spec = FindCommand(cmd.verb);
   if (spec == nullptr) {
     const edge::Reply unknown =
@@ -475,7 +810,13 @@ void Session::HandleCommand(const Command& cmd) {
   }
   bool to_broker = true;
   edge::Reply native = spec->check(*this, cmd, to_broker);
+  if (mode_ == Mode::kBdat) return;  // answered once the chunk is in
   if (!to_broker) {
+    if (mode_ == Mode::kAuth && auth_.has_initial) {
+      auth_.has_initial = false;
+      AuthResponse(std::exchange(auth_.initial, ""));
+      return;
+    }
     Reply(native);
     return;
   }
@@ -493,6 +834,11 @@ void Session::HandleCommand(const Command& cmd) {
   } else if (spec->event == v1::EVENT_TYPE_RCPT) {
     auto path = ParsePathArgument(cmd.argument, "TO:", false);
     event.mutable_recipient()->set_address(path->address);
+    for (const auto& [k, v] : path->params) {
+      auto* p = event.mutable_recipient()->add_params();
+      p->set_key(k);
+      p->set_value(v);
+    }
   }
   Dispatch(spec, cmd, std::move(event), native);
   if (spec->event == v1::EVENT_TYPE_MAIL && !mail_from_ && !pending_) {
@@ -554,6 +900,76 @@ void Session::DataLine(absl::string_view piece, bool complete) {
     out_->SendData(transaction_id_, std::move(chunk_));
     chunk_.clear();
   }
+}
+
+// BDAT octets: no dot-stuffing and no end marker, but the same rules for
+// line endings, line length and size as DATA.
+bool Session::ProcessBdat() {
+  if (bdat_.remaining > 0) {
+    if (in_.empty()) return false;
+    const size_t n =
+        static_cast<size_t>(std::min<uint64_t>(in_.size(), bdat_.remaining));
+    if (bdat_.refusal.code == 0) BdatBytes(absl::string_view(in_).substr(0, n));
+    in_.erase(0, n);
+    bdat_.remaining -= n;
+    if (bdat_.remaining > 0) return false;
+  }
+  EndOfChunk();
+  return true;
+}
+
+void Session::BdatBytes(absl::string_view piece) {
+  for (char c : piece) {
+    if ((c == '\n' && last_char_ != '\r') ||
+        (last_char_ == '\r' && c != '\n')) {
+      bad_line_ending_ = true;
+    }
+    line_len_ = c == '\n' ? 0 : line_len_ + 1;
+    // The limit counts the CRLF; the CR is counted here, the LF is one more.
+    if (line_len_ + 1 > limits_.max_text_line) line_too_long_ = true;
+    last_char_ = c;
+  }
+  message_size_ += piece.size();
+  if (message_size_ > limits_.max_message_size) too_big_ = true;
+  if (too_big_ || bad_line_ending_ || line_too_long_) {
+    chunk_.clear();
+    return;
+  }
+  chunk_.append(piece.data(), piece.size());
+  if (chunk_.size() >= limits_.chunk_size) {
+    out_->SendData(transaction_id_, std::move(chunk_));
+    chunk_.clear();
+  }
+}
+
+void Session::EndOfChunk() {
+  mode_ = Mode::kCommand;
+  const BdatChunk b = bdat_;
+  bdat_ = {};
+  if (b.refusal.code != 0) {
+    Reply(b.refusal);
+    return;
+  }
+  // A message that cannot end well is refused at once, not at LAST.
+  const bool ends_badly = b.last && last_char_ == '\r';
+  if (too_big_ || bad_line_ending_ || line_too_long_ || ends_badly) {
+    if (ends_badly) bad_line_ending_ = true;
+    EndOfData();
+    return;
+  }
+  const Command cmd{"BDAT", absl::StrCat(b.size, b.last ? " LAST" : "")};
+  const edge::Reply native =
+      MakeReply(250, "2.0.0", absl::StrCat("Ok: ", b.size, " octets received"));
+  v1::Event event = MakeEvent(v1::EVENT_TYPE_BDAT, cmd, native);
+  event.set_chunk_size(b.size);
+  event.set_last_chunk(b.last);
+  if (!b.last) {
+    Dispatch(FindCommand("BDAT"), cmd, std::move(event), native);
+    return;
+  }
+  // The last chunk's answer is the EOD's (the COMMIT).
+  out_->SendEvent(event, /*notify_only=*/true);
+  EndOfData();
 }
 
 void Session::EndOfData() {

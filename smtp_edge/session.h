@@ -11,6 +11,7 @@
 
 #include "absl/strings/string_view.h"
 #include "parser.h"
+#include "policy.h"
 #include "reply.h"
 #include "sinkline/v1/session.pb.h"
 
@@ -22,6 +23,22 @@ struct SessionLimits {
   uint64_t max_message_size = 52428800;
   int max_recipients = 100;
   size_t chunk_size = 64 * 1024;  // DataChunk size sent to the broker
+  // Replies 5xx in one session before it is closed with 421 (0: no limit).
+  int max_errors = 20;
+};
+
+// What the client may do beyond plain SMTP; the server fills it in per
+// connection. The default offers nothing and relays for nobody.
+struct SessionPolicy {
+  // STARTTLS is offered (a certificate is configured) until TLS is active.
+  bool starttls = false;
+  // AUTH PLAIN and LOGIN are offered over TLS when set; not owned.
+  const Credentials* credentials = nullptr;
+  // Recipient domains this edge takes mail for, lower-case. Any other
+  // domain is relaying: only for trusted or authenticated clients.
+  std::vector<std::string> accepted_domains;
+  // The client is in a trusted network and may relay.
+  bool trusted_client = false;
 };
 
 // What the session asks of the world around it.
@@ -38,24 +55,40 @@ class SessionOutput {
                         std::string chunk) = 0;
   // Close the connection once written bytes are out.
   virtual void Close() = 0;
+  // Start the TLS handshake once written bytes are out (the 220 to
+  // STARTTLS), then call Session::OnTlsStarted.
+  virtual void StartTls() {}
 };
 
 class Session {
  public:
-  Session(SessionLimits limits, v1::SessionInfo info, SessionOutput* out);
+  Session(SessionLimits limits, v1::SessionInfo info, SessionOutput* out)
+      : Session(limits, SessionPolicy{}, std::move(info), out) {}
+  Session(SessionLimits limits, SessionPolicy policy, v1::SessionInfo info,
+          SessionOutput* out);
 
   // Which events have bindings (from the broker); may change at any time.
   void SetBindingMap(const v1::BindingMap& map);
-  // Sends the greeting (or the CONNECT event first, when bound).
+  // Sends the greeting (or the CONNECT event first, when bound). A client
+  // that sent anything before (Feed before Start) gets 554 instead.
   void Start();
   // Input from the client.
   void Feed(absl::string_view bytes);
+  // The edge shuts down: a session outside a transaction gets 421 now (or
+  // at its next command), one inside may finish its transaction first.
+  void SetDraining();
   // The broker's answer to the pending event.
   void OnResult(const v1::EventResult& result);
   // The broker stream broke or timed out: the pending command gets 451,
   // the next one 421, and the session closes. Never 250 without a broker.
   void OnBrokerLost();
+  // The TLS handshake after STARTTLS completed: the session starts over
+  // (RFC 3207 §4.2: the client must EHLO again).
+  void OnTlsStarted(const v1::TlsState& tls);
 
+  // STARTTLS was answered 220: the connection must hand the socket to TLS
+  // before it reads again; input until then is discarded.
+  bool starting_tls() const { return starting_tls_; }
   bool waiting() const { return pending_.has_value(); }
   struct CommandSpec;
   // What the pending event waits for: the command and its native reply.
@@ -66,20 +99,35 @@ class Session {
     edge::Reply native;
   };
   bool closed() const { return closed_; }
+  bool in_transaction() const { return mail_from_.has_value(); }
   size_t buffered() const { return in_.size(); }
   const std::string& state_name() const;
   const v1::SessionInfo& info() const { return info_; }
 
  private:
-  enum class Mode { kCommand, kData };
+  enum class Mode { kCommand, kData, kAuth, kBdat };
 
   void Process();
+  size_t CommandLineLimit() const;
   void HandleLine(absl::string_view line);
   void HandleCommand(const Command& cmd);
   bool ProcessData();  // false: needs more input
   void DataLine(absl::string_view piece, bool complete);
   void EndOfData();
   void ResetTransaction();
+  // Draining and between transactions: 421 and close.
+  bool CloseIfDrained();
+  // Resets the content state for a new message (DATA or first BDAT).
+  void StartContent();
+  bool Smtputf8() const;  // the transaction's MAIL had SMTPUTF8
+  bool ProcessBdat();     // false: needs more input
+  void BdatBytes(absl::string_view piece);
+  void EndOfChunk();
+  void AuthResponse(absl::string_view line);
+  // Checks the credentials and raises the AUTH event (identity only).
+  void FinishAuth(const std::string& authzid, const std::string& user,
+                  const std::string& password);
+  bool RelayAllowed(const std::string& address) const;
   void Reply(const edge::Reply& r);
   void CloseAfter(const edge::Reply& r);
   bool Bound(v1::EventType type, const std::string& verb) const;
@@ -94,6 +142,7 @@ class Session {
   friend struct CommandTable;
 
   const SessionLimits limits_;
+  const SessionPolicy policy_;
   v1::SessionInfo info_;
   SessionOutput* const out_;
   v1::BindingMap bindings_;
@@ -105,6 +154,21 @@ class Session {
   bool closed_ = false;
   bool started_ = false;
   bool broker_lost_ = false;
+  bool starting_tls_ = false;
+  bool draining_ = false;
+  int errors_ = 0;  // 5xx replies so far
+
+  // An AUTH exchange in progress (Mode::kAuth) or just finished.
+  struct AuthAttempt {
+    std::string mechanism;  // "PLAIN" or "LOGIN"
+    std::string user;       // LOGIN: the user name once given
+    bool got_user = false;
+    bool ok = false;  // the credentials matched
+    // AUTH with an initial response: handled like the first answer.
+    bool has_initial = false;
+    std::string initial;
+  };
+  AuthAttempt auth_;
   uint64_t sequence_ = 0;
   std::optional<Pending> pending_;
 
@@ -113,6 +177,16 @@ class Session {
   std::vector<v1::EsmtpParam> mail_params_;
   std::vector<v1::Recipient> recipients_;
   std::string transaction_id_;
+  bool bdat_used_ = false;  // the transaction's content comes by BDAT
+
+  // The BDAT chunk being read.
+  struct BdatChunk {
+    uint64_t size = 0;
+    uint64_t remaining = 0;
+    bool last = false;
+    edge::Reply refusal;  // read the octets, then answer this
+  };
+  BdatChunk bdat_;
 
   // DATA state.
   std::string chunk_;

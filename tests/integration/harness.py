@@ -211,10 +211,13 @@ class Stack:
         return p
 
     def start_edge(self, extra=()):
+        """The edge takes mail for example.test (like scripts/start.sh);
+        other domains need AUTH or a trusted network."""
         p = Process("edge", [binary("sinkline-edge"), "--listen=127.0.0.1:0",
                              f"--broker=127.0.0.1:{self.broker.port}",
                              "--hostname=mx.example.test",
-                             "--broker-connect-timeout-ms=2000"]
+                             "--broker-connect-timeout-ms=2000",
+                             "--accepted-domains=example.test"]
                     + list(extra), self.workdir)
         self.edge = self._add(p)
         return p

@@ -107,6 +107,25 @@ class StartScriptTest(unittest.TestCase):
         self.assertIn(f"with ESMTP id {qid}".encode(), received)
         self.assertEqual(queued[len(stamp):], body.encode() + b"\r\n")
 
+        # STARTTLS with the self-signed certificate the script made.
+        self.assertTrue(os.path.exists(
+            os.path.join(self.home, "tls", "cert.pem")))
+        tls = subprocess.run(
+            ["swaks", "--server", f"127.0.0.1:{self.port}", "--tls",
+             "--to", "someone@example.test", "--from", "alice@example.net",
+             "--timeout", "30"],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(tls.returncode, 0, tls.stdout + tls.stderr)
+        self.assertRegex(tls.stdout, r"<~  250 2\.0\.0 Ok: queued as")
+        # Not an open relay.
+        relay = subprocess.run(
+            ["swaks", "--server", f"127.0.0.1:{self.port}",
+             "--to", "someone@elsewhere.example", "--from",
+             "alice@example.net", "--timeout", "30"],
+            capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(relay.returncode, 0)
+        self.assertIn("554 5.7.1 Relay access denied", relay.stdout)
+
         self.script.send_signal(signal.SIGINT)
         self.script.wait(timeout=30)
         for name, pid in pids.items():

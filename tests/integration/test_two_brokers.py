@@ -48,7 +48,9 @@ class TwoBrokersTest(StackTestCase):
         target = "ipv4:" + ",".join(f"127.0.0.1:{b.port}" for b in brokers)
         edge = Process("edge", [binary("sinkline-edge"),
                                 "--listen=127.0.0.1:0", f"--broker={target}",
-                                "--hostname=mx.example.test"], self.workdir)
+                                "--hostname=mx.example.test",
+                                "--accepted-domains=example.test"],
+                       self.workdir)
         self.stack.processes.append(edge)
         edge.start()
 
