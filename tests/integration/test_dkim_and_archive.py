@@ -41,7 +41,8 @@ class DkimAndArchiveTest(StackTestCase):
              "failure_policy": "continue"},
         ])
         self.stack.start_broker()
-        self.stack.start_edge()
+        self.stack.start_edge(
+            ["--accepted-domains=example.test,example.net"])
 
         sent, errors = [], []
         lock = threading.Lock()

@@ -83,7 +83,8 @@ class DkimSignTest(StackTestCase):
              "deadline_ms": 10000, "failure_policy": "tempfail"},
         ])
         self.stack.start_broker()
-        self.stack.start_edge()
+        self.stack.start_edge(
+            ["--accepted-domains=example.test,example.net"])
 
     def send(self, sender, body):
         with smtplib.SMTP("127.0.0.1", self.stack.edge.port, timeout=30) as s:

@@ -102,7 +102,7 @@ class MetricsTest(StackTestCase):
         for i in range(MESSAGES):
             with smtplib.SMTP("127.0.0.1", self.stack.edge.port,
                               timeout=30) as s:
-                s.sendmail("a@example.com", ["b@example.com"],
+                s.sendmail("a@example.com", ["b@example.test"],
                            f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())
         wait_for(lambda: len(self.stack.queue_ids()) == MESSAGES, 30,
                  f"{MESSAGES} queued messages")

@@ -24,7 +24,8 @@ class RecipientPolicyTest(StackTestCase):
              "priority": 100, "failure_policy": "tempfail"},
         ])
         self.stack.start_broker()
-        self.stack.start_edge()
+        self.stack.start_edge(
+            ["--accepted-domains=example.test,lists.example.test"])
 
     def write_recipients(self, text):
         # Written aside and renamed into place, as operators and

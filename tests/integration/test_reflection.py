@@ -46,7 +46,7 @@ class ReflectionTest(StackTestCase):
     def test_grpcurl_style_inspection_of_broker_and_sink(self):
         self.start_default_stack()
         with smtplib.SMTP("127.0.0.1", self.stack.edge.port, timeout=30) as s:
-            s.sendmail("a@example.com", ["b@example.com"],
+            s.sendmail("a@example.com", ["b@example.test"],
                        b"Subject: reflect\r\n\r\nhello\r\n")
         wait_for(lambda: len(self.stack.queue_ids()) == 1, 30, "queued")
         broker = f"127.0.0.1:{self.stack.broker.port}"
