@@ -2037,8 +2037,41 @@ void Broker::Unregister(SessionState* s) {
   sessions_.erase(s);
 }
 
+// A COMMIT cut short (the process killed between moving the content and
+// writing the envelope record) leaves <id>.msg without <id>.env; nobody was
+// told 250 for it, so it goes. Partial writes (*.tmp, *.edit) go too: the
+// record they would have replaced is intact, and unfinished sinks run again.
+void Broker::RemovePartialCommits() {
+  const fs::path dir = fs::path(options_.spool_dir) / "committed";
+  std::error_code ec;
+  std::set<std::string> committed;
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    files.push_back(entry.path());
+    if (entry.path().extension() == ".env") {
+      committed.insert(name.substr(0, name.find('.')));
+    }
+  }
+  int removed = 0;
+  for (const auto& path : files) {
+    const std::string name = path.filename().string();
+    const std::string id = name.substr(0, name.find('.'));
+    const auto ext = path.extension();
+    if (committed.count(id) != 0 && ext != ".tmp" && ext != ".edit") continue;
+    if (fs::remove(path, ec)) {
+      ++removed;
+      spdlog::warn("removed {} from the spool: {}", name,
+                   committed.count(id) ? "an unfinished write"
+                                       : "a COMMIT that did not finish");
+    }
+  }
+  if (removed > 0) (void)SyncDirectory(dir.string());
+}
+
 void Broker::RecoverSpool() {
   std::error_code ec;
+  RemovePartialCommits();
   for (const auto& entry :
        fs::directory_iterator(fs::path(options_.spool_dir) / "failed", ec)) {
     if (entry.path().extension() != ".env") continue;

@@ -81,6 +81,8 @@ class Broker {
 
   // Submits messages a previous run committed but did not submit.
   void RecoverSpool();
+  // Removes what a COMMIT or a write cut short by a crash left behind.
+  void RemovePartialCommits();
 
   // Loads the admin service's bindings kept from an earlier run.
   absl::Status LoadAdminState();

@@ -75,6 +75,32 @@ class RecoveryTest(StackTestCase):
         self.assertIn("recovered committed queue_id=",
                       self.stack.broker.log())
 
+    def test_partial_commits_removed_at_start(self):
+        # What a kill in the middle of COMMIT or of a write leaves behind:
+        # content moved without its envelope record (never acknowledged),
+        # a half-written record, a half-written new version.
+        committed = os.path.join(self.stack.spool_dir, "committed")
+        os.makedirs(committed, exist_ok=True)
+        leftovers = ["HALFCOMMIT.msg", "HALFCOMMIT.env.tmp",
+                     "HALFCOMMIT.done", "ALSOHALF.msg.edit"]
+        for name in leftovers:
+            with open(os.path.join(committed, name), "wb") as f:
+                f.write(b"Subject: never acknowledged\r\n\r\nx\r\n")
+        self.stack.start_stamp_sink()
+        self.stack.write_config([])
+        self.stack.start_broker()
+        self.stack.start_edge()
+        self.assertEqual(sorted(os.listdir(committed)), [])
+        for name in leftovers:
+            self.assertIn(f"removed {name} from the spool",
+                          self.stack.broker.log())
+        self.assertEqual(self.stack.queue_ids(), [])
+        # The broker works normally afterwards.
+        with smtplib.SMTP("127.0.0.1", self.stack.edge.port, timeout=30) as s:
+            s.sendmail("a@example.net", ["b@example.test"],
+                       b"Subject: after\r\n\r\nfine\r\n")
+        wait_for(lambda: len(self.stack.queue_ids()) == 1, 10, "queued")
+
 
 if __name__ == "__main__":
     unittest.main()
