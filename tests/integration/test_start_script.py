@@ -1,7 +1,10 @@
 """The README's start command: scripts/start.sh brings the stack up on
 $SINKLINE_SMTP_PORT with $SINKLINE_HOME, Debian's swaks gets a 250 with a
-queue id, the queued file holds the stamp and the exact body, and Ctrl-C
-stops every process the script started."""
+queue id, the queued file holds the stamp and the exact body, the example
+sinks work (an unknown recipient refused, mail from example.test signed
+with keys the script made and verified with python3-dkim, the archived copy
+equal to the queued one), and Ctrl-C stops every process the script
+started."""
 
 import os
 import re
@@ -11,6 +14,8 @@ import socket
 import subprocess
 import tempfile
 import unittest
+
+import dkim
 
 from harness import BIN_DIR, split_received, wait_for
 
@@ -74,7 +79,8 @@ class StartScriptTest(unittest.TestCase):
         wait_for(lambda: "sinkline: up" in self.output(), 60, "stack up")
         self.assertIn(f"127.0.0.1:{self.port}", self.output())
         pids = {}
-        for name in ("stamp", "broker", "edge"):
+        for name in ("recipient-policy", "dkim-sign", "stamp", "archive",
+                     "broker", "edge"):
             with open(os.path.join(self.home, "run", f"{name}.pid")) as f:
                 pids[name] = int(f.read())
         self.assertTrue(all(pid_alive(p) for p in pids.values()), pids)
@@ -106,6 +112,51 @@ class StartScriptTest(unittest.TestCase):
         queued, received = split_received(queued, len(stamp))
         self.assertIn(f"with ESMTP id {qid}".encode(), received)
         self.assertEqual(queued[len(stamp):], body.encode() + b"\r\n")
+
+        # The archive sink ran last: its copy is the queued message.
+        archived = os.path.join(self.home, "archive", qid + ".eml")
+        wait_for(lambda: os.path.exists(archived), 10, archived)
+        with open(archived, "rb") as f:
+            self.assertEqual(f.read(), stamp + received + body.encode()
+                             + b"\r\n")
+
+        # recipient-policy: someone@ is in the list the script made,
+        # nobody@ is not.
+        unknown = subprocess.run(
+            ["swaks", "--server", f"127.0.0.1:{self.port}",
+             "--to", "nobody@example.test", "--from", "alice@example.net",
+             "--timeout", "30"],
+            capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(unknown.returncode, 0)
+        self.assertIn("550 5.1.1", unknown.stdout)
+
+        # dkim-sign: mail from example.test carries two signatures that
+        # verify against the DNS records the script wrote.
+        signed = subprocess.run(
+            ["swaks", "--server", f"127.0.0.1:{self.port}",
+             "--to", "bob@example.test", "--from", "alice@example.test",
+             "--header", "Subject: signed", "--timeout", "30"],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(signed.returncode, 0, signed.stdout)
+        sqid = re.search(r"queued as (\S+)", signed.stdout).group(1)
+        spath = os.path.join(self.home, "queue", "new", sqid)
+        wait_for(lambda: os.path.exists(spath), 10, spath)
+        with open(spath, "rb") as f:
+            _, _, smsg = f.read().partition(b"\n")
+        self.assertEqual(smsg.count(b"DKIM-Signature:"), 2, smsg[:600])
+        records = {}
+        with open(os.path.join(self.home, "dkim", "dns.txt")) as f:
+            for line in f:
+                name, _, txt = line.partition(" TXT ")
+                records[name.rstrip(".").encode()] = txt.strip().strip(
+                    '"').encode()
+
+        def dns(name, timeout=5):
+            return records.get(name.rstrip(b"."))
+
+        d = dkim.DKIM(smsg)
+        for i in range(2):
+            self.assertTrue(d.verify(idx=i, dnsfunc=dns), f"signature {i}")
 
         # STARTTLS with the self-signed certificate the script made.
         self.assertTrue(os.path.exists(
