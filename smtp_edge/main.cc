@@ -4,15 +4,19 @@
 
 #include <boost/asio/io_context.hpp>
 #include <chrono>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "admin_service.h"
 #include "broker_client.h"
 #include "server.h"
 #include "sinkline/common/flags.h"
 #include "sinkline/common/grpc_security.h"
+#include "sinkline/common/grpc_server.h"
 #include "sinkline/common/logging.h"
 #include "sinkline/common/metrics_http.h"
 #include "sinkline/common/port_file.h"
@@ -69,6 +73,11 @@ ABSL_FLAG(std::vector<std::string>, trusted_networks, {},
 ABSL_FLAG(int, threads, 2, "I/O threads");
 ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics over HTTP on this address (off if empty)");
+ABSL_FLAG(std::string, admin_listen, "",
+          "serve the EdgeAdmin gRPC service (sessions, counters, drain) with "
+          "health and reflection on this address; off if empty");
+ABSL_FLAG(std::string, admin_port_file, "",
+          "write the bound EdgeAdmin port to this file");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 ABSL_FLAG(bool, log_json, false, "log one JSON object per line");
 
@@ -153,26 +162,77 @@ int main(int argc, char** argv) {
   spdlog::info("edge {} listening for SMTP on port {} (broker {})",
                opts.edge_id, *port, absl::GetFlag(FLAGS_broker));
 
+  // Draining: no new sessions; idle ones get 421 now, those in a
+  // transaction may finish within the grace period; then the rest close.
+  // Started by SIGTERM or by EdgeAdmin.Drain (which leaves the process up,
+  // NOT_SERVING, for its orchestrator to stop).
+  std::optional<sinkline::GrpcServer> admin;
+  std::mutex drain_mu;
+  std::thread drain_thread;
+  auto drain = [&](std::chrono::milliseconds grace) {
+    if (admin) {
+      admin->SetHealth("", grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+      admin->SetHealth("sinkline.v1.EdgeAdmin",
+                       grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+    }
+    spdlog::info("draining {} sessions (grace {}ms)", server.sessions(),
+                 grace.count());
+    server.Drain();
+    const auto drain_end = std::chrono::steady_clock::now() + grace;
+    while (server.sessions() > 0 &&
+           std::chrono::steady_clock::now() < drain_end) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (server.sessions() > 0) {
+      spdlog::warn("grace period over: closing {} sessions", server.sessions());
+    }
+    server.Stop();
+  };
+  std::unique_ptr<sinkline::edge::EdgeAdminService> admin_service;
+  if (const auto addr = absl::GetFlag(FLAGS_admin_listen); !addr.empty()) {
+    auto guard = sinkline::AdminGuard::FromFlags();
+    if (!guard.ok()) {
+      spdlog::critical("{}", guard.status().ToString());
+      return 2;
+    }
+    admin_service = std::make_unique<sinkline::edge::EdgeAdminService>(
+        &server, std::move(*guard), [&](std::chrono::milliseconds grace) {
+          std::lock_guard<std::mutex> lock(drain_mu);
+          if (!drain_thread.joinable()) {
+            drain_thread = std::thread(drain, grace);
+          }
+        });
+    auto started = sinkline::StartGrpcServer(addr, {admin_service.get()},
+                                             {"sinkline.v1.EdgeAdmin"});
+    if (!started.ok()) {
+      spdlog::critical("{}", started.status().ToString());
+      return 1;
+    }
+    admin = std::move(*started);
+    if (auto st = sinkline::WritePortFile(absl::GetFlag(FLAGS_admin_port_file),
+                                          admin->port);
+        !st.ok()) {
+      spdlog::critical("{}", st.ToString());
+      return 1;
+    }
+    spdlog::info("EdgeAdmin on port {}", admin->port);
+  }
+
   const int sig = sinkline::WaitForShutdownSignal();
-  // Drain: no new sessions; idle ones get 421 now, those in a transaction
-  // may finish within the grace period.
-  const auto grace = std::chrono::seconds(absl::GetFlag(FLAGS_drain_grace_s));
-  spdlog::info("signal {}: draining {} sessions (grace {}s)", sig,
-               server.sessions(), grace.count());
-  server.Drain();
-  const auto drain_end = std::chrono::steady_clock::now() + grace;
-  while (server.sessions() > 0 &&
-         std::chrono::steady_clock::now() < drain_end) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  spdlog::info("signal {}", sig);
+  {
+    std::lock_guard<std::mutex> lock(drain_mu);
+    if (!drain_thread.joinable()) {
+      drain_thread = std::thread(
+          drain, std::chrono::seconds(absl::GetFlag(FLAGS_drain_grace_s)));
+    }
   }
-  if (server.sessions() > 0) {
-    spdlog::warn("grace period over: closing {} sessions", server.sessions());
-  }
-  server.Stop();
+  drain_thread.join();
   // Let sessions finish closing, then stop.
   for (int i = 0; i < 50 && server.sessions() > 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
+  if (admin) admin->Stop(std::chrono::milliseconds(500));
   work.reset();
   io.stop();
   for (auto& t : threads) t.join();

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "broker_client.h"
 #include "sinkline/common/metrics.h"
+#include "sinkline/common/time.h"
 
 namespace sinkline::edge {
 
@@ -48,6 +49,11 @@ Gauge& SessionsGauge() {
                                              "Open SMTP sessions.");
 }
 
+Counter& SessionsCounter() {
+  return MetricsRegistry::Default().GetCounter("sinkline_edge_sessions_total",
+                                               "SMTP sessions accepted.");
+}
+
 }  // namespace
 
 // Pause between attempts to reach a broker while a session waits at
@@ -66,6 +72,20 @@ class Connection : public std::enable_shared_from_this<Connection>,
 
   asio::any_io_executor& strand() { return strand_; }
 
+  // What operators see of this session (EdgeAdmin.ListSessions); read from
+  // other threads.
+  v1::EdgeSessionInfo Snapshot() const {
+    absl::MutexLock lock(&snap_mu_);
+    return snap_;
+  }
+  void Publish() {
+    if (!session_) return;
+    absl::MutexLock lock(&snap_mu_);
+    *snap_.mutable_session() = session_->info();
+    snap_.set_state(session_->closed() ? "CLOSING" : session_->state_name());
+  }
+
+
   asio::awaitable<void> Run() {
     const auto& opts = server_->options();
     v1::SessionInfo info;
@@ -83,8 +103,14 @@ class Connection : public std::enable_shared_from_this<Connection>,
     spdlog::info("session {} start client={}:{}", session_id_,
                  info.client().ip(), info.client().port());
     SessionsGauge().Add(1);
+    SessionsCounter().Inc();
     session_ = std::make_unique<Session>(
         opts.limits, server_->PolicyFor(info.client().ip()), info, this);
+    {
+      absl::MutexLock lock(&snap_mu_);
+      *snap_.mutable_connected() = NowTimestamp();
+    }
+    Publish();
 
     // A broker that is restarting may refuse for a moment: try again until
     // the connect timeout, then give up with 421.
@@ -341,6 +367,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
   }
 
   asio::awaitable<void> Flush() {
+    Publish();
     flushing_ = true;
     while (!out_.empty() && socket_.is_open()) {
       std::string w;
@@ -440,6 +467,8 @@ class Connection : public std::enable_shared_from_this<Connection>,
   asio::steady_timer idle_;
   bool woken_ = false;
   std::unique_ptr<Session> session_;
+  mutable absl::Mutex snap_mu_;
+  v1::EdgeSessionInfo snap_ ABSL_GUARDED_BY(snap_mu_);
   std::shared_ptr<BrokerStream> stream_;
   uint64_t stream_gen_ = 0;
   std::string session_id_;
@@ -579,6 +608,10 @@ absl::StatusOr<int> Server::Listen(const std::string& address) {
 }
 
 void Server::Drain() {
+  {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+  }
   asio::post(io_, [this] {
     boost::system::error_code ec;
     acceptor_.close(ec);
@@ -635,6 +668,20 @@ void Server::Untrack(Connection* c) {
   auto pc = per_client_.find(it->second.ip);
   if (pc != per_client_.end() && --pc->second <= 0) per_client_.erase(pc);
   connections_.erase(it);
+}
+
+std::vector<v1::EdgeSessionInfo> Server::ListSessions() const {
+  std::vector<std::shared_ptr<Connection>> live;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [raw, t] : connections_) {
+      if (auto c = t.connection.lock()) live.push_back(std::move(c));
+    }
+  }
+  std::vector<v1::EdgeSessionInfo> out;
+  out.reserve(live.size());
+  for (const auto& c : live) out.push_back(c->Snapshot());
+  return out;
 }
 
 size_t Server::sessions() const {

@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "policy.h"
 #include "session.h"
+#include "sinkline/v1/admin.pb.h"
 #include "sinkline/v1/session.grpc.pb.h"
 
 namespace sinkline::edge {
@@ -75,6 +76,12 @@ class Server {
              std::string* why);
   void Untrack(Connection* c);
   size_t sessions() const;
+  // What operators see of each open session.
+  std::vector<v1::EdgeSessionInfo> ListSessions() const;
+  bool draining() const {
+    absl::MutexLock lock(&mu_);
+    return draining_;
+  }
   // The policy for a client at `client_ip`.
   SessionPolicy PolicyFor(const std::string& client_ip) const;
   boost::asio::ssl::context* tls_context() { return tls_.get(); }
@@ -96,6 +103,7 @@ class Server {
   };
   std::map<Connection*, Tracked> connections_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> per_client_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace sinkline::edge

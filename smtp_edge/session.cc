@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/time_util.h"
+#include "sinkline/common/metrics.h"
 #include "sinkline/common/time.h"
 
 namespace sinkline::edge {
@@ -476,7 +477,22 @@ bool Session::Bound(v1::EventType type, const std::string& verb) const {
   return type < static_cast<int>(bound_.size()) && bound_[type];
 }
 
+void Session::CountReply(int code) const {
+  static constexpr const char* kClasses[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+  const int cls = code / 100;
+  MetricsRegistry::Default()
+      .GetCounter(
+          "sinkline_edge_commands_total",
+          "SMTP commands by verb and the class of the reply they got "
+          "(CONNECT: the greeting; EOD: the reply after the "
+          "message).",
+          {{"verb", metric_verb_},
+           {"reply", cls >= 1 && cls <= 5 ? kClasses[cls - 1] : "other"}})
+      .Inc();
+}
+
 void Session::Reply(const edge::Reply& r) {
+  CountReply(r.code);
   out_->Write(r.Format());
   if (r.code >= 500 && ++errors_ >= limits_.max_errors &&
       limits_.max_errors > 0 && !closed_) {
@@ -487,6 +503,7 @@ void Session::Reply(const edge::Reply& r) {
 }
 
 void Session::CloseAfter(const edge::Reply& r) {
+  CountReply(r.code);
   out_->Write(r.Format());
   closed_ = true;
   out_->Close();
@@ -797,6 +814,7 @@ void Session::FinishAuth(const std::string& authzid, const std::string& user,
 
 void Session::HandleCommand(const Command& cmd) {
   const CommandSpec* spec = FindCommand(cmd.verb);
+  metric_verb_ = spec != nullptr ? spec->verb : "UNKNOWN";
   if (spec == nullptr) {
     const edge::Reply unknown =
         MakeReply(500, "5.5.2", "Error: command not recognized");
@@ -974,6 +992,7 @@ void Session::EndOfChunk() {
 
 void Session::EndOfData() {
   mode_ = Mode::kCommand;
+  metric_verb_ = "EOD";
   edge::Reply refusal;
   if (too_big_) {
     refusal = MakeReply(552, "5.3.4", "Error: message size exceeds limit");

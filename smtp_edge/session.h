@@ -157,6 +157,11 @@ class Session {
   bool starting_tls_ = false;
   bool draining_ = false;
   int errors_ = 0;  // 5xx replies so far
+  // What the next reply answers, for sinkline_edge_commands_total: a verb
+  // of the command table, UNKNOWN, CONNECT (the greeting) or EOD (the reply
+  // after the message).
+  const char* metric_verb_ = "CONNECT";
+  void CountReply(int code) const;
 
   // An AUTH exchange in progress (Mode::kAuth) or just finished.
   struct AuthAttempt {

@@ -120,6 +120,17 @@ class MetricsTest(StackTestCase):
                 'sinkline_broker_messages_total{what="submitted"}', 0)
             == MESSAGES, 10, f"{MESSAGES} submitted")
 
+        # The edge: sessions accepted, commands by verb and reply class.
+        e0, e1 = before["edge"], after("edge")
+        for key, n in (("sinkline_edge_sessions_total", MESSAGES + 1),
+                       ('sinkline_edge_commands_total{verb="MAIL",'
+                        'reply="2xx"}', MESSAGES),
+                       ('sinkline_edge_commands_total{verb="EOD",'
+                        'reply="2xx"}', MESSAGES),
+                       ('sinkline_edge_commands_total{verb="QUIT",'
+                        'reply="2xx"}', MESSAGES + 1)):
+            self.assertEqual(e1.get(key, 0) - e0.get(key, 0), n, key)
+
         b0, b1 = before["broker"], after("broker")
 
         def moved(key, snap0=b0, snap1=b1):
