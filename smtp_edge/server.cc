@@ -85,7 +85,6 @@ class Connection : public std::enable_shared_from_this<Connection>,
     snap_.set_state(session_->closed() ? "CLOSING" : session_->state_name());
   }
 
-
   asio::awaitable<void> Run() {
     const auto& opts = server_->options();
     v1::SessionInfo info;

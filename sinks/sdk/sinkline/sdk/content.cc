@@ -39,8 +39,8 @@ std::shared_ptr<v1::Content::Stub> ContentClient::Stub(
     args.SetMaxSendMessageSize(-1);
     // The same TLS as every channel of the control plane.
     AddGrpcTlsChannelArgs(args);
-    stub = v1::Content::NewStub(grpc::CreateCustomChannel(
-        endpoint, GrpcChannelCredentials(), args));
+    stub = v1::Content::NewStub(
+        grpc::CreateCustomChannel(endpoint, GrpcChannelCredentials(), args));
   }
   return stub;
 }
