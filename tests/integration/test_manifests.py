@@ -98,6 +98,8 @@ FAULTS = [
     # The sinks after stamp, and the production overlay's TLS.
     ("base/sink-dkim-sign.yaml", "--keys=", "--key-file=",
      "sinkline-sink-dkim-sign has no flag --key-file"),
+    ("docker/sink-dkim-sign.Dockerfile", " libopendkim11", "",
+     "the runtime image lacks libopendkim11"),
     ("base/sink-dkim-sign.yaml", "--keys=/etc/sinkline/dkim/keys.yaml",
      "--keys=/etc/sinkline/dkim/keys.yml",
      "Secret sinkline-sink-dkim-sign-keys has no key keys.yml"),

@@ -4,7 +4,11 @@
 // offline against the Kubernetes schemas (kubernetes-models; a kind without a
 // schema is an error, and so is a field the models' type declarations do not
 // know), and checks the manifests against the binaries:
-//   - every container's image names a Sinkline binary with a Dockerfile;
+//   - every container's image names a Sinkline binary with a Dockerfile,
+//     whose runtime stage installs the Debian packages (or their
+//     dependencies) that hold every shared library the binary loads (ldd,
+//     and dpkg's database of this Debian 12 machine; the base image counts
+//     as the essential packages and apt);
 //   - every flag in `args` is one the binary's --helpfull lists;
 //   - the container ports are exactly the ports of its listen flags;
 //   - every Service's targetPort is a port of the pods it selects, every
@@ -293,6 +297,109 @@ function portOf(address) {
   return m ? Number(m[1]) : null;
 }
 
+// ---- runtime images ----------------------------------------------------------
+
+// The installed Debian packages (dpkg's status and file lists): which
+// package holds each shared library, and each package's dependencies.
+let dpkgDb = null;
+function dpkg() {
+  if (dpkgDb) return dpkgDb;
+  const canon = (f) => f.replace(/^\/usr(?=\/lib)/, '');  // merged /usr
+  const owner = new Map();
+  const info = '/var/lib/dpkg/info';
+  for (const f of fs.readdirSync(info)) {
+    if (!f.endsWith('.list')) continue;
+    const pkg = f.slice(0, -5).replace(/:.*$/, '');
+    for (const line of fs.readFileSync(path.join(info, f), 'utf8').split('\n')) {
+      if (line.includes('.so')) owner.set(canon(line), pkg);
+    }
+  }
+  const pkgs = new Map();  // name -> {deps: [[alternatives]], essential}
+  const provides = new Map();
+  for (const para of fs.readFileSync('/var/lib/dpkg/status', 'utf8').split(/\n\n+/)) {
+    const field = (n) => {
+      const m = new RegExp(`^${n}: (.*(?:\\n .*)*)`, 'm').exec(para);
+      return m ? m[1].replace(/\n /g, ' ') : '';
+    };
+    if (!/ installed$/.test(field('Status'))) continue;
+    const name = field('Package');
+    const list = (v) => v.split(',').map((s) => s.trim()).filter(Boolean)
+        .map((d) => d.split('|').map((a) => a.trim().split(/[\s(:]/)[0]));
+    pkgs.set(name, {deps: [...list(field('Pre-Depends')), ...list(field('Depends'))], essential: field('Essential') === 'yes'});
+    for (const [v] of list(field('Provides'))) {
+      if (!provides.has(v)) provides.set(v, []);
+      provides.get(v).push(name);
+    }
+  }
+  const closure = (names) => {
+    const out = new Set();
+    const todo = [...names];
+    while (todo.length) {
+      const n = todo.pop();
+      if (out.has(n)) continue;
+      out.add(n);
+      const p = pkgs.get(n);
+      if (!p) {
+        for (const r of provides.get(n) || []) todo.push(r);
+        continue;
+      }
+      for (const alts of p.deps) {
+        const hit = alts.find((a) => pkgs.has(a) || provides.has(a));
+        if (hit) todo.push(hit);
+      }
+    }
+    return out;
+  };
+  // debian:12-slim: the essential packages and apt.
+  const base = closure(['apt', ...[...pkgs].filter(([, p]) => p.essential).map(([n]) => n)]);
+  dpkgDb = {canon, owner, closure, base};
+  return dpkgDb;
+}
+
+const imageCache = new Map();
+// Problems of a Dockerfile's runtime stage for a binary: each shared library
+// the binary loads must come from a package the stage installs, one of
+// their dependencies, or the base image.
+function runtimeImageProblems(dockerfile, binaryPath) {
+  const key = `${dockerfile}\0${binaryPath}`;
+  if (imageCache.has(key)) return imageCache.get(key);
+  const out = [];
+  const text = fs.readFileSync(dockerfile, 'utf8');
+  const stages = text.split(/^FROM /m);
+  const last = stages[stages.length - 1].replace(/\\\n/g, ' ');
+  const installed = [];
+  for (const m of last.matchAll(/apt-get install ([^&\n]*)/g)) {
+    for (const w of m[1].split(/\s+/)) if (w && !w.startsWith('-')) installed.push(w);
+  }
+  const db = dpkg();
+  const have = db.closure(installed);
+  for (const n of db.base) have.add(n);
+  const r = cp.spawnSync('ldd', [binaryPath], {encoding: 'utf8'});
+  if (r.status !== 0) {
+    out.push(`ldd ${binaryPath} failed: ${(r.stderr || '').trim()}`);
+  }
+  for (const line of (r.stdout || '').split('\n')) {
+    const m = /^\s*(\S+) => (.*?)(?: \(0x[0-9a-f]+\))?$/.exec(line);
+    if (!m) continue;
+    if (m[2] === 'not found') {
+      out.push(`${m[1]} of ${path.basename(binaryPath)} is not found (ldd)`);
+      continue;
+    }
+    let pkg = db.owner.get(db.canon(m[2]));
+    if (!pkg) {
+      try {
+        pkg = db.owner.get(db.canon(fs.realpathSync(m[2])));
+      } catch (e) {
+        // left unknown below
+      }
+    }
+    if (!pkg) out.push(`${m[2]} (loaded by ${path.basename(binaryPath)}) belongs to no Debian package`);
+    else if (!have.has(pkg)) out.push(`the runtime image lacks ${pkg} (${m[1]} of ${path.basename(binaryPath)})`);
+  }
+  imageCache.set(key, out);
+  return out;
+}
+
 // ---- checks on one rendered directory ---------------------------------------
 
 function labelsMatch(selector, labels) {
@@ -459,6 +566,9 @@ function checkRendered(objects, opts, problem) {
       if (!flags) {
         problem(cwhere, `binary ${binary} not found in ${opts.binDir}`);
         continue;
+      }
+      if (fs.existsSync(dockerfile)) {
+        for (const e of runtimeImageProblems(dockerfile, path.join(opts.binDir, binary))) problem(cwhere, `${path.basename(dockerfile)}: ${e}`);
       }
       if (c.command) problem(cwhere, 'overrides the image entrypoint');
       const listenPorts = [];  // {flag, port, grpc, health}
