@@ -106,6 +106,10 @@ FAULTS = [
     ("base/external-secrets.yaml", "  - name: sinkline-sink-dkim-sign-keys\n",
      "  - name: sinkline-sink-dkim-keys\n",
      "Secret sinkline-sink-dkim-sign-keys is not rendered"),
+    ("base/external-secrets.yaml", "    keys: [keys.yaml]\n",
+     "    keys: [keys.yaml]\n  - name: sinkline-sink-old-tls\n"
+     "    keys: [tls.crt]\n",
+     "Secret/sinkline-sink-old-tls: listed in"),
     ("base/sink-recipient-policy.yaml",
      "--recipients=/etc/sinkline/recipients/recipients.txt",
      "--recipients=/etc/sinkline/recipients/recipient.txt",

@@ -22,7 +22,7 @@
 //     writes lie on a writable volume); $(VAR) in args is in env;
 //   - Secrets the operator creates (external-secrets.yaml in a kustomize
 //     directory or any directory it includes) count as existing, with the
-//     keys they list;
+//     keys they list, and each of them is used by a pod;
 //   - a Deployment on a ReadWriteOnce claim runs one replica with the
 //     Recreate strategy; every claim rendered is used;
 //   - TLS (--grpc-tls-*): all of cert, key and CA or none, the same on every
@@ -468,6 +468,7 @@ function checkRendered(objects, opts, problem) {
     return cm ? new Set(Object.keys(Object.assign({}, cm.data, cm.binaryData))) : null;
   };
   const tlsContainers = [];    // {where, serverName}
+  const usedSecrets = new Set();
   const reach = [];  // {from: [pod], host, port, where}: calls the policies must let through
   const plainContainers = [];  // where
   // Ports of every pod template: [{labels, ports: [{name, containerPort}], grpcPorts: Set}]
@@ -486,6 +487,7 @@ function checkRendered(objects, opts, problem) {
     for (const t of spec.volumeClaimTemplates || []) volumes.set(t.metadata.name, {pvcTemplate: t});
     for (const v of podSpec.volumes || []) {
       if (v.configMap && !named('ConfigMap', v.configMap.name)) problem(where, `volume ${v.name}: ConfigMap ${v.configMap.name} is not rendered`);
+      if (v.secret) usedSecrets.add(v.secret.secretName);
       if (v.secret && !secretKeys(v.secret.secretName)) problem(where, `volume ${v.name}: Secret ${v.secret.secretName} is not rendered (nor in an external-secrets.yaml)`);
       if (v.persistentVolumeClaim) {
         const pvc = named('PersistentVolumeClaim', v.persistentVolumeClaim.claimName);
@@ -533,6 +535,7 @@ function checkRendered(objects, opts, problem) {
       for (const e of c.env || []) {
         const from = e.valueFrom || {};
         if (from.secretKeyRef) {
+          usedSecrets.add(from.secretKeyRef.name);
           const keys = secretKeys(from.secretKeyRef.name);
           if (!keys) problem(cwhere, `env ${e.name}: Secret ${from.secretKeyRef.name} is not rendered (nor in an external-secrets.yaml)`);
           else if (!keys.has(from.secretKeyRef.key)) problem(cwhere, `env ${e.name}: Secret ${from.secretKeyRef.name} has no key ${from.secretKeyRef.key}`);
@@ -544,6 +547,7 @@ function checkRendered(objects, opts, problem) {
         }
       }
       for (const e of c.envFrom || []) {
+        if (e.secretRef) usedSecrets.add(e.secretRef.name);
         if (e.secretRef && !secretKeys(e.secretRef.name)) problem(cwhere, `envFrom: Secret ${e.secretRef.name} is not rendered (nor in an external-secrets.yaml)`);
         if (e.configMapRef && !configMapKeys(e.configMapRef.name)) problem(cwhere, `envFrom: ConfigMap ${e.configMapRef.name} is not rendered`);
       }
@@ -677,6 +681,12 @@ function checkRendered(objects, opts, problem) {
   const serverNames = [...new Set(tlsContainers.map((c) => c.serverName))];
   if (serverNames.includes('')) problem('TLS', `no --grpc-tls-server-name on ${tlsContainers.filter((c) => !c.serverName).map((c) => c.where).join(', ')} (peers are reached by pod IP)`);
   if (serverNames.filter((n) => n).length > 1) problem('TLS', `--grpc-tls-server-name differs: ${serverNames.filter((n) => n).join(', ')}`);
+  // An operator-created Secret that no pod uses is a stale instruction.
+  for (const [name, e] of external) {
+    // (A generated Secret's name carries kustomize's hash suffix.)
+    const used = [...usedSecrets].some((u) => u === name || (u.startsWith(name + '-') && /^[a-z0-9]{10}$/.test(u.slice(name.length + 1))));
+    if (!used) problem(`Secret/${name}`, `listed in ${path.relative(path.dirname(path.resolve(opts.deployDir)), e.file)} but used by no pod`);
+  }
   for (const pvc of byKind('PersistentVolumeClaim')) {
     if (!pods.some((p) => p.claims.includes(pvc.metadata.name))) problem(`PersistentVolumeClaim/${pvc.metadata.name}`, 'is used by no pod');
   }
