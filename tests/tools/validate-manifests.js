@@ -4,7 +4,11 @@
 // offline against the Kubernetes schemas (kubernetes-models; a kind without a
 // schema is an error, and so is a field the models' type declarations do not
 // know), and checks the manifests against the binaries:
-//   - every container's image names a Sinkline binary with a Dockerfile;
+//   - every container's image names a Sinkline binary with a Dockerfile,
+//     whose runtime stage installs the Debian packages (or their
+//     dependencies) that hold every shared library the binary loads (ldd,
+//     and dpkg's database of this Debian 12 machine; the base image counts
+//     as the essential packages and apt);
 //   - every flag in `args` is one the binary's --helpfull lists;
 //   - the container ports are exactly the ports of its listen flags;
 //   - every Service's targetPort is a port of the pods it selects, every
@@ -14,7 +18,20 @@
 //   - `dns:///name:port` targets (flags and the bindings file) name a
 //     rendered Service with that port; ConfigMaps, Secrets and volumes
 //     referenced exist; absolute paths in flags lie under a volume mount
-//     (and name a key of a mounted ConfigMap); $(VAR) in args is in env;
+//     (and name a key of a mounted ConfigMap or Secret; paths a binary
+//     writes lie on a writable volume); $(VAR) in args is in env;
+//   - Secrets the operator creates (external-secrets.yaml in a kustomize
+//     directory or any directory it includes) count as existing, with the
+//     keys they list, and each of them is used by a pod;
+//   - a Deployment on a ReadWriteOnce claim runs one replica with the
+//     Recreate strategy; every claim rendered is used;
+//   - TLS (--grpc-tls-*): all of cert, key and CA or none, the same on every
+//     container of a directory, with one --grpc-tls-server-name; a gRPC
+//     probe of a container serving TLS goes to its --grpc-health-listen
+//     port, and no NetworkPolicy rule opens a health port (only the node's
+//     kubelet may reach it);
+//   - every binding's sink is defined, and the NetworkPolicies let the
+//     broker reach every bound sink and the sinks reach the broker;
 //   - non-root, read-only, all capabilities dropped, requests and limits,
 //     liveness and readiness probes on every container.
 // Prints every problem and exits 1 if there is any.
@@ -280,6 +297,109 @@ function portOf(address) {
   return m ? Number(m[1]) : null;
 }
 
+// ---- runtime images ----------------------------------------------------------
+
+// The installed Debian packages (dpkg's status and file lists): which
+// package holds each shared library, and each package's dependencies.
+let dpkgDb = null;
+function dpkg() {
+  if (dpkgDb) return dpkgDb;
+  const canon = (f) => f.replace(/^\/usr(?=\/lib)/, '');  // merged /usr
+  const owner = new Map();
+  const info = '/var/lib/dpkg/info';
+  for (const f of fs.readdirSync(info)) {
+    if (!f.endsWith('.list')) continue;
+    const pkg = f.slice(0, -5).replace(/:.*$/, '');
+    for (const line of fs.readFileSync(path.join(info, f), 'utf8').split('\n')) {
+      if (line.includes('.so')) owner.set(canon(line), pkg);
+    }
+  }
+  const pkgs = new Map();  // name -> {deps: [[alternatives]], essential}
+  const provides = new Map();
+  for (const para of fs.readFileSync('/var/lib/dpkg/status', 'utf8').split(/\n\n+/)) {
+    const field = (n) => {
+      const m = new RegExp(`^${n}: (.*(?:\\n .*)*)`, 'm').exec(para);
+      return m ? m[1].replace(/\n /g, ' ') : '';
+    };
+    if (!/ installed$/.test(field('Status'))) continue;
+    const name = field('Package');
+    const list = (v) => v.split(',').map((s) => s.trim()).filter(Boolean)
+        .map((d) => d.split('|').map((a) => a.trim().split(/[\s(:]/)[0]));
+    pkgs.set(name, {deps: [...list(field('Pre-Depends')), ...list(field('Depends'))], essential: field('Essential') === 'yes'});
+    for (const [v] of list(field('Provides'))) {
+      if (!provides.has(v)) provides.set(v, []);
+      provides.get(v).push(name);
+    }
+  }
+  const closure = (names) => {
+    const out = new Set();
+    const todo = [...names];
+    while (todo.length) {
+      const n = todo.pop();
+      if (out.has(n)) continue;
+      out.add(n);
+      const p = pkgs.get(n);
+      if (!p) {
+        for (const r of provides.get(n) || []) todo.push(r);
+        continue;
+      }
+      for (const alts of p.deps) {
+        const hit = alts.find((a) => pkgs.has(a) || provides.has(a));
+        if (hit) todo.push(hit);
+      }
+    }
+    return out;
+  };
+  // debian:12-slim: the essential packages and apt.
+  const base = closure(['apt', ...[...pkgs].filter(([, p]) => p.essential).map(([n]) => n)]);
+  dpkgDb = {canon, owner, closure, base};
+  return dpkgDb;
+}
+
+const imageCache = new Map();
+// Problems of a Dockerfile's runtime stage for a binary: each shared library
+// the binary loads must come from a package the stage installs, one of
+// their dependencies, or the base image.
+function runtimeImageProblems(dockerfile, binaryPath) {
+  const key = `${dockerfile}\0${binaryPath}`;
+  if (imageCache.has(key)) return imageCache.get(key);
+  const out = [];
+  const text = fs.readFileSync(dockerfile, 'utf8');
+  const stages = text.split(/^FROM /m);
+  const last = stages[stages.length - 1].replace(/\\\n/g, ' ');
+  const installed = [];
+  for (const m of last.matchAll(/apt-get install ([^&\n]*)/g)) {
+    for (const w of m[1].split(/\s+/)) if (w && !w.startsWith('-')) installed.push(w);
+  }
+  const db = dpkg();
+  const have = db.closure(installed);
+  for (const n of db.base) have.add(n);
+  const r = cp.spawnSync('ldd', [binaryPath], {encoding: 'utf8'});
+  if (r.status !== 0) {
+    out.push(`ldd ${binaryPath} failed: ${(r.stderr || '').trim()}`);
+  }
+  for (const line of (r.stdout || '').split('\n')) {
+    const m = /^\s*(\S+) => (.*?)(?: \(0x[0-9a-f]+\))?$/.exec(line);
+    if (!m) continue;
+    if (m[2] === 'not found') {
+      out.push(`${m[1]} of ${path.basename(binaryPath)} is not found (ldd)`);
+      continue;
+    }
+    let pkg = db.owner.get(db.canon(m[2]));
+    if (!pkg) {
+      try {
+        pkg = db.owner.get(db.canon(fs.realpathSync(m[2])));
+      } catch (e) {
+        // left unknown below
+      }
+    }
+    if (!pkg) out.push(`${m[2]} (loaded by ${path.basename(binaryPath)}) belongs to no Debian package`);
+    else if (!have.has(pkg)) out.push(`the runtime image lacks ${pkg} (${m[1]} of ${path.basename(binaryPath)})`);
+  }
+  imageCache.set(key, out);
+  return out;
+}
+
 // ---- checks on one rendered directory ---------------------------------------
 
 function labelsMatch(selector, labels) {
@@ -298,11 +418,59 @@ function labelsMatch(selector, labels) {
   return true;
 }
 
+// Secrets declared in external-secrets.yaml of a kustomize directory and of
+// every directory it includes (resources, components): name -> {type, keys}.
+function externalSecrets(dir, out = new Map(), seen = new Set()) {
+  const abs = path.resolve(dir);
+  if (seen.has(abs)) return out;
+  seen.add(abs);
+  const decl = path.join(abs, 'external-secrets.yaml');
+  if (fs.existsSync(decl)) {
+    const doc = YAML.parse(fs.readFileSync(decl, 'utf8')) || {};
+    for (const s of doc.secrets || []) {
+      if (!s || typeof s.name !== 'string' || !Array.isArray(s.keys)) throw new Error(`${decl}: every secret needs a name and keys`);
+      out.set(s.name, {type: s.type || 'Opaque', keys: new Set(s.keys), file: decl});
+    }
+  }
+  for (const k of ['kustomization.yaml', 'kustomization.yml', 'Kustomization']) {
+    const kf = path.join(abs, k);
+    if (!fs.existsSync(kf)) continue;
+    const doc = YAML.parse(fs.readFileSync(kf, 'utf8')) || {};
+    for (const r of [...(doc.resources || []), ...(doc.components || [])]) {
+      const sub = path.resolve(abs, r);
+      if (fs.existsSync(sub) && fs.statSync(sub).isDirectory()) externalSecrets(sub, out, seen);
+    }
+    break;
+  }
+  return out;
+}
+
+// Flags whose path the binary writes to.
+const WRITTEN_PATHS = new Set(['spool_dir', 'queue_dir', 'state_file', 'archive_dir', 'admin_state', 'port_file']);
+const TLS_FLAGS = ['grpc_tls_cert', 'grpc_tls_key', 'grpc_tls_ca'];
+
 function checkRendered(objects, opts, problem) {
   const byKind = (k) => objects.filter((o) => o.kind === k);
   const named = (k, n) => objects.find((o) => o.kind === k && o.metadata && o.metadata.name === n);
   const workloads = objects.filter((o) => ['Deployment', 'StatefulSet', 'DaemonSet'].includes(o.kind));
   const services = byKind('Service');
+  const external = opts.external || new Map();
+  // Keys of a Secret: rendered, or declared as created by the operator;
+  // null if neither.
+  const secretKeys = (name) => {
+    const s = named('Secret', name);
+    if (s) return new Set(Object.keys(Object.assign({}, s.data, s.stringData)));
+    const e = external.get(name);
+    return e ? e.keys : null;
+  };
+  const configMapKeys = (name) => {
+    const cm = named('ConfigMap', name);
+    return cm ? new Set(Object.keys(Object.assign({}, cm.data, cm.binaryData))) : null;
+  };
+  const tlsContainers = [];    // {where, serverName}
+  const usedSecrets = new Set();
+  const reach = [];  // {from: [pod], host, port, where}: calls the policies must let through
+  const plainContainers = [];  // where
   // Ports of every pod template: [{labels, ports: [{name, containerPort}], grpcPorts: Set}]
   const pods = [];
 
@@ -319,15 +487,33 @@ function checkRendered(objects, opts, problem) {
     for (const t of spec.volumeClaimTemplates || []) volumes.set(t.metadata.name, {pvcTemplate: t});
     for (const v of podSpec.volumes || []) {
       if (v.configMap && !named('ConfigMap', v.configMap.name)) problem(where, `volume ${v.name}: ConfigMap ${v.configMap.name} is not rendered`);
-      if (v.secret && !named('Secret', v.secret.secretName)) problem(where, `volume ${v.name}: Secret ${v.secret.secretName} is not rendered`);
-      if (v.persistentVolumeClaim && !named('PersistentVolumeClaim', v.persistentVolumeClaim.claimName)) problem(where, `volume ${v.name}: PersistentVolumeClaim ${v.persistentVolumeClaim.claimName} is not rendered`);
+      if (v.secret) usedSecrets.add(v.secret.secretName);
+      if (v.secret && !secretKeys(v.secret.secretName)) problem(where, `volume ${v.name}: Secret ${v.secret.secretName} is not rendered (nor in an external-secrets.yaml)`);
+      if (v.persistentVolumeClaim) {
+        const pvc = named('PersistentVolumeClaim', v.persistentVolumeClaim.claimName);
+        if (!pvc) {
+          problem(where, `volume ${v.name}: PersistentVolumeClaim ${v.persistentVolumeClaim.claimName} is not rendered`);
+        } else if (w.kind === 'Deployment') {
+          // A ReadWriteOnce claim is attached to one node: two pods (more
+          // replicas, or a rolling update's surge) may never start.
+          const modes = (pvc.spec || {}).accessModes || [];
+          if (modes.length && modes.every((m) => m === 'ReadWriteOnce' || m === 'ReadWriteOncePod')) {
+            const replicas = spec.replicas === undefined ? 1 : spec.replicas;
+            if (replicas > 1) problem(where, `${replicas} replicas share the ReadWriteOnce claim ${pvc.metadata.name}`);
+            if (((spec.strategy || {}).type) !== 'Recreate') problem(where, `uses the ReadWriteOnce claim ${pvc.metadata.name} without strategy Recreate`);
+          }
+        }
+      }
     }
     if (w.kind === 'StatefulSet') {
       const svc = named('Service', spec.serviceName);
       if (!svc) problem(where, `serviceName ${spec.serviceName} is not a rendered Service`);
       else if ((svc.spec || {}).clusterIP !== 'None') problem(where, `Service ${spec.serviceName} is not headless`);
     }
-    const pod = {where, labels: podLabels, ports: [], grpcPorts: new Set()};
+    const pod = {where, labels: podLabels, ports: [], grpcPorts: new Set(), healthPorts: new Set(),
+                 claims: (podSpec.volumes || []).filter((v) => v.persistentVolumeClaim).map((v) => v.persistentVolumeClaim.claimName),
+                 configMaps: (podSpec.volumes || []).filter((v) => v.configMap).map((v) => v.configMap.name),
+                 advertisePorts: []};
     pods.push(pod);
 
     for (const c of podSpec.containers || []) {
@@ -346,6 +532,25 @@ function checkRendered(objects, opts, problem) {
       if (!c.livenessProbe) problem(cwhere, 'no livenessProbe');
       if (!c.readinessProbe) problem(cwhere, 'no readinessProbe');
       const env = new Set((c.env || []).map((e) => e.name));
+      for (const e of c.env || []) {
+        const from = e.valueFrom || {};
+        if (from.secretKeyRef) {
+          usedSecrets.add(from.secretKeyRef.name);
+          const keys = secretKeys(from.secretKeyRef.name);
+          if (!keys) problem(cwhere, `env ${e.name}: Secret ${from.secretKeyRef.name} is not rendered (nor in an external-secrets.yaml)`);
+          else if (!keys.has(from.secretKeyRef.key)) problem(cwhere, `env ${e.name}: Secret ${from.secretKeyRef.name} has no key ${from.secretKeyRef.key}`);
+        }
+        if (from.configMapKeyRef) {
+          const keys = configMapKeys(from.configMapKeyRef.name);
+          if (!keys) problem(cwhere, `env ${e.name}: ConfigMap ${from.configMapKeyRef.name} is not rendered`);
+          else if (!keys.has(from.configMapKeyRef.key)) problem(cwhere, `env ${e.name}: ConfigMap ${from.configMapKeyRef.name} has no key ${from.configMapKeyRef.key}`);
+        }
+      }
+      for (const e of c.envFrom || []) {
+        if (e.secretRef) usedSecrets.add(e.secretRef.name);
+        if (e.secretRef && !secretKeys(e.secretRef.name)) problem(cwhere, `envFrom: Secret ${e.secretRef.name} is not rendered (nor in an external-secrets.yaml)`);
+        if (e.configMapRef && !configMapKeys(e.configMapRef.name)) problem(cwhere, `envFrom: ConfigMap ${e.configMapRef.name} is not rendered`);
+      }
       const mounts = c.volumeMounts || [];
       for (const vm of mounts) {
         if (!volumes.has(vm.name)) problem(cwhere, `volumeMount ${vm.name} names no volume`);
@@ -366,8 +571,12 @@ function checkRendered(objects, opts, problem) {
         problem(cwhere, `binary ${binary} not found in ${opts.binDir}`);
         continue;
       }
+      if (fs.existsSync(dockerfile)) {
+        for (const e of runtimeImageProblems(dockerfile, path.join(opts.binDir, binary))) problem(cwhere, `${path.basename(dockerfile)}: ${e}`);
+      }
       if (c.command) problem(cwhere, 'overrides the image entrypoint');
-      const listenPorts = [];  // {flag, port, grpc}
+      const listenPorts = [];  // {flag, port, grpc, health}
+      const values = new Map();  // flag -> value
       for (const arg of c.args || []) {
         const f = parseFlag(arg);
         if (!f) {
@@ -385,16 +594,26 @@ function checkRendered(objects, opts, problem) {
         }
         if (f.value === undefined && info.type !== 'bool') problem(cwhere, `--${f.name} needs a value`);
         const value = f.value || '';
+        values.set(f.name, value);
         for (const m of value.matchAll(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g)) {
           if (!env.has(m[1])) problem(cwhere, `${arg}: $(${m[1]}) is not in env`);
         }
         if (/(^|_)listen$/.test(f.name)) {
           const port = portOf(value);
           if (!port) problem(cwhere, `${arg}: no port`);
-          else listenPorts.push({flag: f.name, port, grpc: /gRPC/.test(info.help)});
+          else {
+            // --grpc-health-listen serves grpc.health.v1 alone, in plaintext.
+            const health = f.name === 'grpc_health_listen';
+            listenPorts.push({flag: f.name, port, grpc: health || /gRPC/.test(info.help), health});
+          }
+        }
+        if (f.name === 'advertise') {
+          const port = portOf(value);
+          if (port) pod.advertisePorts.push(port);
         }
         for (const m of value.matchAll(/dns:\/\/\/([a-z0-9.-]+):(\d+)/g)) {
           checkTarget(m[1], Number(m[2]), `${cwhere} ${arg}`);
+          reach.push({from: [pod], host: m[1], port: Number(m[2]), where: `${cwhere} ${arg}`});
         }
         if (value.startsWith('/')) {
           const mount = mounts
@@ -404,14 +623,15 @@ function checkRendered(objects, opts, problem) {
             problem(cwhere, `${arg}: ${value} is under no volume mount (the root filesystem is read-only)`);
           } else {
             const vol = volumes.get(mount.name) || {};
+            if (WRITTEN_PATHS.has(f.name) && (mount.readOnly || vol.configMap || vol.secret)) problem(cwhere, `${arg}: ${value} is written to but its mount ${mount.name} is read-only`);
             const rest = value.slice(mount.mountPath.replace(/\/$/, '').length + 1).split('/')[0];
             if (vol.configMap && rest) {
               const cm = named('ConfigMap', vol.configMap.name);
               if (cm && !Object.prototype.hasOwnProperty.call(cm.data || {}, rest)) problem(cwhere, `${arg}: ConfigMap ${vol.configMap.name} has no key ${rest}`);
             }
             if (vol.secret && rest) {
-              const s = named('Secret', vol.secret.secretName);
-              if (s && !Object.prototype.hasOwnProperty.call(Object.assign({}, s.data, s.stringData), rest)) problem(cwhere, `${arg}: Secret ${vol.secret.secretName} has no key ${rest}`);
+              const keys = secretKeys(vol.secret.secretName);
+              if (keys && !keys.has(rest)) problem(cwhere, `${arg}: Secret ${vol.secret.secretName} has no key ${rest}`);
             }
           }
         }
@@ -420,10 +640,20 @@ function checkRendered(objects, opts, problem) {
       for (const lp of listenPorts) {
         if (!containerPorts.some((p) => p.containerPort === lp.port)) problem(cwhere, `--${lp.flag.replace(/_/g, '-')} port ${lp.port} is not a container port`);
         if (lp.grpc) pod.grpcPorts.add(lp.port);
+        if (lp.health) pod.healthPorts.add(lp.port);
       }
       for (const p of containerPorts) {
         if (!listenPorts.some((lp) => lp.port === p.containerPort)) problem(cwhere, `container port ${p.name || ''} ${p.containerPort} matches no --*listen flag`);
       }
+      // TLS: mutual (cert, key and CA) or none.
+      const tlsSet = TLS_FLAGS.filter((n) => values.get(n));
+      const tls = tlsSet.length > 0;
+      if (tls && tlsSet.length < TLS_FLAGS.length) {
+        problem(cwhere, `TLS incomplete: ${TLS_FLAGS.filter((n) => !values.get(n)).map((n) => '--' + n.replace(/_/g, '-')).join(', ')} missing`);
+      }
+      if (tls) tlsContainers.push({where: cwhere, serverName: values.get('grpc_tls_server_name') || ''});
+      else plainContainers.push(cwhere);
+      if (values.get('admin_client_names') && !values.get('grpc_tls_ca')) problem(cwhere, '--admin-client-names needs --grpc-tls-ca');
       const resolve = (port) => (typeof port === 'number' ? port : (containerPorts.find((p) => p.name === port) || {}).containerPort);
       for (const kind of ['livenessProbe', 'readinessProbe', 'startupProbe']) {
         const probe = c[kind];
@@ -431,6 +661,8 @@ function checkRendered(objects, opts, problem) {
         if (probe.grpc) {
           if (!pod.grpcPorts.has(probe.grpc.port)) problem(cwhere, `${kind} grpc port ${probe.grpc.port} is not a gRPC listen port of ${binary}`);
           if (!containerPorts.some((p) => p.containerPort === probe.grpc.port)) problem(cwhere, `${kind} grpc port ${probe.grpc.port} is not a container port`);
+          // The kubelet's gRPC probe speaks plaintext only.
+          if (tls && pod.grpcPorts.has(probe.grpc.port) && !pod.healthPorts.has(probe.grpc.port)) problem(cwhere, `${kind} grpc port ${probe.grpc.port} serves TLS; probe the --grpc-health-listen port`);
         }
         for (const h of ['tcpSocket', 'httpGet']) {
           if (probe[h]) {
@@ -443,6 +675,22 @@ function checkRendered(objects, opts, problem) {
     }
   }
 
+  if (tlsContainers.length && plainContainers.length) {
+    problem('TLS', `${plainContainers.join(', ')} in plaintext while ${tlsContainers.map((c) => c.where).join(', ')} use TLS`);
+  }
+  const serverNames = [...new Set(tlsContainers.map((c) => c.serverName))];
+  if (serverNames.includes('')) problem('TLS', `no --grpc-tls-server-name on ${tlsContainers.filter((c) => !c.serverName).map((c) => c.where).join(', ')} (peers are reached by pod IP)`);
+  if (serverNames.filter((n) => n).length > 1) problem('TLS', `--grpc-tls-server-name differs: ${serverNames.filter((n) => n).join(', ')}`);
+  // An operator-created Secret that no pod uses is a stale instruction.
+  for (const [name, e] of external) {
+    // (A generated Secret's name carries kustomize's hash suffix.)
+    const used = [...usedSecrets].some((u) => u === name || (u.startsWith(name + '-') && /^[a-z0-9]{10}$/.test(u.slice(name.length + 1))));
+    if (!used) problem(`Secret/${name}`, `listed in ${path.relative(path.dirname(path.resolve(opts.deployDir)), e.file)} but used by no pod`);
+  }
+  for (const pvc of byKind('PersistentVolumeClaim')) {
+    if (!pods.some((p) => p.claims.includes(pvc.metadata.name))) problem(`PersistentVolumeClaim/${pvc.metadata.name}`, 'is used by no pod');
+  }
+
   function checkTarget(host, port, where) {
     const name = host.split('.')[0];
     const svc = named('Service', name);
@@ -451,6 +699,41 @@ function checkRendered(objects, opts, problem) {
       return;
     }
     if (!((svc.spec || {}).ports || []).some((p) => p.port === port)) problem(where, `dns:///${host}:${port}: Service ${name} has no port ${port}`);
+  }
+
+  // The pods behind dns:///host:port and their container port.
+  function serviceTargets(host, port) {
+    const svc = named('Service', host.split('.')[0]);
+    const sp = svc && (((svc.spec || {}).ports || []).find((p) => p.port === port));
+    if (!sp) return [];
+    const target = sp.targetPort === undefined ? sp.port : sp.targetPort;
+    const out = [];
+    for (const pod of pods.filter((p) => labelsMatch({matchLabels: svc.spec.selector || {}}, p.labels))) {
+      const cp = pod.ports.find((c) => (typeof target === 'number' ? c.containerPort === target : c.name === target));
+      if (cp) out.push({pod, port: cp.containerPort});
+    }
+    return out;
+  }
+
+  // A NetworkPolicy port (number or name) is `number` of `pod`.
+  const portIs = (pod, npPort, number) => (typeof npPort === 'number' ? npPort === number : pod.ports.some((c) => c.name === npPort && c.containerPort === number));
+  const ingressPolicies = () => byKind('NetworkPolicy').filter((np) => {
+    const types = (np.spec || {}).policyTypes;
+    return !types || types.includes('Ingress');
+  });
+  // Whether the policies let pod `from` reach pod `to` on `port` (pods of
+  // one namespace; an ipBlock peer admits no pod).
+  function admits(to, from, port) {
+    const selecting = ingressPolicies().filter((np) => labelsMatch((np.spec || {}).podSelector || {}, to.labels));
+    if (!selecting.length) return true;
+    return selecting.some((np) => ((np.spec || {}).ingress || []).some((rule) => {
+      const peers = rule.from || [];
+      const fromOk = !peers.length || peers.some((peer) => peer.podSelector && labelsMatch(peer.podSelector, from.labels) &&
+          (!peer.namespaceSelector || (!Object.keys(peer.namespaceSelector.matchLabels || {}).length && !(peer.namespaceSelector.matchExpressions || []).length)));
+      const ports = rule.ports || [];
+      const portOk = !ports.length || ports.some((p) => p.port === undefined || portIs(to, p.port, port));
+      return fromOk && portOk;
+    }));
   }
 
   for (const svc of services) {
@@ -496,6 +779,13 @@ function checkRendered(objects, opts, problem) {
         const ok = selected.some((pod) => pod.ports.some((cp) => (typeof p.port === 'number' ? cp.containerPort === p.port : cp.name === p.port)));
         if (!ok) problem(where, `port ${p.port} is not a port of the pods it selects`);
       }
+      // Health ports are for the node's kubelet only: no rule opens one.
+      for (const pod of selected) {
+        for (const hp of pod.healthPorts) {
+          if (!(rule.ports || []).length) problem(where, `a rule without ports opens the health port ${hp} of ${pod.where}`);
+          else if ((rule.ports || []).some((p) => p.port === undefined || portIs(pod, p.port, hp))) problem(where, `opens the health port ${hp} of ${pod.where}`);
+        }
+      }
     }
   }
 
@@ -510,10 +800,35 @@ function checkRendered(objects, opts, problem) {
         problem(`ConfigMap/${cm.metadata.name}`, `${key}: ${e.message}`);
         continue;
       }
+      // The pods that read this file (the brokers).
+      const readers = pods.filter((p) => p.configMaps.includes(cm.metadata.name));
+      const sinkNames = new Set(((doc && doc.sinks) || []).map((s) => s.name));
+      for (const b of (doc && doc.bindings) || []) {
+        if (!sinkNames.has(b.sink)) problem(`ConfigMap/${cm.metadata.name}`, `${key} binding ${b.name}: no sink ${b.sink}`);
+      }
       for (const s of (doc && doc.sinks) || []) {
         const m = /^dns:\/\/\/([a-z0-9.-]+):(\d+)$/.exec(s.target || '');
-        if (m) checkTarget(m[1], Number(m[2]), `ConfigMap/${cm.metadata.name} ${key} sink ${s.name}`);
-        else problem(`ConfigMap/${cm.metadata.name}`, `${key} sink ${s.name}: target ${s.target} is not dns:///service:port`);
+        if (m) {
+          checkTarget(m[1], Number(m[2]), `ConfigMap/${cm.metadata.name} ${key} sink ${s.name}`);
+          reach.push({from: readers, host: m[1], port: Number(m[2]), where: `ConfigMap/${cm.metadata.name} ${key} sink ${s.name}`, sink: true});
+        } else {
+          problem(`ConfigMap/${cm.metadata.name}`, `${key} sink ${s.name}: target ${s.target} is not dns:///service:port`);
+        }
+      }
+    }
+  }
+
+  // Calls the NetworkPolicies must let through: every dns:/// target from
+  // the pods that call it; and from every sink back to the brokers that
+  // call it, on the address they advertise (content calls).
+  for (const r of reach) {
+    for (const t of serviceTargets(r.host, r.port)) {
+      for (const from of r.from) {
+        if (!admits(t.pod, from, t.port)) problem(r.where, `NetworkPolicies refuse ${from.where} -> ${t.pod.where} port ${t.port}`);
+        if (!r.sink) continue;
+        for (const ap of from.advertisePorts) {
+          if (!admits(from, t.pod, ap)) problem(r.where, `NetworkPolicies refuse ${t.pod.where} -> ${from.where} port ${ap} (content calls)`);
+        }
       }
     }
   }
@@ -552,7 +867,14 @@ function main() {
       seen.add(where);
       for (const e of validateSchema(o)) problem(where, e);
     }
-    checkRendered(objects, opts, problem);
+    let external;
+    try {
+      external = externalSecrets(dir);
+    } catch (e) {
+      problem('external-secrets.yaml', e.message);
+      external = new Map();
+    }
+    checkRendered(objects, Object.assign({}, opts, {external}), problem);
     const kinds = [...new Set(objects.map((o) => o.kind))].sort().join(', ');
     console.log(`${label}: ${objects.length} objects validated (${kinds})`);
   }
