@@ -69,6 +69,10 @@ ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics over HTTP on this address (off if empty)");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 ABSL_FLAG(bool, log_json, false, "log one JSON object per line");
+ABSL_FLAG(int, shutdown_grace_s, 25,
+          "on SIGTERM: health NOT_SERVING at once, then session streams and "
+          "sink calls in flight get this long to finish before they are "
+          "cancelled (keep it under the pod's terminationGracePeriodSeconds)");
 
 namespace sb = sinkline::broker;
 
@@ -240,8 +244,9 @@ int main(int argc, char** argv) {
   const int sig = sinkline::WaitForShutdownSignal([&] { reload("SIGHUP"); });
   stop.store(true);
   if (watcher.joinable()) watcher.join();
-  spdlog::info("signal {}: shutting down", sig);
-  server->Stop();
+  spdlog::info("signal {}: shutting down (grace {}s)", sig,
+               absl::GetFlag(FLAGS_shutdown_grace_s));
+  server->Stop(std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_s)));
   broker->Drain();
   return 0;
 }

@@ -28,6 +28,9 @@ ABSL_FLAG(std::string, metrics_listen, "",
 ABSL_FLAG(int, workers, 4, "threads that run handlers");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 ABSL_FLAG(bool, log_json, false, "log one JSON object per line");
+ABSL_FLAG(int, shutdown_grace_s, 20,
+          "on SIGTERM: health NOT_SERVING at once, then calls in flight get "
+          "this long to finish");
 
 namespace sinkline::sdk {
 
@@ -236,8 +239,9 @@ int Serve(Sink& sink) {
   }
   spdlog::info("{} sink serving on port {}", name, server->port);
   const int sig = WaitForShutdownSignal();
-  spdlog::info("signal {}: shutting down", sig);
-  server->Stop();
+  spdlog::info("signal {}: shutting down (grace {}s)", sig,
+               absl::GetFlag(FLAGS_shutdown_grace_s));
+  server->Stop(std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_s)));
   return 0;
 }
 
