@@ -69,6 +69,9 @@ ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics over HTTP on this address (off if empty)");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 ABSL_FLAG(bool, log_json, false, "log one JSON object per line");
+ABSL_FLAG(int, spool_scan_interval_ms, 5000,
+          "how often the spool is measured for sinkline_broker_spool_bytes "
+          "and _messages (0: never)");
 ABSL_FLAG(int, shutdown_grace_s, 25,
           "on SIGTERM: health NOT_SERVING at once, then session streams and "
           "sink calls in flight get this long to finish before they are "
@@ -241,9 +244,23 @@ int main(int argc, char** argv) {
       }
     });
   }
+  // The spool's size for operators, measured now and then.
+  std::thread scanner;
+  if (const int every = absl::GetFlag(FLAGS_spool_scan_interval_ms);
+      every > 0) {
+    scanner = std::thread([&stop, every, spool = opts.spool_dir] {
+      while (!stop.load()) {
+        sb::UpdateSpoolGauges(spool);
+        for (int waited = 0; waited < every && !stop.load(); waited += 50) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+      }
+    });
+  }
   const int sig = sinkline::WaitForShutdownSignal([&] { reload("SIGHUP"); });
   stop.store(true);
   if (watcher.joinable()) watcher.join();
+  if (scanner.joinable()) scanner.join();
   spdlog::info("signal {}: shutting down (grace {}s)", sig,
                absl::GetFlag(FLAGS_shutdown_grace_s));
   server->Stop(std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_s)));

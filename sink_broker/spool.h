@@ -6,6 +6,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -79,6 +80,11 @@ std::string CommittedEnvelopePath(const std::string& spool_dir,
 // Creates <spool>/incoming and <spool>/committed; removes partial incoming
 // files left by a crash (nothing uncommitted was ever acknowledged).
 absl::Status PrepareSpool(const std::string& spool_dir);
+
+// Measures the spool: sets sinkline_broker_spool_bytes{dir} and
+// sinkline_broker_spool_messages{dir} for incoming (arriving), committed
+// (durable, not yet submitted) and failed. Returns the bytes per directory.
+std::map<std::string, uint64_t> UpdateSpoolGauges(const std::string& spool_dir);
 
 // Writes a file atomically: <path>.tmp, fsync, rename, fsync the directory.
 absl::Status WriteFileDurably(const std::string& path, const std::string& data);

@@ -79,7 +79,7 @@ class MetricsTest(StackTestCase):
             "priority": 30000, "deadline_ms": 5000,
             "failure_policy": "continue", "content_access": "read-write",
         }])
-        self.stack.start_broker(extra=[metrics])
+        self.stack.start_broker(extra=[metrics, "--spool-scan-interval-ms=100"])
         self.stack.start_edge(extra=[metrics])
         ports = {"edge": metrics_port(self.stack.edge),
                  "broker": metrics_port(self.stack.broker),
@@ -163,6 +163,12 @@ class MetricsTest(StackTestCase):
         self.assertGreater(
             moved('sinkline_sink_call_seconds_sum{binding="stamp-eod"}'), 0)
         self.assertEqual(b1.get("sinkline_leases_active"), 0)
+        # The spool is measured: empty again once everything is submitted.
+        wait_for(lambda: after("broker").get(
+            'sinkline_broker_spool_messages{dir="committed"}') == 0, 10,
+            "the spool measured empty")
+        self.assertIn('sinkline_broker_spool_bytes{dir="incoming"}',
+                      after("broker"))
         # The sink counts the calls it served.
         s0, s1 = before["sink"], after("sink")
         calls = [k for k in s1 if k.startswith("sinkline_sink_calls_total")]
