@@ -13,8 +13,10 @@
 #   SINKLINE_TLS_CERT, SINKLINE_TLS_KEY
 #                       PEM certificate and key for STARTTLS (default: a
 #                       self-signed pair generated once into $SINKLINE_HOME/tls)
-#   SINKLINE_AUTH_FILE  user:crypt-hash lines for AUTH over TLS (default: none,
-#                       no AUTH); make a hash with `openssl passwd -6`
+#   SINKLINE_AUTH_FILE  user:crypt-hash lines for AUTH over TLS (default: one
+#                       user `submit` with a random password, made once into
+#                       $SINKLINE_HOME/auth/); make a hash with
+#                       `openssl passwd -6`
 #   SINKLINE_ACCEPTED_DOMAINS
 #                       recipient domains taken (default example.test)
 #   SINKLINE_TRUSTED_NETWORKS
@@ -60,9 +62,19 @@ fi
 edge_policy=(--tls-cert="$tls_cert" --tls-key="$tls_key"
   --accepted-domains="${SINKLINE_ACCEPTED_DOMAINS:-example.test}"
   --trusted-networks="${SINKLINE_TRUSTED_NETWORKS:-}")
-if [[ -n "${SINKLINE_AUTH_FILE:-}" ]]; then
-  edge_policy+=(--auth-file="$SINKLINE_AUTH_FILE")
+# AUTH over TLS: the given credentials, or one user made once.
+auth_file=${SINKLINE_AUTH_FILE:-}
+if [[ -z "$auth_file" ]]; then
+  auth_file="$home/auth/users"
+  if [[ ! -s "$auth_file" ]]; then
+    mkdir -p "$home/auth"
+    (umask 077 &&
+      openssl rand -hex 12 >"$home/auth/submit.password" &&
+      echo "submit:$(openssl passwd -6 -stdin <"$home/auth/submit.password")" \
+        >"$auth_file")
+  fi
 fi
+edge_policy+=(--auth-file="$auth_file")
 
 pids=()
 stop_all() {
@@ -167,6 +179,11 @@ dkim_port=$(cat "$run/dkim-sign.port")
 stamp_port=$(cat "$run/stamp.port")
 archive_port=$(cat "$run/archive.port")
 
+# recipient-policy looks at local recipients only: relayed mail (AUTH or a
+# trusted network) goes to other domains.
+accepted=${SINKLINE_ACCEPTED_DOMAINS:-example.test}
+local_rule="rcpt to=$(echo "$accepted" | sed 's/[^,][^,]*/*@&/g')"
+
 config=${SINKLINE_CONFIG:-$run/bindings.yaml}
 if [[ -z "${SINKLINE_CONFIG:-}" ]]; then
   cat >"$config" <<YAML
@@ -181,10 +198,11 @@ sinks:
   - name: archive
     target: 127.0.0.1:$archive_port
 bindings:
-  # Known recipients only ($recipients); others get 550 5.1.1.
+  # Known local recipients only ($recipients); others get 550 5.1.1.
   - name: recipients
     sink: recipient-policy
     event: RCPT
+    rule: "$local_rule"
     priority: 10000
     deadline_ms: 2000
     failure_policy: tempfail
@@ -232,6 +250,7 @@ sinkline: up
   SMTP      127.0.0.1:$edge_port   (try: swaks --server 127.0.0.1:$edge_port --tls --to someone@example.test)
   TLS       $tls_cert
   domains   ${SINKLINE_ACCEPTED_DOMAINS:-example.test} (others need AUTH or a trusted network)
+  AUTH      $auth_file (over TLS; the default user is submit, password in $home/auth/submit.password)
   broker    127.0.0.1:$broker_port (gRPC; grpcurl -plaintext 127.0.0.1:$broker_port list)
   sinks     recipient-policy 127.0.0.1:$policy_port ($recipients)
             dkim-sign 127.0.0.1:$dkim_port (DNS records: $dkim/dns.txt)

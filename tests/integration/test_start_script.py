@@ -176,6 +176,19 @@ class StartScriptTest(unittest.TestCase):
             capture_output=True, text=True, timeout=60)
         self.assertNotEqual(relay.returncode, 0)
         self.assertIn("554 5.7.1 Relay access denied", relay.stdout)
+        # ...but with the AUTH user the script made, over TLS, it relays.
+        with open(os.path.join(self.home, "auth", "submit.password")) as f:
+            password = f.read().strip()
+        authed = subprocess.run(
+            ["swaks", "--server", f"127.0.0.1:{self.port}", "--tls",
+             "--auth", "PLAIN", "--auth-user", "submit",
+             "--auth-password", password,
+             "--to", "someone@elsewhere.example", "--from",
+             "alice@example.test", "--timeout", "30"],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(authed.returncode, 0, authed.stdout)
+        self.assertIn("235 2.7.0", authed.stdout)
+        self.assertRegex(authed.stdout, r"<~  250 2\.0\.0 Ok: queued as")
 
         self.script.send_signal(signal.SIGINT)
         self.script.wait(timeout=30)
