@@ -1,6 +1,7 @@
 #include "message_edit.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -25,9 +26,15 @@ v1::ContentEdit Add(const std::string& n, const std::string& v, int index = 0,
 
 std::string Rewrite(const std::string& in,
                     const std::vector<v1::ContentEdit>& edits) {
+  // Names of their own per test and process: ctest may run the tests of
+  // this binary side by side.
   const auto dir = std::filesystem::temp_directory_path();
-  const std::string a = (dir / "sinkline-edit-in").string();
-  const std::string b = (dir / "sinkline-edit-out").string();
+  const std::string name =
+      std::string(
+          ::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+      "-" + std::to_string(::getpid());
+  const std::string a = (dir / ("sinkline-edit-in-" + name)).string();
+  const std::string b = (dir / ("sinkline-edit-out-" + name)).string();
   std::ofstream(a, std::ios::binary) << in;
   auto size = RewriteMessage(a, b, edits);
   EXPECT_TRUE(size.ok()) << size.status();
