@@ -70,6 +70,11 @@ ABSL_FLAG(std::vector<std::string>, accepted_domains, {},
 ABSL_FLAG(std::vector<std::string>, trusted_networks, {},
           "CIDR blocks whose clients may relay without AUTH, "
           "comma-separated (none by default)");
+ABSL_FLAG(std::string, proxy_protocol, "off",
+          "PROXY protocol header from trusted proxies: off|v1|v2|any");
+ABSL_FLAG(std::vector<std::string>, proxy_trusted, {},
+          "comma-separated CIDR blocks of the proxies; with "
+          "--proxy-protocol, any other peer is refused");
 ABSL_FLAG(int, threads, 2, "I/O threads");
 ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics over HTTP on this address (off if empty)");
@@ -119,6 +124,17 @@ int main(int argc, char** argv) {
   opts.auth_file = absl::GetFlag(FLAGS_auth_file);
   opts.accepted_domains = absl::GetFlag(FLAGS_accepted_domains);
   opts.trusted_networks = absl::GetFlag(FLAGS_trusted_networks);
+  if (const auto pp = absl::GetFlag(FLAGS_proxy_protocol); pp == "v1") {
+    opts.proxy_protocol = sinkline::edge::ProxyVersions::kV1;
+  } else if (pp == "v2") {
+    opts.proxy_protocol = sinkline::edge::ProxyVersions::kV2;
+  } else if (pp == "any") {
+    opts.proxy_protocol = sinkline::edge::ProxyVersions::kAny;
+  } else if (pp != "off") {
+    spdlog::critical("--proxy-protocol must be off, v1, v2 or any");
+    return 1;
+  }
+  opts.proxy_trusted = absl::GetFlag(FLAGS_proxy_trusted);
 
   std::unique_ptr<sinkline::MetricsHttpServer> metrics;
   if (const auto addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {

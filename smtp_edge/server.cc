@@ -44,6 +44,17 @@ v1::Address ToAddress(const tcp::endpoint& ep) {
   return a;
 }
 
+// An address as the edge writes it: IPv4-mapped IPv6 as IPv4.
+std::string NormalizeIp(const std::string& ip) {
+  boost::system::error_code ec;
+  auto addr = asio::ip::make_address(ip, ec);
+  if (ec) return ip;
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
+    addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+  }
+  return addr.to_string();
+}
+
 Gauge& SessionsGauge() {
   return MetricsRegistry::Default().GetGauge("sinkline_edge_sessions",
                                              "Open SMTP sessions.");
@@ -85,7 +96,6 @@ class Connection : public std::enable_shared_from_this<Connection>,
     snap_.set_state(session_->closed() ? "CLOSING" : session_->state_name());
   }
 
-
   asio::awaitable<void> Run() {
     const auto& opts = server_->options();
     v1::SessionInfo info;
@@ -100,12 +110,30 @@ class Connection : public std::enable_shared_from_this<Connection>,
       *info.mutable_server() = ToAddress(ep);
     }
     session_id_ = info.session_id();
-    spdlog::info("session {} start client={}:{}", session_id_,
-                 info.client().ip(), info.client().port());
+    std::string early;  // input after the PROXY header
+    if (opts.proxy_protocol) {
+      const v1::Address proxy = info.client();
+      if (!co_await ReadProxyHeader(info, early)) co_return;
+      std::string why;
+      if (!server_->Track(shared_from_this(), info.client().ip(), &why)) {
+        spdlog::info("refused a session from {} (through proxy {}): {}",
+                     info.client().ip(), proxy.ip(), why);
+        co_await Refuse(why);
+        co_return;
+      }
+      spdlog::info("session {} start client={}:{} proxy={}:{}", session_id_,
+                   info.client().ip(), info.client().port(), proxy.ip(),
+                   proxy.port());
+    } else {
+      spdlog::info("session {} start client={}:{}", session_id_,
+                   info.client().ip(), info.client().port());
+    }
     SessionsGauge().Add(1);
     SessionsCounter().Inc();
     session_ = std::make_unique<Session>(
         opts.limits, server_->PolicyFor(info.client().ip()), info, this);
+    // Sent before the greeting: the session refuses an early talker.
+    if (!early.empty()) session_->Feed(early);
     {
       absl::MutexLock lock(&snap_mu_);
       *snap_.mutable_connected() = NowTimestamp();
@@ -244,6 +272,64 @@ class Connection : public std::enable_shared_from_this<Connection>,
   void StartTls() override { start_tls_ = true; }
 
  private:
+  // Reads the PROXY header (within --idle-timeout-s) and takes the
+  // addresses it gives; whatever follows it is left in `early`. False when
+  // the connection was closed: no header, a broken one, or none in time.
+  asio::awaitable<bool> ReadProxyHeader(v1::SessionInfo& info,
+                                        std::string& early) {
+    const auto& opts = server_->options();
+    const std::string peer = info.client().ip();
+    idle_.expires_after(opts.idle_timeout);
+    idle_.async_wait([self = shared_from_this()](boost::system::error_code e) {
+      if (e || self->proxy_read_) return;
+      self->proxy_timed_out_ = true;
+      boost::system::error_code ignored;
+      self->socket_.close(ignored);
+    });
+    std::string in;
+    ProxyParse p;
+    while (p.state == ProxyParse::State::kNeedMore) {
+      boost::system::error_code ec;
+      size_t n = co_await socket_.async_read_some(
+          asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        p.error = proxy_timed_out_ ? "no PROXY header in time"
+                                   : "closed before the PROXY header";
+        break;
+      }
+      in.append(buf_, n);
+      p = ParseProxyHeader(in, *opts.proxy_protocol);
+    }
+    proxy_read_ = true;
+    idle_.cancel();
+    finished_ = p.state != ProxyParse::State::kDone;
+    if (finished_) {
+      spdlog::warn("session {}: refused proxy {}: {}", session_id_, peer,
+                   p.error);
+      boost::system::error_code ec;
+      if (socket_.is_open()) {
+        const std::string reply =
+            MakeReply(421, "4.7.0",
+                      absl::StrCat(opts.hostname, " Error: bad PROXY header"))
+                .Format();
+        co_await asio::async_write(
+            socket_, asio::buffer(reply),
+            asio::redirect_error(asio::use_awaitable, ec));
+      }
+      socket_.shutdown(tcp::socket::shutdown_both, ec);
+      socket_.close(ec);
+      co_return false;
+    }
+    early = in.substr(p.consumed);
+    if (p.header.has_addresses) {
+      info.mutable_client()->set_ip(NormalizeIp(p.header.source_ip));
+      info.mutable_client()->set_port(p.header.source_port);
+      info.mutable_server()->set_ip(NormalizeIp(p.header.dest_ip));
+      info.mutable_server()->set_port(p.header.dest_port);
+    }
+    co_return true;
+  }
+
   // Reads and writes go through TLS once STARTTLS completed.
   asio::awaitable<size_t> ReadSome(asio::mutable_buffer b,
                                    boost::system::error_code& ec) {
@@ -478,6 +564,8 @@ class Connection : public std::enable_shared_from_this<Connection>,
   bool stream_done_ = false;
   std::string stream_error_;
   bool finished_ = false;
+  bool proxy_read_ = false;
+  bool proxy_timed_out_ = false;
   Clock::time_point last_activity_ = Clock::now();
 };
 
@@ -532,6 +620,13 @@ absl::Status Server::LoadPolicy() {
   auto nets = ParseNetworks(options_.trusted_networks);
   if (!nets.ok()) return nets.status();
   trusted_ = std::move(*nets);
+  auto proxies = ParseNetworks(options_.proxy_trusted);
+  if (!proxies.ok()) return proxies.status();
+  proxy_trusted_ = std::move(*proxies);
+  if (options_.proxy_protocol && proxy_trusted_.empty()) {
+    return absl::InvalidArgumentError(
+        "--proxy-protocol needs --proxy-trusted: the proxies' networks");
+  }
   return absl::OkStatus();
 }
 
@@ -584,6 +679,22 @@ absl::StatusOr<int> Server::Listen(const std::string& address) {
           std::string ip;
           if (auto ep = socket.remote_endpoint(ec); !ec) {
             ip = ToAddress(ep).ip();
+          }
+          if (options_.proxy_protocol) {
+            // Only a trusted proxy may say who the client is; the session
+            // is admitted once its header named the client.
+            if (!TrustedProxy(ip)) {
+              spdlog::warn("refused a connection from {}: not a trusted proxy",
+                           ip);
+              socket.close(ec);
+              continue;
+            }
+            auto conn = std::make_shared<Connection>(this, std::move(socket));
+            asio::co_spawn(
+                conn->strand(),
+                [conn]() -> asio::awaitable<void> { co_await conn->Run(); },
+                asio::detached);
+            continue;
           }
           auto conn = std::make_shared<Connection>(this, std::move(socket));
           std::string why;

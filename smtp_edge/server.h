@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "policy.h"
+#include "proxy_protocol.h"
 #include "session.h"
 #include "sinkline/v1/admin.pb.h"
 #include "sinkline/v1/session.grpc.pb.h"
@@ -46,6 +47,11 @@ struct EdgeOptions {
   std::vector<std::string> accepted_domains;
   // CIDR blocks whose clients may relay without AUTH.
   std::vector<std::string> trusted_networks;
+  // PROXY protocol (off when unset): a connection from `proxy_trusted`
+  // must start with a header, whose source address becomes the client's;
+  // any other connection is closed.
+  std::optional<ProxyVersions> proxy_protocol;
+  std::vector<std::string> proxy_trusted;
 };
 
 class Connection;
@@ -85,6 +91,10 @@ class Server {
   // The policy for a client at `client_ip`.
   SessionPolicy PolicyFor(const std::string& client_ip) const;
   boost::asio::ssl::context* tls_context() { return tls_.get(); }
+  // A peer allowed to send a PROXY header.
+  bool TrustedProxy(const std::string& ip) const {
+    return InNetworks(proxy_trusted_, ip);
+  }
 
  private:
   boost::asio::io_context& io_;
@@ -96,6 +106,7 @@ class Server {
   std::optional<Credentials> credentials_;
   std::vector<std::string> accepted_domains_;
   std::vector<Cidr> trusted_;
+  std::vector<Cidr> proxy_trusted_;
   mutable absl::Mutex mu_;
   struct Tracked {
     std::weak_ptr<Connection> connection;
