@@ -39,6 +39,10 @@ ABSL_FLAG(int, max_text_line, 1000,
           "longest message line, with CRLF; longer ones refuse the message "
           "(550 5.6.0)");
 ABSL_FLAG(int, idle_timeout_s, 300, "close sessions idle this long (421)");
+ABSL_FLAG(std::string, bare_lf, "reject",
+          "bare LF in commands and DATA: reject|normalize (to CRLF)");
+ABSL_FLAG(bool, reject_improper_pipelining, true,
+          "input sent with or after DATA before the 354: 554 and close");
 ABSL_FLAG(int, max_session_s, 3600,
           "close sessions this long after they began (421 4.4.2; 0: never)");
 ABSL_FLAG(int, max_sessions, 1000,
@@ -115,6 +119,14 @@ int main(int argc, char** argv) {
   opts.greeting_delay =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_greeting_delay_ms));
   opts.idle_timeout = std::chrono::seconds(absl::GetFlag(FLAGS_idle_timeout_s));
+  if (const auto b = absl::GetFlag(FLAGS_bare_lf); b == "normalize") {
+    opts.limits.normalize_bare_lf = true;
+  } else if (b != "reject") {
+    spdlog::critical("--bare-lf must be reject or normalize");
+    return 1;
+  }
+  opts.limits.reject_improper_pipelining =
+      absl::GetFlag(FLAGS_reject_improper_pipelining);
   opts.broker_connect_timeout =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_broker_connect_timeout_ms));
   opts.broker_timeout =
