@@ -43,6 +43,14 @@ ABSL_FLAG(std::string, bare_lf, "reject",
           "bare LF in commands and DATA: reject|normalize (to CRLF)");
 ABSL_FLAG(bool, reject_improper_pipelining, true,
           "input sent with or after DATA before the 354: 554 and close");
+ABSL_FLAG(int, command_timeout_s, 300,
+          "a command line must be whole this long after its first octet "
+          "(421); 0: no limit");
+ABSL_FLAG(uint64_t, data_min_rate, 1024,
+          "message content slower than this many octets/s on average after "
+          "--data-rate-grace-s is cut (421); 0: no limit");
+ABSL_FLAG(int, data_rate_grace_s, 30,
+          "message content may be slow for this long");
 ABSL_FLAG(int, max_session_s, 3600,
           "close sessions this long after they began (421 4.4.2; 0: never)");
 ABSL_FLAG(int, max_sessions, 1000,
@@ -119,6 +127,11 @@ int main(int argc, char** argv) {
   opts.greeting_delay =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_greeting_delay_ms));
   opts.idle_timeout = std::chrono::seconds(absl::GetFlag(FLAGS_idle_timeout_s));
+  opts.command_timeout =
+      std::chrono::seconds(absl::GetFlag(FLAGS_command_timeout_s));
+  opts.data_min_rate = absl::GetFlag(FLAGS_data_min_rate);
+  opts.data_rate_grace =
+      std::chrono::seconds(absl::GetFlag(FLAGS_data_rate_grace_s));
   if (const auto b = absl::GetFlag(FLAGS_bare_lf); b == "normalize") {
     opts.limits.normalize_bare_lf = true;
   } else if (b != "reject") {

@@ -191,7 +191,13 @@ class Connection : public std::enable_shared_from_this<Connection>,
         continue;
       }
       if (session_->waiting() || (stream_ && stream_->queued() > 32)) {
+        // The client cannot send while the edge waits: the rate clock stops.
+        const auto paused = Clock::now();
+        paused_ = true;
         const bool woke = co_await WaitWake(Clock::now() + opts.broker_timeout);
+        paused_ = false;
+        content_paused_ += Clock::now() - paused;
+        if (command_started_) *command_started_ += Clock::now() - paused;
         if (!woke && session_->waiting()) {
           spdlog::warn("session {}: broker did not answer in time",
                        session_id_);
@@ -210,6 +216,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
       if (ec) break;
       last_activity_ = Clock::now();
       session_->Feed(absl::string_view(buf, n));
+      Progress(n);
     }
     Finish();
   }
@@ -473,7 +480,58 @@ class Connection : public std::enable_shared_from_this<Connection>,
     }
   }
 
-  // Closes idle sessions (RFC 5321 §4.5.3.2 timeouts).
+  // Follows how far the client got after a read of `n` octets: the start of a
+  // command line still incomplete, the start and size of the content.
+  // A new clock makes the watchdog look at its deadlines again.
+  void Progress(size_t n) {
+    bool changed = false;
+    const auto now = Clock::now();
+    if (session_->in_content()) {
+      if (!content_started_) {
+        content_started_ = now;
+        content_bytes_ = 0;
+        content_paused_ = {};
+        changed = true;
+      }
+      content_bytes_ += n;
+    } else {
+      content_started_.reset();
+    }
+    const bool partial = !session_->in_content() && !session_->waiting() &&
+                         session_->buffered() > 0;
+    if (partial && !command_started_) {
+      command_started_ = now;
+      changed = true;
+    } else if (!partial) {
+      command_started_.reset();
+    }
+    if (changed) idle_.cancel();
+  }
+
+  // When the content will have come too slowly if nothing more arrives.
+  Clock::time_point ContentDeadline() const {
+    const auto& opts = server_->options();
+    if (!content_started_ || opts.data_min_rate == 0) {
+      return Clock::time_point::max();
+    }
+    const auto earned = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(static_cast<double>(content_bytes_) /
+                                      static_cast<double>(opts.data_min_rate)));
+    return std::max(*content_started_ + content_paused_ + opts.data_rate_grace,
+                    *content_started_ + content_paused_ + earned);
+  }
+
+  Clock::time_point CommandDeadline() const {
+    const auto& opts = server_->options();
+    if (!command_started_ || opts.command_timeout.count() == 0) {
+      return Clock::time_point::max();
+    }
+    return *command_started_ + opts.command_timeout;
+  }
+
+  // Closes idle sessions (RFC 5321 §4.5.3.2 timeouts), and slow drips: a
+  // command line not whole within --command-timeout-s, message content
+  // slower than --data-min-rate.
   // Also ends sessions older than --max-session-s, busy or not.
   static asio::awaitable<void> Watchdog(std::shared_ptr<Connection> self) {
     const auto& opts = self->server_->options();
@@ -482,28 +540,44 @@ class Connection : public std::enable_shared_from_this<Connection>,
                          ? self->started_at_ + opts.max_session
                          : Clock::time_point::max();
     while (self->socket_.is_open() && !self->finished_) {
-      self->idle_.expires_at(std::min(self->last_activity_ + idle, end));
+      auto at = std::min({self->last_activity_ + idle, end,
+                          self->CommandDeadline(), self->ContentDeadline()});
+      if (self->paused_ && at <= Clock::now()) {
+        // The clocks stand still while the edge keeps the client waiting.
+        at = Clock::now() + std::chrono::seconds(1);
+      }
+      self->idle_.expires_at(at);
       boost::system::error_code ec;
       co_await self->idle_.async_wait(
           asio::redirect_error(asio::use_awaitable, ec));
       if (self->finished_ || !self->socket_.is_open()) co_return;
       const auto now = Clock::now();
       const bool too_long = end <= now;
-      if (too_long ||
-          (!self->session_->waiting() && self->last_activity_ + idle <= now)) {
-        spdlog::info("session {}: {}", self->session_id_,
-                     too_long ? "too long" : "idle timeout");
+      const bool waiting = self->session_->waiting() || self->paused_;
+      const char* why = nullptr;
+      const char* text = nullptr;
+      if (too_long) {
+        why = "too long";
+        text = " Error: session too long";
+      } else if (!waiting && self->last_activity_ + idle <= now) {
+        why = "idle timeout";
+        text = " Error: timeout exceeded";
+      } else if (!waiting && self->CommandDeadline() <= now) {
+        why = "command line too slow";
+        text = " Error: command line too slow";
+      } else if (!waiting && self->ContentDeadline() <= now) {
+        why = "message content too slow";
+        text = " Error: message content too slow";
+      }
+      if (why != nullptr) {
+        spdlog::info("session {}: {}", self->session_id_, why);
         if (self->handshaking_ || self->flushing_) {
           // No reply can go out in the middle of a handshake or a write.
           self->socket_.close(ec);
           co_return;
         }
         const std::string bye =
-            MakeReply(421, "4.4.2",
-                      absl::StrCat(opts.hostname,
-                                   too_long ? " Error: session too long"
-                                            : " Error: timeout exceeded"))
-                .Format();
+            MakeReply(421, "4.4.2", absl::StrCat(opts.hostname, text)).Format();
         co_await self->WriteAll(asio::buffer(bye), ec);
         self->socket_.close(ec);
         co_return;
@@ -566,6 +640,13 @@ class Connection : public std::enable_shared_from_this<Connection>,
   bool finished_ = false;
   bool proxy_read_ = false;
   bool proxy_timed_out_ = false;
+  // The watchdog's clocks: the incomplete command line's first octet, the
+  // content's start, its octets, and the time the edge kept it waiting.
+  std::optional<Clock::time_point> command_started_;
+  std::optional<Clock::time_point> content_started_;
+  uint64_t content_bytes_ = 0;
+  bool paused_ = false;  // waiting for the broker, not reading
+  Clock::duration content_paused_{};
   Clock::time_point last_activity_ = Clock::now();
 };
 

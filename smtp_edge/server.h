@@ -30,6 +30,13 @@ struct EdgeOptions {
   std::chrono::milliseconds broker_connect_timeout{5000};
   std::chrono::milliseconds broker_timeout{120000};
   std::chrono::seconds idle_timeout{300};
+  // A command line must be whole this long after its first octet
+  // (RFC 5321 §4.5.3.2: 5 minutes); 0: no limit.
+  std::chrono::seconds command_timeout{300};
+  // Message content (DATA or BDAT octets) must come at least this fast on
+  // average once it has gone on for `data_rate_grace`; 0: no limit.
+  uint64_t data_min_rate = 1024;  // octets per second
+  std::chrono::seconds data_rate_grace{30};
   // A session is closed (421 4.4.2) this long after it began (0: never).
   std::chrono::seconds max_session{3600};
   // Open sessions in total and from one client address; more get 421 4.7.0

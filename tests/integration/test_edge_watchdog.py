@@ -93,7 +93,7 @@ class EdgeWatchdogTest(StackTestCase):
         # and a pause between commands (idle, not a command in progress).
         c.send(b"Subject: calm\r\n\r\n")
         time.sleep(0.5)
-        c.send(b"x" * 5000 + b"\r\n.\r\n")
+        c.send((b"x" * 98 + b"\r\n") * 50 + b".\r\n")
         self.assertEqual(c.reply()[0], 250)
         time.sleep(2.5)
         self.assertEqual(c.cmd("NOOP")[0], 250)
