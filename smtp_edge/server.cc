@@ -121,6 +121,8 @@ class Connection : public std::enable_shared_from_this<Connection>,
         co_await Refuse(why);
         co_return;
       }
+      // Admitted after a drain began: it gets 421 at once.
+      if (server_->draining()) draining_ = true;
       spdlog::info("session {} start client={}:{} proxy={}:{}", session_id_,
                    info.client().ip(), info.client().port(), proxy.ip(),
                    proxy.port());
