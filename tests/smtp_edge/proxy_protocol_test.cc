@@ -81,7 +81,7 @@ std::vector<Case> Cases() {
        S::kError},
       {"v1 unknown protocol", "PROXY UDP4 192.0.2.7 192.0.2.1 1 2\r\n", kAny,
        S::kError},
-      {"v1 bare LF", "PROXY TCP4 192.0.2.7 192.0.2.1 1 2\n", kAny, S::kError},
+      {"v1 bare LF", "PROXY TCP4 192.0.2.7 192.0.2.1 1 25\n", kAny, S::kError},
       {"v1 bare CR", "PROXY TCP4 192.0.2.7\r192.0.2.1 1 2\r\n", kAny,
        S::kError},
       {"v1 oversize", "PROXY UNKNOWN " + std::string(100, 'x') + "\r\n", kAny,
