@@ -92,6 +92,34 @@ class EdgeProxyTest(StackTestCase):
         self.assertIn("client=192.0.2.7:50000 proxy=127.0.0.1:",
                       self.stack.edge.log())
 
+    def test_the_per_client_limit_counts_proxied_clients(self):
+        self.stack.write_config([])
+        self.stack.start_broker()
+        self.stack.start_edge(["--proxy-protocol=v1",
+                               "--proxy-trusted=127.0.0.1/32",
+                               "--max-sessions-per-client=1"])
+        port = self.stack.edge.port
+
+        def through_proxy(client):
+            c = connect(port, "127.0.0.1")
+            c.send(f"PROXY TCP4 {client} 198.51.100.1 40000 25\r\n".encode())
+            return c
+
+        first = through_proxy("192.0.2.1")
+        self.assertEqual(first.reply()[0], 220)
+        # Another client behind the same proxy has its own count.
+        other = through_proxy("192.0.2.2")
+        self.assertEqual(other.reply()[0], 220)
+        again = through_proxy("192.0.2.1")
+        self.assertEqual(again.reply(), (421, [
+            "421 4.7.0 mx.example.test Error: too many sessions from your "
+            "address"]))
+        self.assertTrue(again.closed_by_peer())
+        for c in (first, other):
+            self.assertEqual(c.cmd("NOOP")[0], 250)
+        for c in (first, other, again):
+            c.close()
+
     def test_unknown_and_local_keep_the_proxy_address(self):
         port = self.start("any", "127.0.0.0/8")
         for header in (b"PROXY UNKNOWN\r\n",
