@@ -39,6 +39,18 @@ ABSL_FLAG(int, max_text_line, 1000,
           "longest message line, with CRLF; longer ones refuse the message "
           "(550 5.6.0)");
 ABSL_FLAG(int, idle_timeout_s, 300, "close sessions idle this long (421)");
+ABSL_FLAG(std::string, bare_lf, "reject",
+          "bare LF in commands and DATA: reject|normalize (to CRLF)");
+ABSL_FLAG(bool, reject_improper_pipelining, true,
+          "input sent with or after DATA before the 354: 554 and close");
+ABSL_FLAG(int, command_timeout_s, 300,
+          "a command line must be whole this long after its first octet "
+          "(421); 0: no limit");
+ABSL_FLAG(uint64_t, data_min_rate, 1024,
+          "message content slower than this many octets/s on average after "
+          "--data-rate-grace-s is cut (421); 0: no limit");
+ABSL_FLAG(int, data_rate_grace_s, 30,
+          "message content may be slow for this long");
 ABSL_FLAG(int, max_session_s, 3600,
           "close sessions this long after they began (421 4.4.2; 0: never)");
 ABSL_FLAG(int, max_sessions, 1000,
@@ -70,6 +82,11 @@ ABSL_FLAG(std::vector<std::string>, accepted_domains, {},
 ABSL_FLAG(std::vector<std::string>, trusted_networks, {},
           "CIDR blocks whose clients may relay without AUTH, "
           "comma-separated (none by default)");
+ABSL_FLAG(std::string, proxy_protocol, "off",
+          "PROXY protocol header from trusted proxies: off|v1|v2|any");
+ABSL_FLAG(std::vector<std::string>, proxy_trusted, {},
+          "comma-separated CIDR blocks of the proxies; with "
+          "--proxy-protocol, any other peer is refused");
 ABSL_FLAG(int, threads, 2, "I/O threads");
 ABSL_FLAG(std::string, metrics_listen, "",
           "serve Prometheus metrics over HTTP on this address (off if empty)");
@@ -110,6 +127,19 @@ int main(int argc, char** argv) {
   opts.greeting_delay =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_greeting_delay_ms));
   opts.idle_timeout = std::chrono::seconds(absl::GetFlag(FLAGS_idle_timeout_s));
+  opts.command_timeout =
+      std::chrono::seconds(absl::GetFlag(FLAGS_command_timeout_s));
+  opts.data_min_rate = absl::GetFlag(FLAGS_data_min_rate);
+  opts.data_rate_grace =
+      std::chrono::seconds(absl::GetFlag(FLAGS_data_rate_grace_s));
+  if (const auto b = absl::GetFlag(FLAGS_bare_lf); b == "normalize") {
+    opts.limits.normalize_bare_lf = true;
+  } else if (b != "reject") {
+    spdlog::critical("--bare-lf must be reject or normalize");
+    return 1;
+  }
+  opts.limits.reject_improper_pipelining =
+      absl::GetFlag(FLAGS_reject_improper_pipelining);
   opts.broker_connect_timeout =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_broker_connect_timeout_ms));
   opts.broker_timeout =
@@ -119,6 +149,17 @@ int main(int argc, char** argv) {
   opts.auth_file = absl::GetFlag(FLAGS_auth_file);
   opts.accepted_domains = absl::GetFlag(FLAGS_accepted_domains);
   opts.trusted_networks = absl::GetFlag(FLAGS_trusted_networks);
+  if (const auto pp = absl::GetFlag(FLAGS_proxy_protocol); pp == "v1") {
+    opts.proxy_protocol = sinkline::edge::ProxyVersions::kV1;
+  } else if (pp == "v2") {
+    opts.proxy_protocol = sinkline::edge::ProxyVersions::kV2;
+  } else if (pp == "any") {
+    opts.proxy_protocol = sinkline::edge::ProxyVersions::kAny;
+  } else if (pp != "off") {
+    spdlog::critical("--proxy-protocol must be off, v1, v2 or any");
+    return 1;
+  }
+  opts.proxy_trusted = absl::GetFlag(FLAGS_proxy_trusted);
 
   std::unique_ptr<sinkline::MetricsHttpServer> metrics;
   if (const auto addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {

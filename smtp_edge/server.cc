@@ -44,6 +44,17 @@ v1::Address ToAddress(const tcp::endpoint& ep) {
   return a;
 }
 
+// An address as the edge writes it: IPv4-mapped IPv6 as IPv4.
+std::string NormalizeIp(const std::string& ip) {
+  boost::system::error_code ec;
+  auto addr = asio::ip::make_address(ip, ec);
+  if (ec) return ip;
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
+    addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+  }
+  return addr.to_string();
+}
+
 Gauge& SessionsGauge() {
   return MetricsRegistry::Default().GetGauge("sinkline_edge_sessions",
                                              "Open SMTP sessions.");
@@ -99,12 +110,32 @@ class Connection : public std::enable_shared_from_this<Connection>,
       *info.mutable_server() = ToAddress(ep);
     }
     session_id_ = info.session_id();
-    spdlog::info("session {} start client={}:{}", session_id_,
-                 info.client().ip(), info.client().port());
+    std::string early;  // input after the PROXY header
+    if (opts.proxy_protocol) {
+      const v1::Address proxy = info.client();
+      if (!co_await ReadProxyHeader(info, early)) co_return;
+      std::string why;
+      if (!server_->Track(shared_from_this(), info.client().ip(), &why)) {
+        spdlog::info("refused a session from {} (through proxy {}): {}",
+                     info.client().ip(), proxy.ip(), why);
+        co_await Refuse(why);
+        co_return;
+      }
+      // Admitted after a drain began: it gets 421 at once.
+      if (server_->draining()) draining_ = true;
+      spdlog::info("session {} start client={}:{} proxy={}:{}", session_id_,
+                   info.client().ip(), info.client().port(), proxy.ip(),
+                   proxy.port());
+    } else {
+      spdlog::info("session {} start client={}:{}", session_id_,
+                   info.client().ip(), info.client().port());
+    }
     SessionsGauge().Add(1);
     SessionsCounter().Inc();
     session_ = std::make_unique<Session>(
         opts.limits, server_->PolicyFor(info.client().ip()), info, this);
+    // Sent before the greeting: the session refuses an early talker.
+    if (!early.empty()) session_->Feed(early);
     {
       absl::MutexLock lock(&snap_mu_);
       *snap_.mutable_connected() = NowTimestamp();
@@ -162,7 +193,13 @@ class Connection : public std::enable_shared_from_this<Connection>,
         continue;
       }
       if (session_->waiting() || (stream_ && stream_->queued() > 32)) {
+        // The client cannot send while the edge waits: the rate clock stops.
+        const auto paused = Clock::now();
+        paused_ = true;
         const bool woke = co_await WaitWake(Clock::now() + opts.broker_timeout);
+        paused_ = false;
+        content_paused_ += Clock::now() - paused;
+        if (command_started_) *command_started_ += Clock::now() - paused;
         if (!woke && session_->waiting()) {
           spdlog::warn("session {}: broker did not answer in time",
                        session_id_);
@@ -181,6 +218,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
       if (ec) break;
       last_activity_ = Clock::now();
       session_->Feed(absl::string_view(buf, n));
+      Progress(n);
     }
     Finish();
   }
@@ -243,6 +281,64 @@ class Connection : public std::enable_shared_from_this<Connection>,
   void StartTls() override { start_tls_ = true; }
 
  private:
+  // Reads the PROXY header (within --idle-timeout-s) and takes the
+  // addresses it gives; whatever follows it is left in `early`. False when
+  // the connection was closed: no header, a broken one, or none in time.
+  asio::awaitable<bool> ReadProxyHeader(v1::SessionInfo& info,
+                                        std::string& early) {
+    const auto& opts = server_->options();
+    const std::string peer = info.client().ip();
+    idle_.expires_after(opts.idle_timeout);
+    idle_.async_wait([self = shared_from_this()](boost::system::error_code e) {
+      if (e || self->proxy_read_) return;
+      self->proxy_timed_out_ = true;
+      boost::system::error_code ignored;
+      self->socket_.close(ignored);
+    });
+    std::string in;
+    ProxyParse p;
+    while (p.state == ProxyParse::State::kNeedMore) {
+      boost::system::error_code ec;
+      size_t n = co_await socket_.async_read_some(
+          asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        p.error = proxy_timed_out_ ? "no PROXY header in time"
+                                   : "closed before the PROXY header";
+        break;
+      }
+      in.append(buf_, n);
+      p = ParseProxyHeader(in, *opts.proxy_protocol);
+    }
+    proxy_read_ = true;
+    idle_.cancel();
+    finished_ = p.state != ProxyParse::State::kDone;
+    if (finished_) {
+      spdlog::warn("session {}: refused proxy {}: {}", session_id_, peer,
+                   p.error);
+      boost::system::error_code ec;
+      if (socket_.is_open()) {
+        const std::string reply =
+            MakeReply(421, "4.7.0",
+                      absl::StrCat(opts.hostname, " Error: bad PROXY header"))
+                .Format();
+        co_await asio::async_write(
+            socket_, asio::buffer(reply),
+            asio::redirect_error(asio::use_awaitable, ec));
+      }
+      socket_.shutdown(tcp::socket::shutdown_both, ec);
+      socket_.close(ec);
+      co_return false;
+    }
+    early = in.substr(p.consumed);
+    if (p.header.has_addresses) {
+      info.mutable_client()->set_ip(NormalizeIp(p.header.source_ip));
+      info.mutable_client()->set_port(p.header.source_port);
+      info.mutable_server()->set_ip(NormalizeIp(p.header.dest_ip));
+      info.mutable_server()->set_port(p.header.dest_port);
+    }
+    co_return true;
+  }
+
   // Reads and writes go through TLS once STARTTLS completed.
   asio::awaitable<size_t> ReadSome(asio::mutable_buffer b,
                                    boost::system::error_code& ec) {
@@ -386,7 +482,58 @@ class Connection : public std::enable_shared_from_this<Connection>,
     }
   }
 
-  // Closes idle sessions (RFC 5321 §4.5.3.2 timeouts).
+  // Follows how far the client got after a read of `n` octets: the start of a
+  // command line still incomplete, the start and size of the content.
+  // A new clock makes the watchdog look at its deadlines again.
+  void Progress(size_t n) {
+    bool changed = false;
+    const auto now = Clock::now();
+    if (session_->in_content()) {
+      if (!content_started_) {
+        content_started_ = now;
+        content_bytes_ = 0;
+        content_paused_ = {};
+        changed = true;
+      }
+      content_bytes_ += n;
+    } else {
+      content_started_.reset();
+    }
+    const bool partial = !session_->in_content() && !session_->waiting() &&
+                         session_->buffered() > 0;
+    if (partial && !command_started_) {
+      command_started_ = now;
+      changed = true;
+    } else if (!partial) {
+      command_started_.reset();
+    }
+    if (changed) idle_.cancel();
+  }
+
+  // When the content will have come too slowly if nothing more arrives.
+  Clock::time_point ContentDeadline() const {
+    const auto& opts = server_->options();
+    if (!content_started_ || opts.data_min_rate == 0) {
+      return Clock::time_point::max();
+    }
+    const auto earned = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(static_cast<double>(content_bytes_) /
+                                      static_cast<double>(opts.data_min_rate)));
+    return std::max(*content_started_ + content_paused_ + opts.data_rate_grace,
+                    *content_started_ + content_paused_ + earned);
+  }
+
+  Clock::time_point CommandDeadline() const {
+    const auto& opts = server_->options();
+    if (!command_started_ || opts.command_timeout.count() == 0) {
+      return Clock::time_point::max();
+    }
+    return *command_started_ + opts.command_timeout;
+  }
+
+  // Closes idle sessions (RFC 5321 §4.5.3.2 timeouts), and slow drips: a
+  // command line not whole within --command-timeout-s, message content
+  // slower than --data-min-rate.
   // Also ends sessions older than --max-session-s, busy or not.
   static asio::awaitable<void> Watchdog(std::shared_ptr<Connection> self) {
     const auto& opts = self->server_->options();
@@ -395,28 +542,44 @@ class Connection : public std::enable_shared_from_this<Connection>,
                          ? self->started_at_ + opts.max_session
                          : Clock::time_point::max();
     while (self->socket_.is_open() && !self->finished_) {
-      self->idle_.expires_at(std::min(self->last_activity_ + idle, end));
+      auto at = std::min({self->last_activity_ + idle, end,
+                          self->CommandDeadline(), self->ContentDeadline()});
+      if (self->paused_ && at <= Clock::now()) {
+        // The clocks stand still while the edge keeps the client waiting.
+        at = Clock::now() + std::chrono::seconds(1);
+      }
+      self->idle_.expires_at(at);
       boost::system::error_code ec;
       co_await self->idle_.async_wait(
           asio::redirect_error(asio::use_awaitable, ec));
       if (self->finished_ || !self->socket_.is_open()) co_return;
       const auto now = Clock::now();
       const bool too_long = end <= now;
-      if (too_long ||
-          (!self->session_->waiting() && self->last_activity_ + idle <= now)) {
-        spdlog::info("session {}: {}", self->session_id_,
-                     too_long ? "too long" : "idle timeout");
+      const bool waiting = self->session_->waiting() || self->paused_;
+      const char* why = nullptr;
+      const char* text = nullptr;
+      if (too_long) {
+        why = "too long";
+        text = " Error: session too long";
+      } else if (!waiting && self->last_activity_ + idle <= now) {
+        why = "idle timeout";
+        text = " Error: timeout exceeded";
+      } else if (!waiting && self->CommandDeadline() <= now) {
+        why = "command line too slow";
+        text = " Error: command line too slow";
+      } else if (!waiting && self->ContentDeadline() <= now) {
+        why = "message content too slow";
+        text = " Error: message content too slow";
+      }
+      if (why != nullptr) {
+        spdlog::info("session {}: {}", self->session_id_, why);
         if (self->handshaking_ || self->flushing_) {
           // No reply can go out in the middle of a handshake or a write.
           self->socket_.close(ec);
           co_return;
         }
         const std::string bye =
-            MakeReply(421, "4.4.2",
-                      absl::StrCat(opts.hostname,
-                                   too_long ? " Error: session too long"
-                                            : " Error: timeout exceeded"))
-                .Format();
+            MakeReply(421, "4.4.2", absl::StrCat(opts.hostname, text)).Format();
         co_await self->WriteAll(asio::buffer(bye), ec);
         self->socket_.close(ec);
         co_return;
@@ -477,6 +640,15 @@ class Connection : public std::enable_shared_from_this<Connection>,
   bool stream_done_ = false;
   std::string stream_error_;
   bool finished_ = false;
+  bool proxy_read_ = false;
+  bool proxy_timed_out_ = false;
+  // The watchdog's clocks: the incomplete command line's first octet, the
+  // content's start, its octets, and the time the edge kept it waiting.
+  std::optional<Clock::time_point> command_started_;
+  std::optional<Clock::time_point> content_started_;
+  uint64_t content_bytes_ = 0;
+  bool paused_ = false;  // waiting for the broker, not reading
+  Clock::duration content_paused_{};
   Clock::time_point last_activity_ = Clock::now();
 };
 
@@ -531,6 +703,13 @@ absl::Status Server::LoadPolicy() {
   auto nets = ParseNetworks(options_.trusted_networks);
   if (!nets.ok()) return nets.status();
   trusted_ = std::move(*nets);
+  auto proxies = ParseNetworks(options_.proxy_trusted);
+  if (!proxies.ok()) return proxies.status();
+  proxy_trusted_ = std::move(*proxies);
+  if (options_.proxy_protocol && proxy_trusted_.empty()) {
+    return absl::InvalidArgumentError(
+        "--proxy-protocol needs --proxy-trusted: the proxies' networks");
+  }
   return absl::OkStatus();
 }
 
@@ -583,6 +762,22 @@ absl::StatusOr<int> Server::Listen(const std::string& address) {
           std::string ip;
           if (auto ep = socket.remote_endpoint(ec); !ec) {
             ip = ToAddress(ep).ip();
+          }
+          if (options_.proxy_protocol) {
+            // Only a trusted proxy may say who the client is; the session
+            // is admitted once its header named the client.
+            if (!TrustedProxy(ip)) {
+              spdlog::warn("refused a connection from {}: not a trusted proxy",
+                           ip);
+              socket.close(ec);
+              continue;
+            }
+            auto conn = std::make_shared<Connection>(this, std::move(socket));
+            asio::co_spawn(
+                conn->strand(),
+                [conn]() -> asio::awaitable<void> { co_await conn->Run(); },
+                asio::detached);
+            continue;
           }
           auto conn = std::make_shared<Connection>(this, std::move(socket));
           std::string why;

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "policy.h"
+#include "proxy_protocol.h"
 #include "session.h"
 #include "sinkline/v1/admin.pb.h"
 #include "sinkline/v1/session.grpc.pb.h"
@@ -29,6 +30,13 @@ struct EdgeOptions {
   std::chrono::milliseconds broker_connect_timeout{5000};
   std::chrono::milliseconds broker_timeout{120000};
   std::chrono::seconds idle_timeout{300};
+  // A command line must be whole this long after its first octet
+  // (RFC 5321 §4.5.3.2: 5 minutes); 0: no limit.
+  std::chrono::seconds command_timeout{300};
+  // Message content (DATA or BDAT octets) must come at least this fast on
+  // average once it has gone on for `data_rate_grace`; 0: no limit.
+  uint64_t data_min_rate = 1024;  // octets per second
+  std::chrono::seconds data_rate_grace{30};
   // A session is closed (421 4.4.2) this long after it began (0: never).
   std::chrono::seconds max_session{3600};
   // Open sessions in total and from one client address; more get 421 4.7.0
@@ -46,6 +54,11 @@ struct EdgeOptions {
   std::vector<std::string> accepted_domains;
   // CIDR blocks whose clients may relay without AUTH.
   std::vector<std::string> trusted_networks;
+  // PROXY protocol (off when unset): a connection from `proxy_trusted`
+  // must start with a header, whose source address becomes the client's;
+  // any other connection is closed.
+  std::optional<ProxyVersions> proxy_protocol;
+  std::vector<std::string> proxy_trusted;
 };
 
 class Connection;
@@ -85,6 +98,10 @@ class Server {
   // The policy for a client at `client_ip`.
   SessionPolicy PolicyFor(const std::string& client_ip) const;
   boost::asio::ssl::context* tls_context() { return tls_.get(); }
+  // A peer allowed to send a PROXY header.
+  bool TrustedProxy(const std::string& ip) const {
+    return InNetworks(proxy_trusted_, ip);
+  }
 
  private:
   boost::asio::io_context& io_;
@@ -96,6 +113,7 @@ class Server {
   std::optional<Credentials> credentials_;
   std::vector<std::string> accepted_domains_;
   std::vector<Cidr> trusted_;
+  std::vector<Cidr> proxy_trusted_;
   mutable absl::Mutex mu_;
   struct Tracked {
     std::weak_ptr<Connection> connection;

@@ -613,6 +613,16 @@ void Session::Dispatch(const CommandSpec* spec, const Command& cmd,
 
 void Session::Proceed(const Pending& p, const edge::Reply& resolved,
                       bool close_session) {
+  if (p.spec->event == v1::EVENT_TYPE_DATA && resolved.code == 354 &&
+      limits_.reject_improper_pipelining && !in_.empty() && !close_session) {
+    // The client sent on without waiting for the 354: what it sent cannot
+    // be told apart from content.
+    in_.clear();
+    ResetTransaction();
+    CloseAfter(MakeReply(554, "5.5.0",
+                         "Error: improper command pipelining after DATA"));
+    return;
+  }
   if (p.spec->proceed) p.spec->proceed(*this, p.command, resolved);
   if (p.spec == &kEod) ResetTransaction();
   const bool greeting_refused = p.spec == &kConnect && resolved.code != 220;
@@ -729,11 +739,15 @@ void Session::Process() {
       continue;
     }
     if (line.size() < 2 || line[line.size() - 2] != '\r') {
-      Reply(MakeReply(500, "5.5.2",
-                      "Error: bare LF in command; lines must end with CRLF"));
-      continue;
+      if (!limits_.normalize_bare_lf) {
+        Reply(MakeReply(500, "5.5.2",
+                        "Error: bare LF in command; lines must end with CRLF"));
+        continue;
+      }
+      line.resize(line.size() - 1);
+    } else {
+      line.resize(line.size() - 2);
     }
-    line.resize(line.size() - 2);
     if (line.find('\r') != std::string::npos) {
       Reply(MakeReply(500, "5.5.2",
                       "Error: bare CR in command; lines must end with CRLF"));
@@ -886,9 +900,18 @@ bool Session::ProcessData() {
       EndOfData();
       return true;
     }
-    DataLine(line, true);
+    // prev_crlf_ keeps what the client sent: a line after a bare LF never
+    // ends DATA, normalized or not.
     prev_crlf_ = crlf;
-    if (!crlf) bad_line_ending_ = true;
+    if (crlf) {
+      DataLine(line, true);
+    } else if (limits_.normalize_bare_lf) {
+      DataLine(absl::StrCat(absl::string_view(line).substr(0, lf), "\r\n"),
+               true);
+    } else {
+      DataLine(line, true);
+      bad_line_ending_ = true;
+    }
     if (mode_ != Mode::kData) return true;
   }
 }

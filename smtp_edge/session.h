@@ -25,6 +25,14 @@ struct SessionLimits {
   size_t chunk_size = 64 * 1024;  // DataChunk size sent to the broker
   // Replies 5xx in one session before it is closed with 421 (0: no limit).
   int max_errors = 20;
+  // A bare LF ends a command line, and in DATA becomes CRLF; otherwise
+  // (the default) a command with one gets 500 and a message 550. A bare CR
+  // is refused either way, and only <CRLF>.<CRLF> ends DATA.
+  bool normalize_bare_lf = false;
+  // Input that came with or after DATA before its 354 was sent: 554 and
+  // close (RFC 2920 §3.1: DATA ends a pipelined group). Off here so that
+  // transcripts may come whole; the server's flag turns it on by default.
+  bool reject_improper_pipelining = false;
 };
 
 // What the client may do beyond plain SMTP; the server fills it in per
@@ -90,6 +98,10 @@ class Session {
   // before it reads again; input until then is discarded.
   bool starting_tls() const { return starting_tls_; }
   bool waiting() const { return pending_.has_value(); }
+  // Reading a message's content (after 354, or a BDAT chunk's octets).
+  bool in_content() const {
+    return mode_ == Mode::kData || mode_ == Mode::kBdat;
+  }
   struct CommandSpec;
   // What the pending event waits for: the command and its native reply.
   struct Pending {

@@ -1058,5 +1058,146 @@ TEST(Session, DrainingClosesWhenTheTransactionEnds) {
             "closing transmission channel\r\n");
 }
 
+// --bare-lf: reject (the default) and normalize, whole and byte by byte.
+// In both modes only <CRLF>.<CRLF> ends DATA.
+class SessionBareLf : public ::testing::TestWithParam<bool> {};
+
+SessionLimits Normalizing() {
+  SessionLimits l;
+  l.normalize_bare_lf = true;
+  return l;
+}
+
+const char kDataTx[] =
+    "HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<c@d.e>\r\nDATA\r\n";
+const char kDataTxReplies[] =
+    "250 mx.example.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data "
+    "with <CR><LF>.<CR><LF>\r\n";
+
+TEST_P(SessionBareLf, RejectRefusesCommandsAndMessages) {
+  FakeWorld w;
+  EXPECT_EQ(Play({"lf", "NOOP\nHELO c\n", ""}, GetParam(), w),
+            "500 5.5.2 Error: bare LF in command; lines must end with "
+            "CRLF\r\n500 5.5.2 Error: bare LF in command; lines must end "
+            "with CRLF\r\n");
+  FakeWorld w2;
+  EXPECT_EQ(Play({"data", std::string(kDataTx) + "a\nb\r\n.\r\n", ""},
+                 GetParam(), w2),
+            std::string(kDataTxReplies) +
+                "550 5.6.0 Error: bare CR or LF in message; lines must end "
+                "with CRLF\r\n");
+  EXPECT_EQ(w2.data, "");
+}
+
+TEST_P(SessionBareLf, NormalizeTakesLfCommandsAndMakesCrlf) {
+  FakeWorld w;
+  const std::string out =
+      Play({"lf",
+            "HELO c\nMAIL FROM:<a@b.c>\r\nRCPT TO:<c@d.e>\nDATA\n"
+            "Subject: s\n\nline\r\n.dot\nend\n\r\n.\r\nNOOP\n",
+            ""},
+           GetParam(), w, Normalizing());
+  EXPECT_EQ(out, std::string(kDataTxReplies) +
+                     "250 2.0.0 Ok: queued as Q1\r\n250 2.0.0 Ok\r\n");
+  EXPECT_EQ(w.data, "Subject: s\r\n\r\nline\r\ndot\r\nend\r\n\r\n");
+  EXPECT_EQ(w.events.back().type(), v1::EVENT_TYPE_NOOP);
+}
+
+TEST_P(SessionBareLf, NormalizeStillRefusesBareCr) {
+  FakeWorld w;
+  EXPECT_EQ(Play({"cr", "NO\rOP\n", ""}, GetParam(), w, Normalizing()),
+            "500 5.5.2 Error: bare CR in command; lines must end with "
+            "CRLF\r\n");
+  FakeWorld w2;
+  EXPECT_EQ(Play({"data", std::string(kDataTx) + "a\rb\r\n.\r\n", ""},
+                 GetParam(), w2, Normalizing()),
+            std::string(kDataTxReplies) +
+                "550 5.6.0 Error: bare CR or LF in message; lines must end "
+                "with CRLF\r\n");
+}
+
+TEST_P(SessionBareLf, NormalizeNeverEndsDataAtBareLfDot) {
+  for (const char* trick : {"\n.\n", "\n.\r\n", "\r\n.\n"}) {
+    FakeWorld w;
+    const std::string out = Play(
+        {"smuggle",
+         std::string(kDataTx) + "head" + trick +
+             "MAIL FROM:<evil@x.y>\r\nRCPT TO:<v@w.x>\r\nDATA\r\nsmuggled\r\n"
+             ".\r\n",
+         ""},
+        GetParam(), w, Normalizing());
+    // One message, ended by the real <CRLF>.<CRLF>: the smuggled commands
+    // are its content, never commands.
+    EXPECT_EQ(out,
+              std::string(kDataTxReplies) + "250 2.0.0 Ok: queued as Q1\r\n")
+        << trick;
+    int mails = 0;
+    for (const auto& e : w.events) mails += e.type() == v1::EVENT_TYPE_MAIL;
+    EXPECT_EQ(mails, 1) << trick;
+    EXPECT_NE(w.data.find("MAIL FROM:<evil@x.y>\r\n"), std::string::npos);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(WholeAndByteAtATime, SessionBareLf, ::testing::Bool());
+
+// --reject-improper-pipelining: input that came with or after DATA before
+// its 354 closes the session with 554.
+SessionLimits StrictPipelining() {
+  SessionLimits l;
+  l.reject_improper_pipelining = true;
+  return l;
+}
+
+TEST(Session, ContentPipelinedAfterDataIsRefused) {
+  FakeWorld w;
+  const std::string out = Play(
+      {"pipelined", std::string(kDataTx) + "Subject: x\r\n\r\nhi\r\n.\r\n", ""},
+      /*byte_at_a_time=*/false, w, StrictPipelining());
+  EXPECT_EQ(out,
+            "250 mx.example.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n554 5.5.0 "
+            "Error: improper command pipelining after DATA\r\n");
+  EXPECT_TRUE(w.closed);
+  for (const auto& e : w.events) EXPECT_NE(e.type(), v1::EVENT_TYPE_EOD);
+}
+
+TEST(Session, PipeliningUpToDataIsFine) {
+  // MAIL, RCPT and DATA in one group (RFC 2920), the content after 354:
+  // fed one octet at a time, nothing waits in the buffer when 354 goes out.
+  for (bool bound : {false, true}) {
+    FakeWorld w;
+    Transcript t{"group",
+                 std::string(kDataTx) + "Subject: x\r\n\r\nhi\r\n.\r\n", ""};
+    if (bound) t.bound = {v1::EVENT_TYPE_DATA};
+    EXPECT_EQ(Play(t, /*byte_at_a_time=*/true, w, StrictPipelining()),
+              std::string(kDataTxReplies) + "250 2.0.0 Ok: queued as Q1\r\n");
+    EXPECT_FALSE(w.closed);
+  }
+  // A DATA that is refused is not a group's end: what follows are commands.
+  FakeWorld w;
+  EXPECT_EQ(
+      Play({"refused", "HELO c\r\nMAIL FROM:<a@b.c>\r\nDATA\r\nNOOP\r\n", ""},
+           false, w, StrictPipelining()),
+      "250 mx.example.test\r\n250 2.1.0 Ok\r\n554 5.5.1 Error: no valid "
+      "recipients\r\n250 2.0.0 Ok\r\n");
+}
+
+TEST(Session, PipelinedDataWaitingForTheBrokerIsRefused) {
+  // DATA is bound: the content came with it while the edge waited.
+  FakeWorld w;
+  v1::SessionInfo info;
+  info.set_server_hostname("mx.example.test");
+  Session s(StrictPipelining(), Trusted(), info, &w);
+  v1::BindingMap map;
+  map.add_events(v1::EVENT_TYPE_DATA);
+  s.SetBindingMap(map);
+  s.Start();
+  s.Feed(std::string(kDataTx) + "body\r\n.\r\n");
+  w.written.clear();
+  w.AnswerAll(s);
+  EXPECT_EQ(w.written,
+            "554 5.5.0 Error: improper command pipelining after DATA\r\n");
+  EXPECT_TRUE(s.closed());
+}
+
 }  // namespace
 }  // namespace sinkline::edge

@@ -1,0 +1,105 @@
+"""The edge's slow-drip watchdog over a raw socket: a command line dripped
+slower than --command-timeout-s allows and message content slower than
+--data-min-rate are cut with 421 4.4.2 although bytes keep coming (the idle
+timeout never fires); a client at normal speed is not affected."""
+
+import time
+import unittest
+
+from harness import RawSmtp, StackTestCase
+
+
+class EdgeWatchdogTest(StackTestCase):
+
+    def start(self):
+        self.stack.write_config([])
+        self.stack.start_broker()
+        self.stack.start_edge(["--command-timeout-s=2", "--data-min-rate=200",
+                               "--data-rate-grace-s=1",
+                               "--idle-timeout-s=60"])
+        return self.stack.edge.port
+
+    def drip(self, c, data, pause_s, limit):
+        """Sends `data` one octet at a time until the edge answers; at most
+        `limit` octets. Returns what the edge said."""
+        c.sock.settimeout(pause_s)
+        for i, b in enumerate(data[:limit]):
+            try:
+                c.send(bytes([b]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            try:
+                got = c.sock.recv(4096)
+            except TimeoutError:
+                continue
+            c.buf += got
+            break
+        c.sock.settimeout(30)
+        return c.reply()
+
+    def test_command_line_dripped_too_slowly(self):
+        port = self.start()
+        c = RawSmtp(port)
+        self.assertEqual(c.reply()[0], 220)
+        # 0.3 s per octet, the line needs 40 octets (12 s): the 2 s bound
+        # ends it long before.
+        code, lines = self.drip(
+            c, b"EHLO a-client-that-drips.example.test\r\n", 0.3, 40)
+        self.assertEqual((code, lines), (421, [
+            "421 4.4.2 mx.example.test Error: command line too slow"]))
+        self.assertTrue(c.closed_by_peer())
+        c.close()
+        self.assertIn("command line too slow", self.stack.edge.log())
+
+    def test_data_dripped_too_slowly(self):
+        port = self.start()
+        c = RawSmtp(port)
+        self.assertEqual(c.reply()[0], 220)
+        self.assertEqual(c.cmd("EHLO c.example")[0], 250)
+        self.assertEqual(c.cmd("MAIL FROM:<a@example.net>")[0], 250)
+        self.assertEqual(c.cmd("RCPT TO:<b@example.test>")[0], 250)
+        self.assertEqual(c.cmd("DATA")[0], 354)
+        # Each line is whole at once, so the command clock is not the one
+        # that runs; 10 octets every 0.25 s is 40 octets/s, under 200.
+        body = b"".join(b"line %04d\n" % i for i in range(200))
+        c.sock.settimeout(0.25)
+        answer = b""
+        for i in range(0, len(body), 10):
+            try:
+                c.send(body[i:i + 10].replace(b"\n", b"\r\n"))
+                answer = c.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            break
+        c.buf += answer
+        c.sock.settimeout(30)
+        self.assertEqual(c.reply(), (421, [
+            "421 4.4.2 mx.example.test Error: message content too slow"]))
+        self.assertTrue(c.closed_by_peer())
+        c.close()
+        self.assertEqual(self.stack.queue_ids(), [])
+
+    def test_normal_speed_passes(self):
+        port = self.start()
+        c = RawSmtp(port)
+        self.assertEqual(c.reply()[0], 220)
+        self.assertEqual(c.cmd("EHLO c.example")[0], 250)
+        self.assertEqual(c.cmd("MAIL FROM:<a@example.net>")[0], 250)
+        self.assertEqual(c.cmd("RCPT TO:<b@example.test>")[0], 250)
+        self.assertEqual(c.cmd("DATA")[0], 354)
+        # A quiet moment inside the content, shorter than the grace period,
+        # and a pause between commands (idle, not a command in progress).
+        c.send(b"Subject: calm\r\n\r\n")
+        time.sleep(0.5)
+        c.send((b"x" * 98 + b"\r\n") * 50 + b".\r\n")
+        self.assertEqual(c.reply()[0], 250)
+        time.sleep(2.5)
+        self.assertEqual(c.cmd("NOOP")[0], 250)
+        self.assertEqual(c.cmd("QUIT")[0], 221)
+        c.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
