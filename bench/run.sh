@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Builds the release preset and runs Sinkline's benchmarks, printing a table.
+# Builds the release preset and runs Sinkline's benchmarks, printing tables.
 #   bench/run.sh            all benchmarks
+#   bench/run.sh broker     the broker's cost per event only
+#   bench/run.sh stack      the whole stack with smtp-source only
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/install-deps.sh"
 cd "$root"
+which=${1:-all}
 cmake --preset release >/dev/null
-cmake --build --preset release --target broker_bench >/dev/null
+if [[ "$which" == stack ]]; then
+  cmake --build --preset release >/dev/null
+  exec /usr/bin/python3 "$root/bench/stack_bench.py" --bin build/release/bin
+fi
+if [[ "$which" == all ]]; then
+  cmake --build --preset release >/dev/null
+else
+  cmake --build --preset release --target broker_bench >/dev/null
+fi
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 build/release/bench/broker_bench --benchmark_format=json >"$out" 2>/dev/null
@@ -30,3 +41,7 @@ for r in runs:
 print()
 print(f"One direct sink call (baseline): {sink_us:.1f} µs")
 PY
+if [[ "$which" == all ]]; then
+  echo
+  /usr/bin/python3 "$root/bench/stack_bench.py" --bin build/release/bin
+fi
