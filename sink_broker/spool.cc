@@ -287,8 +287,10 @@ absl::Status IncomingMessage::Commit(const v1::QueueEntry& entry) {
   if (::rename(path_.c_str(), msg.c_str()) != 0)
     return Errno("rename " + path_);
   path_ = msg;
+  // The envelope record's directory fsync also makes the content's new name
+  // durable. The old name in incoming/ needs no fsync: should it come back
+  // after a crash, PrepareSpool unlinks it, and the committed name stays.
   if (auto st = WriteFileDurably(env, record); !st.ok()) return st;
-  if (auto st = SyncDirectory(spool_dir_ + "/incoming"); !st.ok()) return st;
   committed_ = true;
   return absl::OkStatus();
 }

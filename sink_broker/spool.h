@@ -58,8 +58,9 @@ class IncomingMessage {
   // COMMIT).
   absl::Status ReplaceWith(const std::string& new_path, uint64_t new_size);
 
-  // Makes the message durable under `entry.queue_id()`: fsync content, write
-  // and fsync the envelope record, rename both, fsync the directories.
+  // Makes the message durable under `entry.queue_id()`: fsync content, move
+  // it to committed/, write and fsync the envelope record beside it, fsync
+  // committed/ (shared with concurrent COMMITs).
   absl::Status Commit(const v1::QueueEntry& entry);
 
  private:
