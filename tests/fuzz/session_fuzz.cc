@@ -18,9 +18,11 @@
 // nothing is written, sent or closed after Close(); at most one event waits
 // for its result, and nothing at all is sent while it waits; sequences
 // increase; message data belongs to the open transaction; STARTTLS starts
-// only right after a 220.
+// only right after a 220; with no event waiting, the session holds no more
+// input than one line.
 #include <crypt.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -319,6 +321,13 @@ void Run(const uint8_t* data, size_t size) {
     if (drain && choices.Chance(8)) s.SetDraining();
     broker.AnswerAll(s, may_lose_broker);
     if (s.waiting()) Violation("waits after every event was answered", "");
+    // Input is only held while an event waits: otherwise at most a partial
+    // command line (an AUTH line may be 12288 octets) or message line.
+    const size_t bound =
+        std::max({limits.max_line_length, limits.max_text_line, size_t{12288}});
+    if (!s.closed() && !s.starting_tls() && s.buffered() > bound) {
+      Violation("input held without bound", std::to_string(s.buffered()));
+    }
   }
   if (s.closed() != broker.closed()) {
     Violation("closed() and Close() disagree", "");
