@@ -44,7 +44,8 @@ namespace {
   std::abort();
 }
 
-// SINKLINE_FUZZ_TRACE=1 prints every reply (to read a failing input).
+// SINKLINE_FUZZ_TRACE=1 prints the client's input, every reply and every
+// event (to read a failing input).
 bool Trace() {
   static const bool on = std::getenv("SINKLINE_FUZZ_TRACE") != nullptr;
   return on;
@@ -107,6 +108,11 @@ class FakeBroker : public SessionOutput {
     last_reply_code_ = bytes.substr(0, 3);
   }
   void SendEvent(const v1::Event& event, bool notify_only) override {
+    if (Trace()) {
+      std::fprintf(
+          stderr, "E: %s%s tx=%s\n", v1::EventType_Name(event.type()).c_str(),
+          notify_only ? " (notify)" : "", event.transaction_id().c_str());
+    }
     if (closed_) Violation("event after close", event.ShortDebugString());
     if (!waiting_.empty()) {
       Violation("event while another waits", event.ShortDebugString());
