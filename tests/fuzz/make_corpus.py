@@ -85,6 +85,17 @@ SEEDS = {
         "EHLO c.example\r\nXSTATUS\r\nMAIL FROM:<a@example.net>\r\n"
         "RCPT TO:<b@example.test>\r\nRCPT TO:<c@example.test>\r\nDATA\r\n"
         + MSG + "STARTTLS\r\nEHLO again\r\nQUIT\r\n"),
+    "data_line_limits": (
+        # Small limits: 80 octets a line with CRLF, 2000 a message.
+        header(ACCEPTED | SMALL, seed=41),
+        "EHLO c\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.test>"
+        "\r\nDATA\r\n" + "y" * 78 + "\r\n." + "z" * 77 + "\r\n.\r\n"
+        "MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.test>\r\nDATA"
+        "\r\n" + "y" * 79 + "\r\n.\r\n"
+        "MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.test>\r\nDATA"
+        "\r\n" + ("w" * 76 + "\r\n") * 25 + ".\r\n"
+        "MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.test>\r\nDATA"
+        "\r\n" + ("w" * 76 + "\r\n") * 26 + ".\r\nQUIT\r\n"),
     "early_talker": (header(EARLY, seed=2), "EHLO too.early\r\nQUIT\r\n"),
     "data_end_lookalikes": (
         header(TRUSTED, seed=31),

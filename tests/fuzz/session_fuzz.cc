@@ -19,7 +19,11 @@
 // for its result, and nothing at all is sent while it waits; sequences
 // increase; message data belongs to the open transaction; STARTTLS starts
 // only right after a 220; with no event waiting, the session holds no more
-// input than one line.
+// input than one line. DATA content is checked against a model of its
+// rules written apart (ModelData): it ends exactly at the first
+// <CRLF>.<CRLF>, reaches the broker unstuffed and unchanged when it is
+// acceptable, and is refused with 552 (too big) or 550 (bare CR or LF, line
+// over the limit) when it is not.
 #include <crypt.h>
 
 #include <algorithm>
@@ -29,6 +33,7 @@
 #include <deque>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "parser.h"
 #include "policy.h"
@@ -96,16 +101,83 @@ void CheckReply(absl::string_view bytes) {
   }
 }
 
+// The DATA content rules (RFC 5321 §4.1.1.4, §4.5.2, §4.5.3.1.6), written
+// apart from the session: where the content that starts at `start` ends,
+// what it is once unstuffed, and the reply the session owes for it.
+struct DataModel {
+  size_t end = std::string::npos;  // after the terminating ".\r\n"
+  std::string unstuffed;
+  int code = 0;  // 0: EOD (accepted by the edge), else 550 or 552
+};
+
+DataModel ModelData(absl::string_view stream, size_t start,
+                    const SessionLimits& limits) {
+  DataModel m;
+  const absl::string_view rest = stream.substr(start);
+  size_t content_end;  // the content, without the final ".\r\n"
+  if (absl::StartsWith(rest, ".\r\n")) {
+    content_end = 0;
+  } else {
+    const size_t t = rest.find("\r\n.\r\n");
+    if (t == absl::string_view::npos) return m;
+    content_end = t + 2;
+  }
+  m.end = start + content_end + 3;
+  const absl::string_view content = rest.substr(0, content_end);
+  bool bare = false, too_long = false;
+  size_t line_start = 0;
+  for (size_t i = 0; i < content.size(); ++i) {
+    const char c = content[i];
+    if (c == '\r' && (i + 1 == content.size() || content[i + 1] != '\n')) {
+      bare = true;
+    }
+    if (c == '\n') {
+      if (i == 0 || content[i - 1] != '\r') bare = true;
+      if (i + 1 - line_start > limits.max_text_line) too_long = true;
+      absl::string_view line = content.substr(line_start, i + 1 - line_start);
+      if (absl::StartsWith(line, ".")) line.remove_prefix(1);
+      m.unstuffed.append(line.data(), line.size());
+      line_start = i + 1;
+    }
+  }
+  if (m.unstuffed.size() > limits.max_message_size) {
+    m.code = 552;
+  } else if (bare || too_long) {
+    m.code = 550;
+  }
+  return m;
+}
+
 class FakeBroker : public SessionOutput {
  public:
-  explicit FakeBroker(Choices* choices, unsigned replace)
-      : choices_(choices), replace_(replace) {}
+  FakeBroker(Choices* choices, unsigned replace, const SessionLimits& limits)
+      : choices_(choices), replace_(replace), limits_(limits) {}
+
+  // The session and every octet fed to it, to check DATA against the model.
+  void Watch(const Session* s) { session_ = s; }
+  void Fed(absl::string_view bytes) { fed_.append(bytes.data(), bytes.size()); }
 
   void Write(std::string bytes) override {
     if (Trace()) std::fprintf(stderr, "S: %s", bytes.c_str());
     if (closed_) Violation("write after close", bytes);
     CheckReply(bytes);
     last_reply_code_ = bytes.substr(0, 3);
+    if (in_data_) {
+      // The first reply after 354 without an EOD: the edge refused the
+      // content (or lost the broker) once it was read to its end.
+      in_data_ = false;
+      const DataModel m = ModelData(fed_, data_start_, limits_);
+      if (m.end != Consumed()) Violation("DATA ended elsewhere", bytes);
+      const int code = std::stoi(last_reply_code_);
+      if (code != 451 && code != m.code) {
+        Violation("content refused against the rules", bytes);
+      }
+    }
+    if (last_reply_code_ == "354") {
+      in_data_ = true;
+      data_start_ = Consumed();
+      data_.clear();
+    }
   }
   void SendEvent(const v1::Event& event, bool notify_only) override {
     if (Trace()) {
@@ -131,6 +203,13 @@ class FakeBroker : public SessionOutput {
         Violation("EOD for another transaction", event.ShortDebugString());
       }
       data_tx_.clear();
+      if (in_data_) {
+        in_data_ = false;
+        const DataModel m = ModelData(fed_, data_start_, limits_);
+        if (m.end != Consumed()) Violation("DATA ended elsewhere", "EOD");
+        if (m.code != 0) Violation("content accepted against the rules", "");
+        if (data_ != m.unstuffed) Violation("content changed", data_);
+      }
     }
     if (!notify_only) waiting_.push_back(event);
   }
@@ -142,6 +221,7 @@ class FakeBroker : public SessionOutput {
     // (A refused message's data is dropped by the broker when the next
     // transaction starts; new data may belong to a new one.)
     data_tx_ = tx;
+    if (in_data_) data_ += chunk;
   }
   void Close() override {
     if (closed_) Violation("closed twice", "");
@@ -231,8 +311,16 @@ class FakeBroker : public SessionOutput {
     return r;
   }
 
+  size_t Consumed() const { return fed_.size() - session_->buffered(); }
+
   Choices* choices_;
   const unsigned replace_;
+  const SessionLimits limits_;
+  const Session* session_ = nullptr;
+  std::string fed_;       // every octet the client sent
+  bool in_data_ = false;  // after a 354, until the content's answer
+  size_t data_start_ = 0;
+  std::string data_;  // DataChunks since the 354
   std::deque<v1::Event> waiting_;
   uint64_t last_sequence_ = 0;
   std::string data_tx_;
@@ -282,8 +370,9 @@ void Run(const uint8_t* data, size_t size) {
   v1::SessionInfo info;
   info.set_server_hostname("mx.example.test");
   info.mutable_client()->set_ip("192.0.2.1");
-  FakeBroker broker(&choices, replace);
+  FakeBroker broker(&choices, replace, limits);
   Session s(limits, policy, info, &broker);
+  broker.Watch(&s);
   v1::BindingMap map;
   for (int e = 1; e < 15; ++e) {
     if (bound & (1u << e)) map.add_events(static_cast<v1::EventType>(e));
@@ -295,6 +384,7 @@ void Run(const uint8_t* data, size_t size) {
   const bool drain = flags & 32;
   if (flags & 128) {
     const size_t n = std::min<size_t>(input.size(), 1 + choices.Below(8));
+    broker.Fed(input.substr(0, n));
     s.Feed(input.substr(0, n));
     input.remove_prefix(n);
   }
@@ -319,6 +409,7 @@ void Run(const uint8_t* data, size_t size) {
     if (Trace()) {
       std::fprintf(stderr, "C: %s\n", std::string(input.substr(0, n)).c_str());
     }
+    broker.Fed(input.substr(0, n));
     s.Feed(input.substr(0, n));
     input.remove_prefix(n);
     if (s.closed() != broker.closed()) {
