@@ -197,6 +197,9 @@ class FakeBroker : public SessionOutput {
     if (event.session().server_hostname() != "mx.example.test") {
       Violation("event without the session", event.ShortDebugString());
     }
+    // A refused message's data has no EOD; the broker drops it when the
+    // next transaction starts.
+    if (event.type() == v1::EVENT_TYPE_MAIL) data_tx_.clear();
     if (event.type() == v1::EVENT_TYPE_EOD) {
       if (notify_only) Violation("EOD notify-only", event.ShortDebugString());
       if (event.transaction_id().empty() ||
@@ -219,8 +222,9 @@ class FakeBroker : public SessionOutput {
     if (!waiting_.empty()) Violation("data while an event waits", chunk);
     if (tx.empty()) Violation("data without a transaction", chunk);
     if (chunk.empty()) Violation("empty data chunk", tx);
-    // (A refused message's data is dropped by the broker when the next
-    // transaction starts; new data may belong to a new one.)
+    if (!data_tx_.empty() && data_tx_ != tx) {
+      Violation("data of two transactions without a MAIL between", tx);
+    }
     data_tx_ = tx;
     if (in_data_) data_ += chunk;
   }
