@@ -625,6 +625,11 @@ void Session::Proceed(const Pending& p, const edge::Reply& resolved,
   }
   if (p.spec->proceed) p.spec->proceed(*this, p.command, resolved);
   if (p.spec == &kEod) ResetTransaction();
+  // A MAIL refused (by the edge or by a sink) started no transaction: the
+  // events after it carry no transaction id.
+  if (p.spec->event == v1::EVENT_TYPE_MAIL && !mail_from_) {
+    transaction_id_.clear();
+  }
   const bool greeting_refused = p.spec == &kConnect && resolved.code != 220;
   if (close_session || greeting_refused ||
       (p.spec->event == v1::EVENT_TYPE_QUIT && resolved.code == 221)) {

@@ -277,6 +277,31 @@ TEST(Session, SinkRefusalOfOneRecipient) {
   EXPECT_FALSE(w.notify[3]);  // RCPT waited for the broker
 }
 
+TEST(Session, MailRefusedBySinkEndsTheTransactionId) {
+  FakeWorld w;
+  v1::Reply no;
+  no.set_code(550);
+  no.set_enhanced_code("5.7.1");
+  no.add_lines("sender refused");
+  w.overrides[v1::EVENT_TYPE_MAIL] = no;
+  Transcript t{"mail refused",
+               "HELO c\r\nMAIL FROM:<a@b.c>\r\nNOOP\r\nMAIL "
+               "FROM:<d@b.c>\r\n",
+               "250 mx.example.test\r\n550 5.7.1 sender refused\r\n250 "
+               "2.0.0 Ok\r\n550 5.7.1 sender refused\r\n",
+               {v1::EVENT_TYPE_MAIL}};
+  EXPECT_EQ(Play(t, false, w), t.output);
+  // CONNECT, HELO, MAIL, NOOP, MAIL: the NOOP is outside any transaction,
+  // and the second MAIL starts a transaction of its own.
+  ASSERT_EQ(w.events.size(), 5u);
+  const std::string first = w.events[2].transaction_id();
+  EXPECT_FALSE(first.empty());
+  EXPECT_EQ(w.events[3].type(), v1::EVENT_TYPE_NOOP);
+  EXPECT_EQ(w.events[3].transaction_id(), "");
+  EXPECT_FALSE(w.events[4].transaction_id().empty());
+  EXPECT_NE(w.events[4].transaction_id(), first);
+}
+
 TEST(Session, BrokerLostAnswers451Then421) {
   FakeWorld w;
   v1::SessionInfo info;
