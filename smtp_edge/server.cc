@@ -810,14 +810,7 @@ void Server::Drain() {
     boost::system::error_code ec;
     acceptor_.close(ec);
   });
-  std::vector<std::shared_ptr<Connection>> live;
-  {
-    absl::MutexLock lock(&mu_);
-    for (auto& [raw, t] : connections_) {
-      if (auto c = t.connection.lock()) live.push_back(std::move(c));
-    }
-  }
-  for (auto& c : live) c->BeginDrain();
+  for (auto& c : LiveConnections()) c->BeginDrain();
 }
 
 void Server::Stop() {
@@ -825,14 +818,7 @@ void Server::Stop() {
     boost::system::error_code ec;
     acceptor_.close(ec);
   });
-  std::vector<std::shared_ptr<Connection>> live;
-  {
-    absl::MutexLock lock(&mu_);
-    for (auto& [raw, t] : connections_) {
-      if (auto c = t.connection.lock()) live.push_back(std::move(c));
-    }
-  }
-  for (auto& c : live) c->Shutdown();
+  for (auto& c : LiveConnections()) c->Shutdown();
 }
 
 bool Server::Track(const std::shared_ptr<Connection>& c, const std::string& ip,
@@ -864,14 +850,17 @@ void Server::Untrack(Connection* c) {
   connections_.erase(it);
 }
 
-std::vector<v1::EdgeSessionInfo> Server::ListSessions() const {
+std::vector<std::shared_ptr<Connection>> Server::LiveConnections() const {
   std::vector<std::shared_ptr<Connection>> live;
-  {
-    absl::MutexLock lock(&mu_);
-    for (const auto& [raw, t] : connections_) {
-      if (auto c = t.connection.lock()) live.push_back(std::move(c));
-    }
+  absl::MutexLock lock(&mu_);
+  for (const auto& [raw, t] : connections_) {
+    if (auto c = t.connection.lock()) live.push_back(std::move(c));
   }
+  return live;
+}
+
+std::vector<v1::EdgeSessionInfo> Server::ListSessions() const {
+  const auto live = LiveConnections();
   std::vector<v1::EdgeSessionInfo> out;
   out.reserve(live.size());
   for (const auto& c : live) out.push_back(c->Snapshot());

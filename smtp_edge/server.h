@@ -120,6 +120,8 @@ class Server {
     std::string ip;
   };
   std::map<Connection*, Tracked> connections_ ABSL_GUARDED_BY(mu_);
+  // The connections still alive, taken under the lock.
+  std::vector<std::shared_ptr<Connection>> LiveConnections() const;
   std::map<std::string, int> per_client_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
 };

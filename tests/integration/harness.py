@@ -39,6 +39,19 @@ def split_received(data, at=0):
     return data[:at] + data[m.end():], m.group(0)
 
 
+def make_cert(workdir):
+    """A self-signed certificate and key for mx.example.test (STARTTLS)."""
+    cert = os.path.join(workdir, "cert.pem")
+    key = os.path.join(workdir, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+         "-days", "2", "-subj", "/CN=mx.example.test",
+         "-addext", "subjectAltName=DNS:mx.example.test",
+         "-keyout", key, "-out", cert],
+        check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 def binary(name):
     path = os.path.join(BIN_DIR, name)
     if not os.access(path, os.X_OK):

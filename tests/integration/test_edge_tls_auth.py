@@ -11,22 +11,10 @@ import ssl
 import subprocess
 import unittest
 
-from harness import RawSmtp, StackTestCase, split_received
+from harness import RawSmtp, StackTestCase, make_cert, split_received
 
 QUEUED_RE = re.compile(r"2\.0\.0 Ok: queued as ([0-9A-Za-z]+)")
 PASSWORD = "correct horse battery"
-
-
-def make_cert(workdir):
-    cert = os.path.join(workdir, "cert.pem")
-    key = os.path.join(workdir, "key.pem")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-         "-days", "2", "-subj", "/CN=mx.example.test",
-         "-addext", "subjectAltName=DNS:mx.example.test",
-         "-keyout", key, "-out", cert],
-        check=True, capture_output=True, timeout=60)
-    return cert, key
 
 
 def make_auth_file(workdir):

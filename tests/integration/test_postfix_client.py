@@ -11,27 +11,14 @@ the other recipient is delivered."""
 import os
 import re
 import smtplib
-import subprocess
 import unittest
 
-from harness import StackTestCase, split_received, wait_for
+from harness import StackTestCase, make_cert, split_received, wait_for
 from postfix import Postfix
 
 SENT = re.compile(r"to=<([^>]+)>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:(\d+),"
                   r".* status=sent \(250 2\.0\.0 Ok: queued as (\S+)\)")
 BOUNCED = re.compile(r"to=<([^>]+)>,.* status=bounced \((.*)\)")
-
-
-def make_cert(workdir):
-    cert = os.path.join(workdir, "cert.pem")
-    key = os.path.join(workdir, "key.pem")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-         "-days", "2", "-subj", "/CN=mx.example.test",
-         "-addext", "subjectAltName=DNS:mx.example.test",
-         "-keyout", key, "-out", cert],
-        check=True, capture_output=True, timeout=60)
-    return cert, key
 
 
 def headers(n, to, extra=b""):
