@@ -54,7 +54,12 @@ class EdgeAdminTest(StackTestCase):
             "--admin-listen=127.0.0.1:0",
             f"--admin-port-file={admin_port_file}",
             f"--admin-token-file={token_file}", "--drain-grace-s=30"])
-        admin_port = int(open(admin_port_file).read())
+        # The admin port file follows the SMTP one: wait for it too.
+        admin_port = wait_for(
+            lambda: os.path.exists(admin_port_file)
+            and open(admin_port_file).read().strip(), 10,
+            "the EdgeAdmin port file")
+        admin_port = int(admin_port)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{admin_port}")
         self.addCleanup(self.channel.close)
         self.assertEqual(self.health(),
