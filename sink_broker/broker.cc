@@ -996,8 +996,10 @@ void SessionState::OnWriteDone(bool ok) {
   writing_ = false;
   if (!out_.empty()) out_.pop_front();
   if (!ok) {
-    // The edge went away; reads will end too.
+    // The edge went away; reads end too (perhaps they already did, and
+    // waited for this write: the stream finishes now).
     out_.clear();
+    MaybeFinish();
     return;
   }
   if (!out_.empty() && reactor_ && !finished_) {

@@ -9,8 +9,12 @@ std::shared_ptr<grpc::Channel> MakeBrokerChannel(const std::string& target) {
   args.SetServiceConfigJSON(R"({"loadBalancingConfig":[{"round_robin":{}}]})");
   // A broker that comes back is found again within a second or so.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // gRPC reads this one as the least time a connection attempt is given
+  // (TCP and HTTP/2 handshake). Short backoffs must not make it short too:
+  // a broker that is slow to answer right after its restart (recovering its
+  // spool on a busy machine) would never be reached.
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   sinkline::AddGrpcTlsChannelArgs(args);
@@ -25,6 +29,12 @@ std::shared_ptr<BrokerStream> BrokerStream::Open(v1::SessionService::Stub* stub,
   // Fail fast when no broker is there: the client hears 421, never 250.
   s->context_.set_wait_for_ready(false);
   stub->async()->Stream(&s->context_, s.get());
+  // Send and Close start writes from the session's strand, outside the
+  // reactions: without a hold, the call could end (and gRPC free it) between
+  // a failure coming in and OnDone, and such a write would touch freed
+  // memory. The hold ends when the session closes or cancels the stream, or
+  // when the stream breaks (see ReleaseHold).
+  s->AddHold();
   s->StartRead(&s->response_);
   s->StartCall();
   return s;
@@ -32,16 +42,34 @@ std::shared_ptr<BrokerStream> BrokerStream::Open(v1::SessionService::Stub* stub,
 
 void BrokerStream::Send(v1::SessionRequest req) {
   absl::MutexLock lock(&mu_);
-  if (closing_ || failed_) return;
+  if (closing_ || failed_ || released_) return;
   out_.push_back(std::move(req));
   if (!writing_) WriteNextLocked();
 }
 
 void BrokerStream::Close() {
-  absl::MutexLock lock(&mu_);
-  if (closing_) return;
-  closing_ = true;
-  if (!writing_) WriteNextLocked();
+  {
+    absl::MutexLock lock(&mu_);
+    if (closing_) return;
+    closing_ = true;
+    if (!writing_ && !released_) WriteNextLocked();
+  }
+  // Any write still queued goes out from OnWriteDone, a reaction.
+  ReleaseHold();
+}
+
+void BrokerStream::Cancel() {
+  context_.TryCancel();
+  ReleaseHold();
+}
+
+void BrokerStream::ReleaseHold() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (released_) return;
+    released_ = true;  // no write starts from outside a reaction after this
+  }
+  RemoveHold();
 }
 
 size_t BrokerStream::queued() const {
@@ -73,6 +101,7 @@ void BrokerStream::OnWriteDone(bool ok) {
       WriteNextLocked();
     }
   }
+  if (!ok) ReleaseHold();  // broken: OnDone may come
   if (handler_.on_writable) handler_.on_writable();
 }
 
@@ -82,7 +111,16 @@ void BrokerStream::OnWritesDoneDone(bool) {
 }
 
 void BrokerStream::OnReadDone(bool ok) {
-  if (!ok) return;  // OnDone follows with the status
+  if (!ok) {
+    // The broker ended the stream or it broke: writes would fail, so the
+    // hold goes and OnDone follows with the status.
+    {
+      absl::MutexLock lock(&mu_);
+      failed_ = true;  // a write in flight ends in OnWriteDone
+    }
+    ReleaseHold();
+    return;
+  }
   handler_.on_response(std::move(response_));
   response_.Clear();
   StartRead(&response_);

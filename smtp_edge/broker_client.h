@@ -40,7 +40,7 @@ class BrokerStream
   // No more requests: half-close once the queue drained.
   void Close();
   // Abandon the stream now.
-  void Cancel() { context_.TryCancel(); }
+  void Cancel();
   size_t queued() const;
 
   void OnWriteDone(bool ok) override;
@@ -51,6 +51,9 @@ class BrokerStream
  private:
   explicit BrokerStream(Handler h) : handler_(std::move(h)) {}
   void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the hold taken at Open (once): no write starts from outside the
+  // reactions after it, and gRPC may finish the call and call OnDone.
+  void ReleaseHold() ABSL_LOCKS_EXCLUDED(mu_);
 
   Handler handler_;
   grpc::ClientContext context_;
@@ -61,6 +64,7 @@ class BrokerStream
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
   bool writes_done_ ABSL_GUARDED_BY(mu_) = false;
   bool failed_ ABSL_GUARDED_BY(mu_) = false;
+  bool released_ ABSL_GUARDED_BY(mu_) = false;
   // Keeps this object alive until OnDone.
   std::shared_ptr<BrokerStream> self_;
 };

@@ -302,6 +302,14 @@ class AdminClient:
         self.channel.close()
 
 
+def has_failed(case):
+    """For tearDown: did this test fail? (Inside tearDown, Python 3.11's
+    case._outcome.success describes the tearDown itself; the test's own
+    failure is in the result.)"""
+    result = case._outcome.result
+    return any(test is case for test, _ in result.failures + result.errors)
+
+
 class StackTestCase(unittest.TestCase):
     """Gives each test a fresh temporary directory and stack, stops every
     process by PID afterwards, and prints all logs when the test failed."""
@@ -311,7 +319,7 @@ class StackTestCase(unittest.TestCase):
         self.stack = Stack(self.workdir)
 
     def tearDown(self):
-        failed = not self._outcome.success
+        failed = has_failed(self)
         self.stack.stop()
         if failed:
             print(f"\n--- logs of {self.id()} ---\n{self.stack.logs()}")

@@ -17,7 +17,7 @@ import unittest
 
 import dkim
 
-from harness import BIN_DIR, split_received, wait_for
+from harness import BIN_DIR, has_failed, split_received, wait_for
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -63,7 +63,7 @@ class StartScriptTest(unittest.TestCase):
             except subprocess.TimeoutExpired:
                 self.script.kill()
         self.out.close()
-        if not self._outcome.success:
+        if has_failed(self):
             print(open(self.out_path, errors="replace").read())
             logdir = os.path.join(self.home, "log")
             for name in sorted(os.listdir(logdir)) if os.path.isdir(logdir) else []:
