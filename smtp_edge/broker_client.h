@@ -6,6 +6,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -36,6 +37,11 @@ class BrokerStream
   static std::shared_ptr<BrokerStream> Open(v1::SessionService::Stub* stub,
                                             Handler handler);
 
+  // Streams not yet released by gRPC and their owners. The process waits
+  // for none before it exits: gRPC must not finish a call while the process
+  // tears down what the call touches.
+  static int Live() { return LiveCount::n.load(); }
+
   void Send(v1::SessionRequest req);
   // No more requests: half-close once the queue drained.
   void Close();
@@ -55,6 +61,13 @@ class BrokerStream
   // reactions after it, and gRPC may finish the call and call OnDone.
   void ReleaseHold() ABSL_LOCKS_EXCLUDED(mu_);
 
+  struct LiveCount {
+    LiveCount() { ++n; }
+    ~LiveCount() { --n; }
+    static inline std::atomic<int> n{0};
+  };
+  // First member: counted until every other member is gone.
+  LiveCount live_;
   Handler handler_;
   grpc::ClientContext context_;
   v1::SessionResponse response_;

@@ -269,9 +269,15 @@ int main(int argc, char** argv) {
     }
   }
   drain_thread.join();
-  // Let sessions finish closing, then stop.
-  for (int i = 0; i < 50 && server.sessions() > 0; ++i) {
+  // Let sessions finish closing, and gRPC finish their broker streams,
+  // then stop.
+  for (int i = 0; i < 50 && (server.sessions() > 0 ||
+                             sinkline::edge::BrokerStream::Live() > 0);
+       ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (const int live = sinkline::edge::BrokerStream::Live(); live > 0) {
+    spdlog::warn("{} broker streams still open at exit", live);
   }
   if (admin) admin->Stop(std::chrono::milliseconds(500));
   work.reset();

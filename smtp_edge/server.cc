@@ -573,13 +573,25 @@ class Connection : public std::enable_shared_from_this<Connection>,
       }
       if (why != nullptr) {
         spdlog::info("session {}: {}", self->session_id_, why);
-        if (self->handshaking_ || self->flushing_) {
-          // No reply can go out in the middle of a handshake or a write.
+        if (self->handshaking_) {
+          // No reply can go out in the middle of a handshake.
           self->socket_.close(ec);
           co_return;
         }
         const std::string bye =
             MakeReply(421, "4.4.2", absl::StrCat(opts.hostname, text)).Format();
+        if (self->flushing_) {
+          // A write is under way: the 421 goes right after it, then the
+          // connection closes. A client that does not read gets at most
+          // another idle timeout for it.
+          self->out_ += bye;
+          self->close_after_flush_ = true;
+          self->idle_.expires_after(idle);
+          co_await self->idle_.async_wait(
+              asio::redirect_error(asio::use_awaitable, ec));
+          if (!self->finished_) self->socket_.close(ec);
+          co_return;
+        }
         co_await self->WriteAll(asio::buffer(bye), ec);
         self->socket_.close(ec);
         co_return;

@@ -243,6 +243,19 @@ class Stack:
         return "\n".join(f"===== {p.name} (pid {p.pid}) =====\n{p.log()}"
                          for p in self.processes)
 
+    def sanitizer_reports(self):
+        """Lines in which a sanitizer-built process (the asan preset)
+        reported memory misuse, a leak or undefined behaviour."""
+        found = []
+        for path in sorted({p.log_path for p in self.processes}):
+            try:
+                with open(path, errors="replace") as f:
+                    found += [f"{os.path.basename(path)}: {line.strip()}"
+                              for line in f if SANITIZER_REPORT.search(line)]
+            except FileNotFoundError:
+                pass
+        return found
+
     # The spool queue directory: <queue>/new/<queue id>, envelope JSON on the
     # first line, then the message bytes.
     def queued(self, queue_id, timeout_s=10.0):
@@ -302,6 +315,11 @@ class AdminClient:
         self.channel.close()
 
 
+# What the address, leak and undefined-behaviour sanitizers print.
+SANITIZER_REPORT = re.compile(
+    r"ERROR: (Address|Leak)Sanitizer|runtime error: ")
+
+
 def has_failed(case):
     """For tearDown: did this test fail? (Inside tearDown, Python 3.11's
     case._outcome.success describes the tearDown itself; the test's own
@@ -319,14 +337,16 @@ class StackTestCase(unittest.TestCase):
         self.stack = Stack(self.workdir)
 
     def tearDown(self):
-        failed = has_failed(self)
         self.stack.stop()
+        reports = self.stack.sanitizer_reports()
+        failed = has_failed(self) or bool(reports)
         if failed:
             print(f"\n--- logs of {self.id()} ---\n{self.stack.logs()}")
         if failed and os.environ.get("SINKLINE_KEEP_TMP"):
             print(f"kept {self.workdir}")
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        self.assertEqual(reports, [], "sanitizer reports in process logs")
 
     def start_default_stack(self):
         """Stamp sink bound to EOD after COMMIT, broker, edge."""
