@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/flags/parse.h"
+#include "absl/synchronization/mutex.h"
 
 namespace sinkline {
 
@@ -15,6 +16,12 @@ std::string NormalizeFlagName(const std::string& arg) {
 }
 
 std::vector<std::string> ParseFlags(int argc, char** argv) {
+#ifdef NDEBUG
+  // Debian's Abseil is built without NDEBUG, so absl::Mutex checks lock
+  // order on every acquisition, through one graph behind one global lock.
+  // Optimised builds leave that check to the debug and sanitizer builds.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
   std::vector<std::string> storage;
   storage.reserve(argc);
   bool after_double_dash = false;
