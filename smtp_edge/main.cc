@@ -2,6 +2,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <mutex>
@@ -73,6 +74,9 @@ ABSL_FLAG(int, broker_timeout_ms, 120000,
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate chain for STARTTLS (no STARTTLS when empty)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls-cert");
+ABSL_FLAG(int, tls_reload_interval_s, 60,
+          "look this often whether --tls-cert or --tls-key changed and load "
+          "them for new sessions (0: only on SIGHUP)");
 ABSL_FLAG(std::string, auth_file, "",
           "credentials for AUTH PLAIN/LOGIN over TLS: user:crypt-hash lines "
           "(no AUTH when empty)");
@@ -146,6 +150,8 @@ int main(int argc, char** argv) {
       std::chrono::milliseconds(absl::GetFlag(FLAGS_broker_timeout_ms));
   opts.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   opts.tls_key = absl::GetFlag(FLAGS_tls_key);
+  opts.tls_reload_interval =
+      std::chrono::seconds(absl::GetFlag(FLAGS_tls_reload_interval_s));
   opts.auth_file = absl::GetFlag(FLAGS_auth_file);
   opts.accepted_domains = absl::GetFlag(FLAGS_accepted_domains);
   opts.trusted_networks = absl::GetFlag(FLAGS_trusted_networks);
@@ -259,8 +265,26 @@ int main(int argc, char** argv) {
     spdlog::info("EdgeAdmin on port {}", admin->port);
   }
 
-  const int sig = sinkline::WaitForShutdownSignal();
+  // A renewed certificate is used for new sessions without a restart: on
+  // SIGHUP, and when its files change.
+  std::atomic<bool> stop_watching{false};
+  std::thread tls_watcher;
+  if (!opts.tls_cert.empty() && opts.tls_reload_interval.count() > 0) {
+    tls_watcher = std::thread([&, every = opts.tls_reload_interval] {
+      auto next = std::chrono::steady_clock::now() + every;
+      while (!stop_watching.load()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        if (std::chrono::steady_clock::now() < next) continue;
+        next = std::chrono::steady_clock::now() + every;
+        (void)server.ReloadTls(/*only_if_changed=*/true);
+      }
+    });
+  }
+  const int sig =
+      sinkline::WaitForShutdownSignal([&] { (void)server.ReloadTls(); });
   spdlog::info("signal {}", sig);
+  stop_watching.store(true);
+  if (tls_watcher.joinable()) tls_watcher.join();
   {
     std::lock_guard<std::mutex> lock(drain_mu);
     if (!drain_thread.joinable()) {

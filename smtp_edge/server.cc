@@ -1,6 +1,10 @@
 #include "server.h"
 
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -365,13 +369,14 @@ class Connection : public std::enable_shared_from_this<Connection>,
   // now goes to the handshake, and what it sent before was dropped by the
   // session.
   asio::awaitable<bool> Handshake() {
-    auto* ctx = server_->tls_context();
+    tls_context_ = server_->tls_context();
     boost::system::error_code ec;
-    if (ctx == nullptr) {
+    if (tls_context_ == nullptr) {
       socket_.close(ec);
       co_return false;
     }
-    tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_, *ctx);
+    tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_,
+                                                             *tls_context_);
     handshaking_ = true;
     last_activity_ = Clock::now();
     co_await tls_->async_handshake(
@@ -629,6 +634,8 @@ class Connection : public std::enable_shared_from_this<Connection>,
   asio::any_io_executor strand_;
   tcp::socket socket_;
   // Set once STARTTLS's handshake began.
+  // The context the session's handshake used: a reload does not touch it.
+  std::shared_ptr<asio::ssl::context> tls_context_;
   std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
   bool start_tls_ = false;
   bool handshaking_ = false;
@@ -674,33 +681,121 @@ Server::Server(asio::io_context& io, EdgeOptions options,
 
 Server::~Server() = default;
 
+namespace {
+
+// The certificate and key files as they are now: inode, size and change
+// time of each (a Secret's files are replaced, not rewritten in place).
+std::string TlsFilesStamp(const std::string& cert, const std::string& key) {
+  std::string stamp;
+  for (const auto& path : {cert, key}) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+      absl::StrAppend(&stamp, "missing;");
+      continue;
+    }
+    absl::StrAppend(&stamp, st.st_ino, ":", st.st_size, ":", st.st_mtim.tv_sec,
+                    ".", st.st_mtim.tv_nsec, ":", st.st_ctim.tv_sec, ".",
+                    st.st_ctim.tv_nsec, ";");
+  }
+  return stamp;
+}
+
+absl::StatusOr<std::shared_ptr<asio::ssl::context>> MakeTlsContext(
+    const std::string& cert, const std::string& key) {
+  auto ctx =
+      std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  boost::system::error_code ec;
+  ctx->set_options(
+      asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+          asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+          asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use,
+      ec);
+  // No renegotiation: one handshake per session.
+  SSL_CTX_set_options(ctx->native_handle(), SSL_OP_NO_RENEGOTIATION);
+  if (!ec) ctx->use_certificate_chain_file(cert, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot use TLS certificate ", cert, ": ", ec.message()));
+  }
+  ctx->use_private_key_file(key, asio::ssl::context::pem, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot use TLS key ", key, ": ", ec.message()));
+  }
+  if (SSL_CTX_check_private_key(ctx->native_handle()) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TLS key ", key, " does not belong to certificate ", cert));
+  }
+  return ctx;
+}
+
+// "subject, valid until date" of the context's certificate, for the log.
+std::string DescribeCertificate(asio::ssl::context& ctx) {
+  X509* x = SSL_CTX_get0_certificate(ctx.native_handle());
+  if (x == nullptr) return "no certificate";
+  char subject[256] = {0};
+  X509_NAME_oneline(X509_get_subject_name(x), subject, sizeof subject);
+  std::string until = "?";
+  if (BIO* bio = BIO_new(BIO_s_mem())) {
+    if (ASN1_TIME_print(bio, X509_get0_notAfter(x)) == 1) {
+      char* data = nullptr;
+      const long n = BIO_get_mem_data(bio, &data);
+      until.assign(data, static_cast<size_t>(n));
+    }
+    BIO_free(bio);
+  }
+  return absl::StrCat(subject, ", valid until ", until);
+}
+
+Counter& TlsReloads(const char* result) {
+  return MetricsRegistry::Default().GetCounter(
+      "sinkline_edge_tls_reloads_total",
+      "Loads of the STARTTLS certificate after start, by result.",
+      {{"result", result}});
+}
+
+}  // namespace
+
+absl::Status Server::ReloadTls(bool only_if_changed) {
+  if (options_.tls_cert.empty()) return absl::OkStatus();
+  const std::string stamp = TlsFilesStamp(options_.tls_cert, options_.tls_key);
+  bool first;
+  {
+    absl::MutexLock lock(&tls_mu_);
+    if (only_if_changed && stamp == tls_files_stamp_) return absl::OkStatus();
+    first = tls_ == nullptr;
+    // A file that does not load is not tried again until it changes.
+    tls_files_stamp_ = stamp;
+  }
+  auto ctx = MakeTlsContext(options_.tls_cert, options_.tls_key);
+  if (!ctx.ok()) {
+    if (!first) {
+      TlsReloads("error").Inc();
+      spdlog::error("TLS certificate not reloaded, the current one stays: {}",
+                    std::string(ctx.status().message()));
+    }
+    return ctx.status();
+  }
+  const std::string what = DescribeCertificate(**ctx);
+  {
+    absl::MutexLock lock(&tls_mu_);
+    tls_ = std::move(*ctx);
+  }
+  if (first) {
+    spdlog::info("TLS certificate {}", what);
+  } else {
+    TlsReloads("ok").Inc();
+    spdlog::info("TLS certificate reloaded for new sessions: {}", what);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Server::LoadPolicy() {
   if (options_.tls_cert.empty() != options_.tls_key.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
   }
   if (!options_.tls_cert.empty()) {
-    auto ctx =
-        std::make_unique<asio::ssl::context>(asio::ssl::context::tls_server);
-    boost::system::error_code ec;
-    ctx->set_options(
-        asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
-            asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
-            asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use,
-        ec);
-    // No renegotiation: one handshake per session.
-    SSL_CTX_set_options(ctx->native_handle(), SSL_OP_NO_RENEGOTIATION);
-    if (!ec) ctx->use_certificate_chain_file(options_.tls_cert, ec);
-    if (ec) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot use TLS certificate ", options_.tls_cert, ": ",
-                       ec.message()));
-    }
-    ctx->use_private_key_file(options_.tls_key, asio::ssl::context::pem, ec);
-    if (ec) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cannot use TLS key ", options_.tls_key, ": ", ec.message()));
-    }
-    tls_ = std::move(ctx);
+    if (auto st = ReloadTls(); !st.ok()) return st;
   }
   if (!options_.auth_file.empty()) {
     auto c = Credentials::Load(options_.auth_file);
@@ -727,7 +822,7 @@ absl::Status Server::LoadPolicy() {
 
 SessionPolicy Server::PolicyFor(const std::string& client_ip) const {
   SessionPolicy p;
-  p.starttls = tls_ != nullptr;
+  p.starttls = tls_context() != nullptr;
   p.credentials = credentials_ ? &*credentials_ : nullptr;
   p.accepted_domains = accepted_domains_;
   p.trusted_client = InNetworks(trusted_, client_ip);

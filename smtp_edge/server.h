@@ -48,6 +48,10 @@ struct EdgeOptions {
   // PEM certificate chain and key for STARTTLS; no STARTTLS when empty.
   std::string tls_cert;
   std::string tls_key;
+  // How often the edge looks whether the certificate or key file changed
+  // (a rotated Kubernetes Secret, a renewed certificate) and loads them for
+  // new sessions (0: only on SIGHUP).
+  std::chrono::seconds tls_reload_interval{60};
   // Credentials file for AUTH (user:crypt-hash lines); no AUTH when empty.
   std::string auth_file;
   // Recipient domains taken for local delivery; others are relaying.
@@ -72,6 +76,11 @@ class Server {
   // Loads the TLS certificate, the credentials and the networks named in
   // the options; fails when one of them is unusable.
   absl::Status LoadPolicy();
+  // Loads the TLS certificate and key again for new sessions; sessions
+  // already in TLS keep theirs. A file that does not load leaves the
+  // current certificate in use and returns why. `only_if_changed`: do
+  // nothing unless either file changed since the last load.
+  absl::Status ReloadTls(bool only_if_changed = false);
   // Binds "host:port" (IPv4 or [IPv6]; port 0 picks one) and starts
   // accepting.
   absl::StatusOr<int> Listen(const std::string& address);
@@ -97,7 +106,12 @@ class Server {
   }
   // The policy for a client at `client_ip`.
   SessionPolicy PolicyFor(const std::string& client_ip) const;
-  boost::asio::ssl::context* tls_context() { return tls_.get(); }
+  // The TLS context for a new handshake (null without STARTTLS); the caller
+  // keeps it for the session's lifetime.
+  std::shared_ptr<boost::asio::ssl::context> tls_context() const {
+    absl::MutexLock lock(&tls_mu_);
+    return tls_;
+  }
   // A peer allowed to send a PROXY header.
   bool TrustedProxy(const std::string& ip) const {
     return InNetworks(proxy_trusted_, ip);
@@ -109,7 +123,10 @@ class Server {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::SessionService::Stub> stub_;
   boost::asio::ip::tcp::acceptor acceptor_;
-  std::unique_ptr<boost::asio::ssl::context> tls_;
+  mutable absl::Mutex tls_mu_;
+  std::shared_ptr<boost::asio::ssl::context> tls_ ABSL_GUARDED_BY(tls_mu_);
+  // What the certificate and key files were when they were last loaded.
+  std::string tls_files_stamp_ ABSL_GUARDED_BY(tls_mu_);
   std::optional<Credentials> credentials_;
   std::vector<std::string> accepted_domains_;
   std::vector<Cidr> trusted_;
