@@ -10,6 +10,7 @@ import smtplib
 import ssl
 import unittest
 
+import test_metrics as metrics
 from harness import StackTestCase, make_cert, wait_for
 
 
@@ -56,7 +57,8 @@ class EdgeTlsReloadTest(StackTestCase):
         self.stack.start_broker()
         edge = self.stack.start_edge([f"--tls-cert={self.cert}",
                                       f"--tls-key={self.key}",
-                                      "--tls-reload-interval-s=1"])
+                                      "--tls-reload-interval-s=1",
+                                      "--metrics-listen=127.0.0.1:0"])
         port = edge.port
         self.assertEqual(presented(port), der(a_cert))
 
@@ -101,6 +103,17 @@ class EdgeTlsReloadTest(StackTestCase):
         self.install(a_cert, a_key)
         wait_for(lambda: presented(port) == der(a_cert), 15,
                  "the first certificate again, from the changed files")
+
+        # Operators see the reloads: at least two that took (SIGHUP, the
+        # file change) and one refused (the broken certificate). The poller
+        # may add some: it can see a new certificate before SIGHUP, or
+        # beside the old key for a moment.
+        _, _, text = metrics.scrape(metrics.metrics_port(edge))
+        counts = metrics.samples(text)
+        self.assertGreaterEqual(
+            counts['sinkline_edge_tls_reloads_total{result="ok"}'], 2)
+        self.assertGreaterEqual(
+            counts['sinkline_edge_tls_reloads_total{result="error"}'], 1)
 
 
 if __name__ == "__main__":
