@@ -279,8 +279,16 @@ void LeaseTable::MessageReleased(MessageRecord& message) {
   }
   absl::MutexLock lock(&mu_);
   for (const auto& t : tokens) {
-    if (!ended_.count(t)) ended_order_.push_back(t);
-    ended_[t] = "message released";
+    auto it = ended_.find(t);
+    if (it == ended_.end()) {
+      ended_order_.push_back(t);
+      ended_[t] = "message released";
+    } else if (it->second == "lease expired") {
+      // The sink's own lease ran out first: that is what it needs to hear.
+      it->second = "lease expired; the message has been released since";
+    } else {
+      it->second = "message released";
+    }
   }
 }
 

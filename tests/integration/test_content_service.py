@@ -3,12 +3,15 @@ after COMMIT: WriteRange (overwrite, append, truncate) becomes visible in
 the queued message when the lease ends; a token used for another message or
 binding is refused with PERMISSION_DENIED, a write under a read lease too;
 a write past the end fails with OUT_OF_RANGE and leaves no partial write;
-unknown tokens get NOT_FOUND, released ones FAILED_PRECONDITION; ReadHeaders
-shows the header block of the lease's own version, folding kept."""
+unknown tokens get NOT_FOUND, released ones FAILED_PRECONDITION, expired
+ones FAILED_PRECONDITION "lease expired" (their staged writes dropped);
+ReadHeaders shows the header block of the lease's own version, folding
+kept."""
 
 import json
 import os
 import re
+import signal
 import smtplib
 import unittest
 
@@ -151,6 +154,30 @@ class ContentServiceTest(StackTestCase):
         code, details = self.code_of(self.write, wa["token"], 0, b"x")
         self.assertEqual(code, grpc.StatusCode.FAILED_PRECONDITION)
         self.assertIn("released", details)
+
+    def test_expired_lease(self):
+        # A binding whose lease (its deadline) runs out while the sink holds
+        # it without renewing; the message goes on ("release" policy).
+        self.stack.write_config([
+            {"name": "writer", "sink": "keeper", "event": "EOD",
+             "priority": 30000, "content_access": "read-write",
+             "deadline_ms": 2000, "failure_policy": "continue",
+             "expiry_policy": "release"}])
+        self.stack.broker.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in self.stack.broker.log(),
+                 10, "the broker's reload")
+        body = b"Subject: E\r\n\r\nexpires\r\n"
+        qid = self.send(body)
+        token = self.leases(1)[(qid, "writer")]["token"]
+        self.write(token, 0, b"Subject: X")  # staged, never published
+        _, queued = self.stack.queued(qid, timeout_s=20)
+        self.assertEqual(queued, body)
+        code, details = self.code_of(self.write, token, 0, b"x")
+        self.assertEqual(code, grpc.StatusCode.FAILED_PRECONDITION, details)
+        self.assertIn("lease expired", details)
+        code, details = self.code_of(self.read_all, token)
+        self.assertEqual(code, grpc.StatusCode.FAILED_PRECONDITION, details)
+        self.assertIn("lease expired", details)
 
     def read_headers(self, token):
         return self.call("ReadHeaders",
