@@ -1,6 +1,5 @@
 // sinkline-broker: the sink broker service.
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -12,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "broker.h"
+#include "sinkline/common/file_stamp.h"
 #include "sinkline/common/flags.h"
 #include "sinkline/common/grpc_security.h"
 #include "sinkline/common/grpc_server.h"
@@ -227,12 +227,7 @@ int main(int argc, char** argv) {
   std::thread watcher;
   if (const int poll = absl::GetFlag(FLAGS_config_poll_ms); poll > 0) {
     watcher = std::thread([&, poll] {
-      auto stamp = [&] {
-        struct stat st {};
-        if (::stat(config_path.c_str(), &st) != 0) return std::string();
-        return absl::StrCat(st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec, "/",
-                            st.st_size, "/", st.st_ino);
-      };
+      auto stamp = [&] { return sinkline::FileStamp(config_path); };
       std::string last = stamp();
       while (!stop.load()) {
         std::this_thread::sleep_for(std::chrono::milliseconds(poll));

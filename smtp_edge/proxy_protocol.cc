@@ -131,19 +131,17 @@ ProxyParse ParseV2(absl::string_view in) {
   if (transport > 2) return Error("v2 unknown transport");
   if (transport == 2) return Error("v2 datagram transport on a stream");
   const unsigned char* a = b + 16;
-  if (family == 1) {  // AF_INET
-    if (len < 12) return Error("v2 IPv4 address block too short");
-    p.header.source_ip = BinaryAddress(AF_INET, a);
-    p.header.dest_ip = BinaryAddress(AF_INET, a + 4);
-    p.header.source_port = Be16(a + 8);
-    p.header.dest_port = Be16(a + 10);
-    p.header.has_addresses = true;
-  } else if (family == 2) {  // AF_INET6
-    if (len < 36) return Error("v2 IPv6 address block too short");
-    p.header.source_ip = BinaryAddress(AF_INET6, a);
-    p.header.dest_ip = BinaryAddress(AF_INET6, a + 16);
-    p.header.source_port = Be16(a + 32);
-    p.header.dest_port = Be16(a + 34);
+  if (family == 1 || family == 2) {  // AF_INET, AF_INET6
+    const int af = family == 1 ? AF_INET : AF_INET6;
+    const size_t n = family == 1 ? 4 : 16;  // octets per address
+    if (len < 2 * n + 4) {
+      return Error(family == 1 ? "v2 IPv4 address block too short"
+                               : "v2 IPv6 address block too short");
+    }
+    p.header.source_ip = BinaryAddress(af, a);
+    p.header.dest_ip = BinaryAddress(af, a + n);
+    p.header.source_port = Be16(a + 2 * n);
+    p.header.dest_port = Be16(a + 2 * n + 2);
     p.header.has_addresses = true;
   } else if (family == 3 && len < 216) {
     return Error("v2 UNIX address block too short");

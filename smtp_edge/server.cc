@@ -4,7 +4,6 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -21,6 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "broker_client.h"
+#include "sinkline/common/file_stamp.h"
 #include "sinkline/common/metrics.h"
 #include "sinkline/common/time.h"
 
@@ -683,23 +683,6 @@ Server::~Server() = default;
 
 namespace {
 
-// The certificate and key files as they are now: inode, size and change
-// time of each (a Secret's files are replaced, not rewritten in place).
-std::string TlsFilesStamp(const std::string& cert, const std::string& key) {
-  std::string stamp;
-  for (const auto& path : {cert, key}) {
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) {
-      absl::StrAppend(&stamp, "missing;");
-      continue;
-    }
-    absl::StrAppend(&stamp, st.st_ino, ":", st.st_size, ":", st.st_mtim.tv_sec,
-                    ".", st.st_mtim.tv_nsec, ":", st.st_ctim.tv_sec, ".",
-                    st.st_ctim.tv_nsec, ";");
-  }
-  return stamp;
-}
-
 absl::StatusOr<std::shared_ptr<asio::ssl::context>> MakeTlsContext(
     const std::string& cert, const std::string& key) {
   auto ctx =
@@ -758,7 +741,9 @@ Counter& TlsReloads(const char* result) {
 
 absl::Status Server::ReloadTls(bool only_if_changed) {
   if (options_.tls_cert.empty()) return absl::OkStatus();
-  const std::string stamp = TlsFilesStamp(options_.tls_cert, options_.tls_key);
+  // Both files as they are now: a rewrite or a rename over either shows.
+  const std::string stamp = absl::StrCat(FileStamp(options_.tls_cert), ";",
+                                         FileStamp(options_.tls_key));
   bool first;
   {
     absl::MutexLock lock(&tls_mu_);

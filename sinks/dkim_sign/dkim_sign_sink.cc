@@ -1,9 +1,9 @@
 #include "dkim_sign_sink.h"
 
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
 
 #include "absl/strings/str_cat.h"
+#include "sinkline/common/file_stamp.h"
 #include "sinkline/common/metrics.h"
 #include "sinkline/sdk/content.h"
 
@@ -20,13 +20,8 @@ void Count(const char* result) {
 }
 
 void AppendFileId(std::string* out, const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) {
-    absl::StrAppend(out, path, ":missing;");
-    return;
-  }
-  absl::StrAppend(out, path, ":", st.st_dev, ":", st.st_ino, ":", st.st_size,
-                  ":", st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec, ";");
+  const std::string stamp = FileStamp(path);
+  absl::StrAppend(out, path, ":", stamp.empty() ? "missing" : stamp, ";");
 }
 
 const char* AlgorithmName(DkimAlgorithm algorithm) {

@@ -14,14 +14,21 @@ import test_metrics as metrics
 from harness import StackTestCase, make_cert, wait_for
 
 
-def presented(port):
-    """The DER certificate the edge shows after STARTTLS."""
+def starttls(port):
+    """A session in TLS (any certificate accepted: the test compares it)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
-        s.ehlo("client.example.test")
-        s.starttls(context=ctx)
+    s = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    s.ehlo("client.example.test")
+    s.starttls(context=ctx)
+    s.ehlo("client.example.test")
+    return s
+
+
+def presented(port):
+    """The DER certificate the edge shows after STARTTLS."""
+    with starttls(port) as s:
         return s.sock.getpeercert(binary_form=True)
 
 
@@ -63,13 +70,7 @@ class EdgeTlsReloadTest(StackTestCase):
         self.assertEqual(presented(port), der(a_cert))
 
         # A session in TLS with the first certificate stays open meanwhile.
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        old = smtplib.SMTP("127.0.0.1", port, timeout=30)
-        old.ehlo("old.example.test")
-        old.starttls(context=ctx)
-        old.ehlo("old.example.test")
+        old = starttls(port)
 
         # SIGHUP: new sessions get the second certificate.
         self.install(b_cert, b_key)

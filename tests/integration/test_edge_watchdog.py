@@ -51,14 +51,18 @@ class EdgeWatchdogTest(StackTestCase):
         c.close()
         self.assertIn("command line too slow", self.stack.edge.log())
 
-    def test_data_dripped_too_slowly(self):
-        port = self.start()
-        c = RawSmtp(port)
+    def at_data(self):
+        """A session of a started stack, just past DATA's 354."""
+        c = RawSmtp(self.start())
         self.assertEqual(c.reply()[0], 220)
         self.assertEqual(c.cmd("EHLO c.example")[0], 250)
         self.assertEqual(c.cmd("MAIL FROM:<a@example.net>")[0], 250)
         self.assertEqual(c.cmd("RCPT TO:<b@example.test>")[0], 250)
         self.assertEqual(c.cmd("DATA")[0], 354)
+        return c
+
+    def test_data_dripped_too_slowly(self):
+        c = self.at_data()
         # Each line is whole at once, so the command clock is not the one
         # that runs; 10 octets every 0.25 s is 40 octets/s, under 200.
         body = b"".join(b"line %04d\n" % i for i in range(200))
@@ -82,13 +86,7 @@ class EdgeWatchdogTest(StackTestCase):
         self.assertEqual(self.stack.queue_ids(), [])
 
     def test_normal_speed_passes(self):
-        port = self.start()
-        c = RawSmtp(port)
-        self.assertEqual(c.reply()[0], 220)
-        self.assertEqual(c.cmd("EHLO c.example")[0], 250)
-        self.assertEqual(c.cmd("MAIL FROM:<a@example.net>")[0], 250)
-        self.assertEqual(c.cmd("RCPT TO:<b@example.test>")[0], 250)
-        self.assertEqual(c.cmd("DATA")[0], 354)
+        c = self.at_data()
         # A quiet moment inside the content, shorter than the grace period,
         # and a pause between commands (idle, not a command in progress).
         c.send(b"Subject: calm\r\n\r\n")
