@@ -8,7 +8,8 @@
 
 #include <filesystem>
 
-#include "broker.h"
+#include "sink_broker/broker.h"
+#include "sink_broker/queue_dir.h"
 #include "sinkline/common/grpc_server.h"
 
 namespace sb = sinkline::broker;
@@ -33,7 +34,7 @@ struct Rig {
     dir = fs::temp_directory_path() /
           ("sinkline-bench-" + std::to_string(::getpid()));
     fs::remove_all(dir);
-    (void)sb::PrepareSpool((dir / "spool").string());
+    (void)sb::Spool((dir / "spool").string()).Prepare();
     sink_server = std::move(*sinkline::StartGrpcServer("127.0.0.1:0", {&sink}));
     std::string yaml = "sinks:\n  - name: noop\n    target: 127.0.0.1:" +
                        std::to_string(sink_server.port) + "\nbindings:\n";

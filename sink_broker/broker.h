@@ -1,29 +1,31 @@
-// The sink broker: serves the edge's session streams, runs each event's
-// chain of sinks in priority order around the native handler (COMMIT on
-// EOD), spools content, and submits committed messages to the queue backend
-// once their chain is over.
+// The sink broker, put together: it owns the thread pools, the tables, the
+// spool, the binding store and the submitter, wires them into the session
+// stream, the chain engine and the gRPC services, and drains them at
+// shutdown. Each job lives in its own file (docs/architecture.md has the
+// map).
 #pragma once
 
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <chrono>
-#include <map>
 #include <memory>
 #include <string>
 
-#include "absl/synchronization/mutex.h"
-#include "config.h"
-#include "lease.h"
-#include "messages.h"
+#include "sink_broker/bindings.h"
+#include "sink_broker/chain.h"
+#include "sink_broker/config.h"
+#include "sink_broker/lease.h"
+#include "sink_broker/messages.h"
+#include "sink_broker/queue_backend.h"
+#include "sink_broker/recovery.h"
+#include "sink_broker/session_stream.h"
+#include "sink_broker/sink_client.h"
+#include "sink_broker/spool.h"
+#include "sink_broker/submission.h"
 #include "sinkline/common/grpc_security.h"
-#include "sinkline/v1/admin.grpc.pb.h"
-#include "sinkline/v1/content.grpc.pb.h"
-#include "sinkline/v1/session.grpc.pb.h"
-#include "sinkline/v1/sink.grpc.pb.h"
-#include "spool.h"
 
 namespace sinkline::broker {
+
+class AdminService;
 
 struct BrokerOptions {
   std::string spool_dir;
@@ -60,123 +62,50 @@ struct BrokerOptions {
   size_t keep_submitted = 1000;
 };
 
-class SessionState;
-
-// Channels to sinks, one per target, created once and reused.
-class SinkChannels {
- public:
-  std::shared_ptr<v1::Sink::Stub> Stub(const std::string& target);
-
- private:
-  absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<v1::Sink::Stub>> stubs_
-      ABSL_GUARDED_BY(mu_);
-};
-
 class Broker {
  public:
+  // `sinks`: how sinks are called (the gRPC invoker when null).
   Broker(BrokerOptions options, Config config,
-         std::unique_ptr<QueueBackend> queue);
+         std::unique_ptr<QueueBackend> queue,
+         std::unique_ptr<SinkInvoker> sinks = nullptr);
   ~Broker();
 
-  // Submits messages a previous run committed but did not submit.
-  void RecoverSpool();
-  // Removes what a COMMIT or a write cut short by a crash left behind.
-  void RemovePartialCommits();
+  // Takes over what a previous run left in the spool (recovery.h).
+  RecoveryCounts RecoverSpool();
 
-  // Loads the admin service's bindings kept from an earlier run.
-  absl::Status LoadAdminState();
-  // Re-reads the bindings file; a file with any error is refused whole and
-  // the running configuration stays.
-  absl::Status ReloadFile();
-  // Installs a parsed bindings file (merged with the admin bindings).
-  absl::Status SetFileConfig(Config file);
-
-  // The admin service's binding changes, persisted before they apply.
-  absl::StatusOr<v1::Binding> CreateBinding(const v1::Binding& binding);
-  absl::StatusOr<v1::Binding> UpdateBinding(const v1::Binding& binding);
-  absl::Status DeleteBinding(const std::string& name);
-  absl::StatusOr<v1::Binding> SetBindingEnabled(const std::string& name,
-                                                bool enabled);
-  std::shared_ptr<const Config> config() const;
+  BindingStore& bindings() { return bindings_; }
+  std::shared_ptr<const Config> config() const { return bindings_.config(); }
 
   // The gRPC services.
   grpc::Service* session_service();
   grpc::Service* admin_service();
   grpc::Service* content_service();
 
-  // An operator lets a held, quarantined or failed message go on to the
-  // queue backend.
-  absl::StatusOr<v1::MessageInfo> ReleaseMessage(const std::string& queue_id);
-  // One message with its leases; NOT_FOUND when the broker does not know it.
-  absl::StatusOr<v1::MessageInfo> GetMessage(const std::string& queue_id);
+  // Set once at start-up, before any session.
+  void set_advertise(std::string a) { chain_options_.advertise = std::move(a); }
 
   // Waits for in-flight work (post-commit chains, submissions) to finish.
   void Drain();
 
-  // Internal, used by sessions and chains.
-  const BrokerOptions& options() const { return options_; }
-  // Set once at start-up, before any session.
-  void set_advertise(std::string a) { options_.advertise = std::move(a); }
-  boost::asio::thread_pool& pool() { return pool_; }
-  boost::asio::thread_pool& submit_pool() { return submit_pool_; }
-  MessageTable& messages() { return messages_; }
-  // Deferred submissions wait on these timers; Drain() cancels them and the
-  // messages stay in the spool for the next start. False once draining.
-  bool AddRetryTimer(const std::shared_ptr<boost::asio::steady_timer>& t);
-  void RemoveRetryTimer(boost::asio::steady_timer* t);
-  SinkChannels& channels() { return channels_; }
-  LeaseTable& leases() { return *leases_; }
-  QueueBackend& queue() { return *queue_; }
-  void Register(const std::shared_ptr<SessionState>& s);
-  void Unregister(SessionState* s);
-
  private:
-  class SessionServiceImpl;
-  class AdminServiceImpl;
-  class ContentServiceImpl;
+  // Tells every edge stream the new binding map.
+  void Publish(const std::shared_ptr<const Config>& config);
 
-  BrokerOptions options_;
+  const BrokerOptions options_;
   boost::asio::thread_pool pool_;
-  boost::asio::thread_pool submit_pool_;
   MessageTable messages_;
-  absl::Mutex release_mu_;  // one operator release of a message at a time
-  absl::Mutex retry_mu_;
-  bool draining_ ABSL_GUARDED_BY(retry_mu_) = false;
-  std::map<boost::asio::steady_timer*, std::weak_ptr<boost::asio::steady_timer>>
-      retry_timers_ ABSL_GUARDED_BY(retry_mu_);
-  SinkChannels channels_;
+  const Spool spool_;
   std::unique_ptr<QueueBackend> queue_;
-  std::unique_ptr<LeaseTable> leases_;
-  mutable absl::Mutex mu_;
-  std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(mu_);
-  std::map<SessionState*, std::weak_ptr<SessionState>> sessions_
-      ABSL_GUARDED_BY(mu_);
-  // Swaps in a new effective configuration and tells every edge stream.
-  void SetConfig(Config config);
-  // Validates an admin binding against the file's sinks.
-  absl::StatusOr<BindingConfig> CheckAdminBinding(const v1::Binding& b)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
-  // Persists `next` and, when the merge works, makes it the admin bindings.
-  absl::Status CommitAdmin(std::vector<BindingConfig> next)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
-
-  // Serialises configuration changes (file reloads and admin calls).
-  absl::Mutex admin_mu_ ABSL_ACQUIRED_BEFORE(mu_);
-  Config file_config_ ABSL_GUARDED_BY(admin_mu_);
-  std::vector<BindingConfig> admin_bindings_ ABSL_GUARDED_BY(admin_mu_);
-  std::unique_ptr<SessionServiceImpl> session_service_;
-  std::unique_ptr<AdminServiceImpl> admin_service_;
-  std::unique_ptr<ContentServiceImpl> content_service_;
+  std::unique_ptr<SinkInvoker> sinks_;
+  LeaseTable leases_;
+  ChainOptions chain_options_;
+  SessionHub hub_;
+  BindingStore bindings_;
+  Submitter submitter_;
+  SessionEnv session_env_;
+  std::unique_ptr<SessionService> session_service_;
+  std::unique_ptr<AdminService> admin_service_;
+  std::unique_ptr<grpc::Service> content_service_;
 };
-
-// Checks a sink's verdict against the event and the binding. An invalid
-// verdict is a sink failure.
-absl::Status ValidateVerdict(const v1::Event& event, const v1::Binding& binding,
-                             bool after_commit, const v1::Verdict& verdict);
-
-// Checks a reply a sink gives: code class 2/4/5, enhanced code of the same
-// class, text without CR or LF.
-absl::Status ValidateReply(const v1::Reply& reply);
 
 }  // namespace sinkline::broker

@@ -1,4 +1,4 @@
-#include "config.h"
+#include "sink_broker/config.h"
 
 #include <yaml-cpp/yaml.h>
 

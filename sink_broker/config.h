@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "rule.h"
+#include "sink_broker/rule.h"
 #include "sinkline/v1/admin.pb.h"
 #include "sinkline/v1/session.pb.h"
 

@@ -1,4 +1,4 @@
-#include "lease.h"
+#include "sink_broker/lease.h"
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
@@ -11,9 +11,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "message_edit.h"
+#include "sink_broker/ids.h"
+#include "sink_broker/message_edit.h"
 #include "sinkline/common/metrics.h"
-#include "spool.h"
 
 namespace sinkline::broker {
 

@@ -22,7 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "message_edit.h"
+#include "sink_broker/message_edit.h"
 #include "sinkline/v1/admin.pb.h"
 #include "sinkline/v1/types.pb.h"
 

@@ -10,7 +10,10 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
-#include "broker.h"
+#include "sink_broker/broker.h"
+#include "sink_broker/queue_dir.h"
+#include "sink_broker/smtp_relay.h"
+#include "sink_broker/spool.h"
 #include "sinkline/common/file_stamp.h"
 #include "sinkline/common/flags.h"
 #include "sinkline/common/grpc_security.h"
@@ -19,7 +22,6 @@
 #include "sinkline/common/metrics_http.h"
 #include "sinkline/common/port_file.h"
 #include "sinkline/common/shutdown.h"
-#include "smtp_relay.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7000",
           "gRPC address for edges, sinks and operators (port 0 picks one)");
@@ -116,7 +118,7 @@ int main(int argc, char** argv) {
     spdlog::critical("configuration refused: {}", config.status().ToString());
     return 2;
   }
-  if (auto st = sb::PrepareSpool(opts.spool_dir); !st.ok()) {
+  if (auto st = sb::Spool(opts.spool_dir).Prepare(); !st.ok()) {
     spdlog::critical("{}", st.ToString());
     return 1;
   }
@@ -196,7 +198,7 @@ int main(int argc, char** argv) {
     opts.advertise = absl::StrCat("127.0.0.1:", server->port);
     broker->set_advertise(opts.advertise);
   }
-  if (auto st = broker->LoadAdminState(); !st.ok()) {
+  if (auto st = broker->bindings().LoadAdminState(); !st.ok()) {
     spdlog::critical("admin bindings refused: {}", st.ToString());
     return 2;
   }
@@ -215,7 +217,7 @@ int main(int argc, char** argv) {
   }
 
   auto reload = [&broker](const char* why) {
-    if (auto st = broker->ReloadFile(); !st.ok()) {
+    if (auto st = broker->bindings().ReloadFile(); !st.ok()) {
       spdlog::error("configuration refused ({}), keeping the running one: {}",
                     why, st.ToString());
     } else {
@@ -243,9 +245,9 @@ int main(int argc, char** argv) {
   std::thread scanner;
   if (const int every = absl::GetFlag(FLAGS_spool_scan_interval_ms);
       every > 0) {
-    scanner = std::thread([&stop, every, spool = opts.spool_dir] {
+    scanner = std::thread([&stop, every, spool = sb::Spool(opts.spool_dir)] {
       while (!stop.load()) {
-        sb::UpdateSpoolGauges(spool);
+        spool.UpdateGauges();
         for (int waited = 0; waited < every && !stop.load(); waited += 50) {
           std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }

@@ -1,4 +1,4 @@
-#include "message_edit.h"
+#include "sink_broker/message_edit.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -9,6 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "sinkline/common/durable_file.h"
 
 namespace sinkline::broker {
 namespace {
@@ -60,19 +61,6 @@ int FindOccurrence(const ParsedHeader& h, const std::string& name,
     }
   }
   return -1;
-}
-
-absl::Status WriteAll(int fd, const char* data, size_t n) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, data, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return absl::UnavailableError(absl::StrCat("write: ", strerror(errno)));
-    }
-    data += w;
-    n -= static_cast<size_t>(w);
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -229,15 +217,15 @@ absl::StatusOr<uint64_t> RewriteHeaderAndBody(
   std::string block;
   for (const auto& f : h.fields) block += f.raw;
   if (h.has_separator || new_body != nullptr) block += "\r\n";
-  st = WriteAll(out, block.data(), block.size());
+  st = WriteAll(out, block);
   size += block.size();
   if (st.ok() && new_body != nullptr) {
-    st = WriteAll(out, new_body->data(), new_body->size());
+    st = WriteAll(out, *new_body);
     size += new_body->size();
   } else if (st.ok()) {
     // The rest of what was read, then the rest of the file.
     const size_t rest = head.size() - h.body_offset;
-    st = WriteAll(out, head.data() + h.body_offset, rest);
+    st = WriteAll(out, absl::string_view(head.data() + h.body_offset, rest));
     size += rest;
     while (st.ok()) {
       ssize_t n = ::read(in, buf, sizeof buf);
@@ -246,7 +234,7 @@ absl::StatusOr<uint64_t> RewriteHeaderAndBody(
         st = absl::UnavailableError(absl::StrCat("read: ", strerror(errno)));
       }
       if (n <= 0) break;
-      st = WriteAll(out, buf, static_cast<size_t>(n));
+      st = WriteAll(out, absl::string_view(buf, static_cast<size_t>(n)));
       size += static_cast<uint64_t>(n);
     }
   }
@@ -284,7 +272,7 @@ absl::StatusOr<uint64_t> RewriteRange(const std::string& in_path,
     if (n < 0)
       st = absl::UnavailableError(absl::StrCat("read: ", strerror(errno)));
     if (n <= 0) break;
-    st = WriteAll(out, buf, static_cast<size_t>(n));
+    st = WriteAll(out, absl::string_view(buf, static_cast<size_t>(n)));
     size += static_cast<uint64_t>(n);
   }
   if (st.ok() && w.offset() > size) {
@@ -359,6 +347,47 @@ absl::StatusOr<uint64_t> RewriteMessage(
     i = j;
   } while (i < edits.size());
   return size;
+}
+
+bool ApplyEnvelopeEdits(
+    const google::protobuf::RepeatedPtrField<v1::EnvelopeEdit>& edits,
+    v1::Envelope& env) {
+  bool changed = false;
+  for (const auto& e : edits) {
+    switch (e.edit_case()) {
+      case v1::EnvelopeEdit::kSetSender:
+        env.set_mail_from(e.set_sender());
+        changed = true;
+        break;
+      case v1::EnvelopeEdit::kAddRecipient: {
+        bool present = false;
+        for (const auto& r : env.recipients()) {
+          present |=
+              absl::EqualsIgnoreCase(r.address(), e.add_recipient().address());
+        }
+        if (!present) {
+          *env.add_recipients() = e.add_recipient();
+          changed = true;
+        }
+        break;
+      }
+      case v1::EnvelopeEdit::kRemoveRecipient: {
+        auto* rcpts = env.mutable_recipients();
+        for (int i = 0; i < rcpts->size(); ++i) {
+          if (absl::EqualsIgnoreCase(rcpts->Get(i).address(),
+                                     e.remove_recipient())) {
+            rcpts->DeleteSubrange(i, 1);
+            changed = true;
+            break;
+          }
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  return changed;
 }
 
 }  // namespace sinkline::broker

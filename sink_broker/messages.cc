@@ -1,4 +1,4 @@
-#include "messages.h"
+#include "sink_broker/messages.h"
 
 #include <algorithm>
 

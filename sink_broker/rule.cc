@@ -1,4 +1,4 @@
-#include "rule.h"
+#include "sink_broker/rule.h"
 
 #include <arpa/inet.h>
 

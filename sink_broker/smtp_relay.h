@@ -9,7 +9,7 @@
 #include <chrono>
 #include <string>
 
-#include "spool.h"
+#include "sink_broker/queue_backend.h"
 
 namespace sinkline::broker {
 

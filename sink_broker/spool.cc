@@ -1,19 +1,16 @@
-#include "spool.h"
+#include "sink_broker/spool.h"
 
 #include <fcntl.h>
-#include <openssl/rand.h>
-#include <sys/stat.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
-#include <chrono>
-#include <cstring>
 #include <filesystem>
-#include <map>
+#include <fstream>
+#include <sstream>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "google/protobuf/util/json_util.h"
+#include "sink_broker/messages.h"
+#include "sinkline/common/durable_file.h"
 #include "sinkline/common/metrics.h"
 
 namespace sinkline::broker {
@@ -21,156 +18,204 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr char kBase36[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-
-absl::Status Errno(const std::string& what) {
-  return absl::UnavailableError(absl::StrCat(what, ": ", strerror(errno)));
-}
-
-absl::Status WriteAll(int fd, const char* data, size_t n) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, data, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return Errno("write");
-    }
-    data += w;
-    n -= static_cast<size_t>(w);
-  }
-  return absl::OkStatus();
-}
-
-std::string Dir(const std::string& path) {
-  return fs::path(path).parent_path().string();
+// The queue id of a spool file: its name up to the first dot.
+std::string IdOf(const fs::path& path) {
+  const std::string name = path.filename().string();
+  return name.substr(0, name.find('.'));
 }
 
 }  // namespace
 
-std::string NewQueueId() {
-  uint64_t us = std::chrono::duration_cast<std::chrono::microseconds>(
-                    std::chrono::system_clock::now().time_since_epoch())
-                    .count();
-  std::string id(16, '0');
-  for (int i = 9; i >= 0; --i) {
-    id[i] = kBase36[us % 36];
-    us /= 36;
+std::string Spool::Committed(const std::string& queue_id,
+                             const char* ext) const {
+  return absl::StrCat(dir_, "/committed/", queue_id, ext);
+}
+
+std::string Spool::FailedPath(const std::string& queue_id,
+                              const char* ext) const {
+  return absl::StrCat(dir_, "/failed/", queue_id, ext);
+}
+
+std::string Spool::ContentPath(const std::string& queue_id) const {
+  return Committed(queue_id, ".msg");
+}
+
+std::string Spool::EnvelopePath(const std::string& queue_id) const {
+  return Committed(queue_id, ".env");
+}
+
+absl::Status Spool::Prepare() const {
+  std::error_code ec;
+  for (const char* sub : {"incoming", "committed", "failed"}) {
+    fs::create_directories(fs::path(dir_) / sub, ec);
+    if (ec) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot create ", dir_, "/", sub, ": ", ec.message()));
+    }
   }
-  unsigned char rnd[6];
-  RAND_bytes(rnd, sizeof rnd);
-  for (int i = 0; i < 6; ++i) id[10 + i] = kBase36[rnd[i] % 36];
-  return id;
+  for (const auto& entry :
+       fs::directory_iterator(fs::path(dir_) / "incoming", ec)) {
+    fs::remove(entry.path(), ec);
+  }
+  return absl::OkStatus();
 }
 
-std::string NewToken() {
-  unsigned char rnd[32];
-  if (RAND_bytes(rnd, sizeof rnd) != 1) std::abort();  // no CSPRNG: no tokens
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(rnd), sizeof rnd));
+absl::Status Spool::WriteEnvelope(const v1::QueueEntry& entry) const {
+  std::string bytes;
+  entry.SerializeToString(&bytes);
+  return WriteFileDurably(EnvelopePath(entry.queue_id()), bytes);
 }
 
-absl::Status FsyncPath(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Errno("open " + path);
-  int rc = ::fsync(fd);
+absl::StatusOr<v1::QueueEntry> Spool::ReadEnvelope(
+    const std::string& queue_id) const {
+  const std::string path = EnvelopePath(queue_id);
+  v1::QueueEntry entry;
+  if (!entry.ParseFromString(ReadWholeFile(path))) {
+    return absl::DataLossError("unreadable envelope record " + path);
+  }
+  return entry;
+}
+
+void Spool::MarkFinished(const std::string& queue_id,
+                         const std::string& binding) const {
+  const std::string path = Committed(queue_id, ".done");
+  int fd =
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+  if (fd < 0) return;
+  if (WriteAll(fd, binding + "\n").ok()) ::fsync(fd);
   ::close(fd);
-  if (rc != 0) return Errno("fsync " + path);
-  return absl::OkStatus();
 }
 
-namespace {
+std::set<std::string> Spool::Finished(const std::string& queue_id) const {
+  std::set<std::string> out;
+  std::ifstream in(Committed(queue_id, ".done"));
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) out.insert(line);
+  }
+  return out;
+}
 
-struct DirSyncState {
-  uint64_t started = 0;  // generations begun
-  uint64_t done = 0;     // generations ended
-  bool running = false;
-  absl::Status last;  // status of the latest ended generation
-};
+absl::Status Spool::WriteHold(const std::string& queue_id,
+                              v1::MessageState state,
+                              const std::string& reason) const {
+  return WriteFileDurably(Committed(queue_id, ".hold"),
+                          MessageStateName(state) + "\n" + reason + "\n");
+}
 
-class DirectorySyncer {
- public:
-  absl::Status Sync(const std::string& dir) {
-    static Counter& requested = MetricsRegistry::Default().GetCounter(
-        "sinkline_broker_dir_syncs_total",
-        "Directory fsyncs asked for by COMMITs and submissions (requested) "
-        "and run (run); concurrent requests share one.",
-        {{"what", "requested"}});
-    static Counter& run = MetricsRegistry::Default().GetCounter(
-        "sinkline_broker_dir_syncs_total",
-        "Directory fsyncs asked for by COMMITs and submissions (requested) "
-        "and run (run); concurrent requests share one.",
-        {{"what", "run"}});
-    requested.Inc();
-    absl::MutexLock lock(&mu_);
-    ++stats_.requested;
-    DirSyncState& d = dirs_[dir];
-    // The first generation that starts after this call.
-    const uint64_t need = d.started + 1;
-    while (d.done < need) {
-      if (d.running) {
-        cv_.Wait(&mu_);
-        continue;
-      }
-      d.running = true;
-      const uint64_t gen = ++d.started;
-      std::function<void()> hook = hook_;
-      mu_.Unlock();
-      if (hook) hook();
-      absl::Status st = FsyncPath(dir);
-      mu_.Lock();
-      d.running = false;
-      d.done = gen;
-      d.last = st;
-      ++stats_.run;
-      run.Inc();
-      cv_.SignalAll();
+std::optional<Spool::Hold> Spool::ReadHold(const std::string& queue_id) const {
+  std::ifstream in(Committed(queue_id, ".hold"));
+  if (!in) return std::nullopt;
+  std::string state_name;
+  Hold hold;
+  std::getline(in, state_name);
+  std::getline(in, hold.reason);
+  hold.state = state_name == "held" ? v1::MESSAGE_STATE_HELD
+                                    : v1::MESSAGE_STATE_QUARANTINED;
+  return hold;
+}
+
+void Spool::RemoveHold(const std::string& queue_id) const {
+  ::unlink(Committed(queue_id, ".hold").c_str());
+}
+
+void Spool::RemoveCommitted(const std::string& queue_id) const {
+  ::unlink(EnvelopePath(queue_id).c_str());
+  ::unlink(ContentPath(queue_id).c_str());
+  ::unlink(Committed(queue_id, ".done").c_str());
+}
+
+absl::Status Spool::MoveToFailed(const std::string& queue_id,
+                                 const std::string& reason) const {
+  std::error_code ec;
+  fs::rename(ContentPath(queue_id), FailedPath(queue_id, ".msg"), ec);
+  if (!ec) fs::rename(EnvelopePath(queue_id), FailedPath(queue_id, ".env"), ec);
+  auto st =
+      ec ? absl::UnavailableError(ec.message())
+         : WriteFileDurably(FailedPath(queue_id, ".reason"), reason + "\n");
+  if (st.ok()) st = SyncDirectory(dir_ + "/committed");
+  ::unlink(Committed(queue_id, ".done").c_str());
+  return st;
+}
+
+absl::Status Spool::RestoreFailed(const std::string& queue_id) const {
+  std::error_code ec;
+  fs::rename(FailedPath(queue_id, ".msg"), ContentPath(queue_id), ec);
+  if (!ec) fs::rename(FailedPath(queue_id, ".env"), EnvelopePath(queue_id), ec);
+  if (ec) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot move ", queue_id, " back from failed/: ", ec.message()));
+  }
+  fs::remove(FailedPath(queue_id, ".reason"), ec);
+  return SyncDirectory(dir_ + "/committed");
+}
+
+std::vector<v1::QueueEntry> Spool::ListCommitted() const {
+  std::vector<v1::QueueEntry> out;
+  std::error_code ec;
+  for (const auto& entry :
+       fs::directory_iterator(fs::path(dir_) / "committed", ec)) {
+    if (entry.path().extension() != ".env") continue;
+    v1::QueueEntry e;
+    if (!e.ParseFromString(ReadWholeFile(entry.path().string()))) {
+      spdlog::error("unreadable envelope record {}", entry.path().string());
+      continue;
     }
-    return d.last;
+    out.push_back(std::move(e));
   }
-
-  void set_hook(std::function<void()> hook) {
-    absl::MutexLock lock(&mu_);
-    hook_ = std::move(hook);
-  }
-
-  DirectorySyncStats stats() {
-    absl::MutexLock lock(&mu_);
-    return stats_;
-  }
-
- private:
-  absl::Mutex mu_;
-  absl::CondVar cv_;
-  std::map<std::string, DirSyncState> dirs_ ABSL_GUARDED_BY(mu_);
-  DirectorySyncStats stats_ ABSL_GUARDED_BY(mu_);
-  std::function<void()> hook_ ABSL_GUARDED_BY(mu_);
-};
-
-DirectorySyncer& Syncer() {
-  static DirectorySyncer* syncer = new DirectorySyncer;
-  return *syncer;
+  return out;
 }
 
-}  // namespace
-
-absl::Status SyncDirectory(const std::string& dir) {
-  return Syncer().Sync(dir);
+std::vector<Spool::Failed> Spool::ListFailed() const {
+  std::vector<Failed> out;
+  std::error_code ec;
+  for (const auto& entry :
+       fs::directory_iterator(fs::path(dir_) / "failed", ec)) {
+    if (entry.path().extension() != ".env") continue;
+    Failed f;
+    if (!f.entry.ParseFromString(ReadWholeFile(entry.path().string()))) {
+      continue;
+    }
+    f.reason = ReadWholeFile(FailedPath(IdOf(entry.path()), ".reason"));
+    while (!f.reason.empty() && f.reason.back() == '\n') f.reason.pop_back();
+    out.push_back(std::move(f));
+  }
+  return out;
 }
 
-DirectorySyncStats DirectorySyncCounts() { return Syncer().stats(); }
-
-void SetDirectorySyncHookForTesting(std::function<void()> hook) {
-  Syncer().set_hook(std::move(hook));
+int Spool::RemovePartialCommits() const {
+  const fs::path dir = fs::path(dir_) / "committed";
+  std::error_code ec;
+  std::set<std::string> committed;
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    files.push_back(entry.path());
+    if (entry.path().extension() == ".env") {
+      committed.insert(IdOf(entry.path()));
+    }
+  }
+  int removed = 0;
+  for (const auto& path : files) {
+    const bool partial_write =
+        path.extension() == ".tmp" || path.extension() == ".edit";
+    if (committed.count(IdOf(path)) != 0 && !partial_write) continue;
+    if (fs::remove(path, ec)) {
+      ++removed;
+      spdlog::warn("removed {} from the spool: {}", path.filename().string(),
+                   partial_write ? "an unfinished write"
+                                 : "a COMMIT that did not finish");
+    }
+  }
+  if (removed > 0) (void)SyncDirectory(dir.string());
+  return removed;
 }
 
-std::map<std::string, uint64_t> UpdateSpoolGauges(
-    const std::string& spool_dir) {
+std::map<std::string, uint64_t> Spool::UpdateGauges() const {
   std::map<std::string, uint64_t> bytes;
   for (const char* dir : {"incoming", "committed", "failed"}) {
     uint64_t total = 0;
     uint64_t messages = 0;
     std::error_code ec;
-    for (const auto& entry :
-         fs::directory_iterator(fs::path(spool_dir) / dir, ec)) {
+    for (const auto& entry : fs::directory_iterator(fs::path(dir_) / dir, ec)) {
       std::error_code size_ec;
       const uint64_t size = entry.file_size(size_ec);
       if (size_ec) continue;  // gone meanwhile
@@ -195,159 +240,6 @@ std::map<std::string, uint64_t> UpdateSpoolGauges(
         .Set(static_cast<double>(messages));
   }
   return bytes;
-}
-
-absl::Status WriteFileDurably(const std::string& path,
-                              const std::string& data) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0) return Errno("open " + tmp);
-  absl::Status st = WriteAll(fd, data.data(), data.size());
-  if (st.ok() && ::fsync(fd) != 0) st = Errno("fsync " + tmp);
-  ::close(fd);
-  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    st = Errno("rename " + tmp);
-  }
-  if (st.ok()) st = SyncDirectory(Dir(path));
-  return st;
-}
-
-std::string CommittedContentPath(const std::string& spool_dir,
-                                 const std::string& queue_id) {
-  return absl::StrCat(spool_dir, "/committed/", queue_id, ".msg");
-}
-
-std::string CommittedEnvelopePath(const std::string& spool_dir,
-                                  const std::string& queue_id) {
-  return absl::StrCat(spool_dir, "/committed/", queue_id, ".env");
-}
-
-absl::Status PrepareSpool(const std::string& spool_dir) {
-  std::error_code ec;
-  for (const char* sub : {"incoming", "committed", "failed"}) {
-    fs::create_directories(fs::path(spool_dir) / sub, ec);
-    if (ec) {
-      return absl::UnavailableError(absl::StrCat("cannot create ", spool_dir,
-                                                 "/", sub, ": ", ec.message()));
-    }
-  }
-  for (const auto& entry :
-       fs::directory_iterator(fs::path(spool_dir) / "incoming", ec)) {
-    fs::remove(entry.path(), ec);
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::unique_ptr<IncomingMessage>> IncomingMessage::Create(
-    const std::string& spool_dir, const std::string& name) {
-  std::string path = absl::StrCat(spool_dir, "/incoming/", name);
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0) return Errno("open " + path);
-  return std::unique_ptr<IncomingMessage>(
-      new IncomingMessage(spool_dir, std::move(path), fd));
-}
-
-IncomingMessage::IncomingMessage(std::string spool_dir, std::string path,
-                                 int fd)
-    : spool_dir_(std::move(spool_dir)), path_(std::move(path)), fd_(fd) {}
-
-IncomingMessage::~IncomingMessage() {
-  if (fd_ >= 0) ::close(fd_);
-  if (!committed_) ::unlink(path_.c_str());
-}
-
-absl::Status IncomingMessage::Append(const std::string& data) {
-  if (auto st = WriteAll(fd_, data.data(), data.size()); !st.ok()) return st;
-  size_ += data.size();
-  return absl::OkStatus();
-}
-
-absl::Status IncomingMessage::ReplaceWith(const std::string& new_path,
-                                          uint64_t new_size) {
-  if (::rename(new_path.c_str(), path_.c_str()) != 0) {
-    return Errno("rename " + new_path);
-  }
-  ::close(fd_);
-  fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
-  if (fd_ < 0) return Errno("open " + path_);
-  size_ = new_size;
-  return absl::OkStatus();
-}
-
-absl::Status IncomingMessage::Commit(const v1::QueueEntry& entry) {
-  if (::fsync(fd_) != 0) return Errno("fsync " + path_);
-  ::close(fd_);
-  fd_ = -1;
-  std::string record;
-  entry.SerializeToString(&record);
-  const std::string env = CommittedEnvelopePath(spool_dir_, entry.queue_id());
-  const std::string msg = CommittedContentPath(spool_dir_, entry.queue_id());
-  // Content first, then the envelope record: recovery treats a message as
-  // committed only when its .env exists.
-  if (::rename(path_.c_str(), msg.c_str()) != 0)
-    return Errno("rename " + path_);
-  path_ = msg;
-  // The envelope record's directory fsync also makes the content's new name
-  // durable. The old name in incoming/ needs no fsync: should it come back
-  // after a crash, PrepareSpool unlinks it, and the committed name stays.
-  if (auto st = WriteFileDurably(env, record); !st.ok()) return st;
-  committed_ = true;
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::unique_ptr<QueueDirBackend>> QueueDirBackend::Create(
-    const std::string& dir) {
-  std::error_code ec;
-  for (const char* sub : {"tmp", "new"}) {
-    fs::create_directories(fs::path(dir) / sub, ec);
-    if (ec) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot create ", dir, "/", sub, ": ", ec.message()));
-    }
-  }
-  return std::unique_ptr<QueueDirBackend>(new QueueDirBackend(dir));
-}
-
-absl::StatusOr<SubmitOutcome> QueueDirBackend::Submit(
-    const v1::QueueEntry& entry, const std::string& content_path) {
-  std::string json;
-  google::protobuf::util::JsonPrintOptions opts;
-  opts.preserve_proto_field_names = true;
-  if (auto st = google::protobuf::util::MessageToJsonString(entry, &json, opts);
-      !st.ok()) {
-    return absl::InternalError(std::string(st.message()));
-  }
-  const std::string tmp = absl::StrCat(dir_, "/tmp/", entry.queue_id());
-  const std::string dst = absl::StrCat(dir_, "/new/", entry.queue_id());
-  int out = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (out < 0) return Errno("open " + tmp);
-  int in = ::open(content_path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (in < 0) {
-    ::close(out);
-    return Errno("open " + content_path);
-  }
-  json += "\n";
-  absl::Status st = WriteAll(out, json.data(), json.size());
-  char buf[65536];
-  while (st.ok()) {
-    ssize_t n = ::read(in, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) st = Errno("read " + content_path);
-    if (n <= 0) break;
-    st = WriteAll(out, buf, static_cast<size_t>(n));
-  }
-  if (st.ok() && ::fsync(out) != 0) st = Errno("fsync " + tmp);
-  ::close(in);
-  ::close(out);
-  if (st.ok() && ::rename(tmp.c_str(), dst.c_str()) != 0) {
-    st = Errno("rename " + tmp);
-  }
-  if (st.ok()) st = SyncDirectory(dir_ + "/new");
-  if (!st.ok()) {
-    ::unlink(tmp.c_str());
-    return st;
-  }
-  return SubmitOutcome{};
 }
 
 }  // namespace sinkline::broker

@@ -1,4 +1,4 @@
-#include "trace.h"
+#include "sink_broker/trace.h"
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"

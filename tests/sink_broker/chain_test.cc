@@ -11,7 +11,9 @@
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
-#include "broker.h"
+#include "sink_broker/broker.h"
+#include "sink_broker/queue_dir.h"
+#include "sink_broker/verdict.h"
 #include "sinkline/common/grpc_server.h"
 
 namespace sinkline::broker {
@@ -83,7 +85,7 @@ class ChainTest : public ::testing::Test {
            ("sinkline-chain-" + std::to_string(::getpid()) + "-" +
             ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
-    ASSERT_TRUE(PrepareSpool((dir_ / "spool").string()).ok());
+    ASSERT_TRUE(Spool((dir_ / "spool").string()).Prepare().ok());
     auto sinks = StartGrpcServer("127.0.0.1:0", {&fake_});
     ASSERT_TRUE(sinks.ok());
     sinks_ = std::move(*sinks);
@@ -347,8 +349,8 @@ TEST_F(ChainTest, LateRejectionQuarantinesInsteadOfDropping) {
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_FALSE(fs::exists(dir_ / "queue" / "new" / r.queue_id()));
-  EXPECT_TRUE(fs::exists(
-      CommittedContentPath((dir_ / "spool").string(), r.queue_id())));
+  EXPECT_TRUE(
+      fs::exists(Spool((dir_ / "spool").string()).ContentPath(r.queue_id())));
 }
 
 TEST(ValidateReply, Table) {

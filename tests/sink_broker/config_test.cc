@@ -1,4 +1,4 @@
-#include "config.h"
+#include "sink_broker/config.h"
 
 #include <gtest/gtest.h>
 

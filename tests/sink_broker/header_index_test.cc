@@ -6,7 +6,7 @@
 #include <fstream>
 #include <string>
 
-#include "lease.h"
+#include "sink_broker/lease.h"
 
 namespace sinkline::broker {
 namespace {

@@ -1,4 +1,4 @@
-#include "message_edit.h"
+#include "sink_broker/message_edit.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "smtp_relay.h"
+#include "sink_broker/smtp_relay.h"
 
 #include <gtest/gtest.h>
 

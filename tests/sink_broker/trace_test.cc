@@ -1,4 +1,4 @@
-#include "trace.h"
+#include "sink_broker/trace.h"
 
 #include <gtest/gtest.h>
 

@@ -6,14 +6,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "sinkline/common/grpc_security.h"
+#include "sinkline/common/grpc_status.h"
 
 namespace sinkline::sdk {
-
-absl::Status FromGrpc(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message());
-}
 
 namespace {
 

@@ -24,13 +24,15 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "sinkline/common/grpc_status.h"
 #include "sinkline/sdk/sink.h"
 #include "sinkline/v1/content.grpc.pb.h"
 
 namespace sinkline::sdk {
 
-// gRPC status → absl::Status, same code and message.
-absl::Status FromGrpc(const grpc::Status& status);
+// gRPC status → absl::Status, same code and message (one mapping for every
+// process).
+using sinkline::FromGrpc;
 
 class ContentClient {
  public:

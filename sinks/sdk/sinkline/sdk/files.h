@@ -9,8 +9,8 @@
 namespace sinkline::sdk {
 
 // Writes `data` to `dir`/`name` atomically: a temporary file in the same
-// directory (".tmp-<name>-..."), fsync when `sync`, rename over `name`, then
-// fsync of the directory. Readers see the old file or the new one, never a
+// directory (".<name>.<pid>-<n>.tmp"), fsync when `sync`, rename over `name`,
+// then fsync of the directory. Readers see the old file or the new one, never a
 // part; after a crash at most a temporary file is left.
 absl::Status WriteFileAtomically(const std::string& dir,
                                  const std::string& name,

@@ -1,3 +1,5 @@
+#include "sinkline/common/durable_file.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -5,14 +7,15 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "sinkline/common/metrics.h"
-#include "spool.h"
 
-namespace sinkline::broker {
+namespace sinkline {
 namespace {
 
 namespace fs = std::filesystem;
@@ -78,43 +81,29 @@ TEST(DirectorySyncTest, MissingDirectoryIsAnError) {
   EXPECT_FALSE(SyncDirectory(::testing::TempDir() + "/no/such/dir").ok());
 }
 
-}  // namespace
-}  // namespace sinkline::broker
+TEST(WriteFileDurablyTest, ReplacesWholeAndLeavesNoTemporary) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "durable_write";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = (dir / "record").string();
+  ASSERT_TRUE(WriteFileDurably(path, "first").ok());
+  ASSERT_TRUE(WriteFileDurably(path, "second, longer").ok());
+  ASSERT_TRUE(WriteFileDurably(path, "x", /*sync=*/false).ok());
+  std::ifstream in(path);
+  std::string got((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_EQ(got, "x");
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    (void)e;
+    ++files;
+  }
+  EXPECT_EQ(files, 1);
+}
 
-namespace sinkline::broker {
-namespace {
-
-TEST(SpoolGaugesTest, BytesAndMessagesPerDirectory) {
-  namespace fs = std::filesystem;
-  const fs::path spool = fs::path(::testing::TempDir()) / "spool_gauges";
-  fs::remove_all(spool);
-  ASSERT_TRUE(PrepareSpool(spool.string()).ok());
-  auto write = [](const fs::path& p, size_t n) {
-    int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0640);
-    const std::string data(n, 'x');
-    ASSERT_EQ(::write(fd, data.data(), n), static_cast<ssize_t>(n));
-    ::close(fd);
-  };
-  write(spool / "incoming" / "s1-t1", 100);
-  write(spool / "committed" / "Q1.msg", 1000);
-  write(spool / "committed" / "Q1.env", 50);
-  write(spool / "committed" / "Q2.msg", 2000);
-  write(spool / "committed" / "Q2.env", 50);
-  auto bytes = UpdateSpoolGauges(spool.string());
-  EXPECT_EQ(bytes["incoming"], 100u);
-  EXPECT_EQ(bytes["committed"], 3100u);
-  EXPECT_EQ(bytes["failed"], 0u);
-  auto values = MetricsRegistry::Default().Values();
-  auto value = [&](const std::string& key) {
-    for (const auto& [k, v] : values) {
-      if (k == key) return v;
-    }
-    return -1.0;
-  };
-  EXPECT_EQ(value("sinkline_broker_spool_messages{dir=\"committed\"}"), 2);
-  EXPECT_EQ(value("sinkline_broker_spool_messages{dir=\"incoming\"}"), 1);
-  EXPECT_EQ(value("sinkline_broker_spool_bytes{dir=\"committed\"}"), 3100);
+TEST(WriteFileDurablyTest, MissingDirectoryIsAnError) {
+  EXPECT_FALSE(
+      WriteFileDurably(::testing::TempDir() + "/no/such/dir/f", "x").ok());
 }
 
 }  // namespace
-}  // namespace sinkline::broker
+}  // namespace sinkline

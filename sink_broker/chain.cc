@@ -1,0 +1,270 @@
+#include "sink_broker/chain.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <boost/asio/post.hpp>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "sink_broker/message_edit.h"
+#include "sink_broker/verdict.h"
+#include "sinkline/common/metrics.h"
+
+namespace sinkline::broker {
+
+namespace asio = boost::asio;
+
+struct ChainRun::Call {
+  const BindingConfig* binding = nullptr;
+  std::string token;  // the lease, when the binding has content access
+  std::chrono::steady_clock::time_point started;
+};
+
+ChainRun::ChainRun(ChainEnv env, Strand strand,
+                   std::shared_ptr<const Config> config, v1::Event event)
+    : env_(std::move(env)),
+      strand_(std::move(strand)),
+      config_(std::move(config)),
+      event_(std::move(event)) {
+  for (const auto* b : config_->ChainFor(event_)) {
+    if (!b->rule.Matches(event_)) continue;
+    (b->spec.priority() <= kNativePriority ? pre_ : post_).push_back(b);
+  }
+  reply_ = event_.native_reply();
+  envelope_ = event_.envelope();
+}
+
+void ChainRun::RecoverAfterCommit(const std::set<std::string>& finished) {
+  phase_ = Phase::kPost;
+  index_ = 0;
+  redelivery_ = true;
+  std::vector<const BindingConfig*> left;
+  for (const auto* b : post_) {
+    if (!finished.count(b->spec.name())) left.push_back(b);
+  }
+  post_ = std::move(left);
+}
+
+void ChainRun::Run(std::function<NativeResult(ChainRun&)> native,
+                   std::function<void(ChainRun&)> after_native, Done done) {
+  native_ = std::move(native);
+  after_native_ = std::move(after_native);
+  done_ = std::move(done);
+  Step();
+}
+
+void ChainRun::Step() {
+  if (phase_ == Phase::kPre) {
+    if (stopped_ || index_ >= pre_.size()) {
+      phase_ = Phase::kNative;
+      index_ = 0;
+    } else {
+      return Invoke(pre_[index_++]);
+    }
+  }
+  if (phase_ == Phase::kNative) {
+    bool stop = stopped_;
+    if (!stopped_ && native_) stop = native_(*this) == NativeResult::kStop;
+    if (after_native_) after_native_(*this);
+    phase_ = Phase::kPost;
+    if (stop) stopped_ = true;
+  }
+  if (phase_ == Phase::kPost) {
+    if (!stopped_ && index_ < post_.size()) return Invoke(post_[index_++]);
+    phase_ = Phase::kDone;
+    if (done_) done_(*this);
+  }
+}
+
+void ChainRun::Invoke(const BindingConfig* b) {
+  if (message && b->spec.content_access() == v1::CONTENT_ACCESS_READ_WRITE) {
+    // Writers take turns: wait for a held read-write lease to end.
+    auto self = shared_from_this();
+    message->WhenNoWriter([self, b] {
+      asio::post(self->strand_, [self, b] { self->InvokeNow(b); });
+    });
+    return;
+  }
+  InvokeNow(b);
+}
+
+void ChainRun::InvokeNow(const BindingConfig* b) {
+  const v1::Binding& spec = b->spec;
+  const ChainOptions& opts = *env_.options;
+  const SinkConfig* sink = config_->FindSink(spec.sink());
+  auto call = std::make_shared<Call>();
+  call->binding = b;
+  call->started = std::chrono::steady_clock::now();
+  auto req = std::make_shared<v1::SinkRequest>(
+      MakeSinkRequest(event_, message ? message->envelope() : envelope_, spec,
+                      phase_ == Phase::kPost, redelivery_));
+  if (spec.content_access() != v1::CONTENT_ACCESS_NONE && message) {
+    const auto ttl = std::chrono::milliseconds(spec.deadline_ms());
+    auto lease = env_.leases->Grant(message, spec, ttl, opts.lease_max);
+    if (!lease.ok()) {
+      return Finished(call, absl::UnavailableError(lease.status().message()));
+    }
+    call->token = (*lease)->token;
+    if (phase_ == Phase::kPost) {
+      // A post-COMMIT binding is done when its lease ends normally.
+      (*lease)->on_end = [finished = env_.finished, record = message,
+                          name = spec.name()](Lease::State how) {
+        if (how == Lease::State::kReleased && finished) {
+          finished(record->queue_id(), name);
+        }
+      };
+    }
+    AttachLease(**lease, opts.advertise, opts.inline_max_bytes, *req);
+  }
+  auto deadline = std::chrono::milliseconds(spec.deadline_ms());
+  if (phase_ != Phase::kPost || event_.type() != v1::EVENT_TYPE_EOD) {
+    // Before the client's reply the whole chain has a budget.
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        chain_started_ + opts.chain_deadline -
+        std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      return Finished(
+          call, absl::DeadlineExceededError("the chain's deadline is spent"));
+    }
+    deadline = std::min(deadline, left);
+  }
+  if (sink == nullptr) {
+    return Finished(call, absl::NotFoundError("no such sink " + spec.sink()));
+  }
+  auto self = shared_from_this();
+  env_.sinks->Invoke(
+      *sink, std::move(req), std::chrono::system_clock::now() + deadline,
+      [self, call](absl::StatusOr<v1::Verdict> result) {
+        asio::post(self->strand_,
+                   [self, call, result = std::move(result)]() mutable {
+                     self->Finished(call, std::move(result));
+                   });
+      });
+}
+
+void ChainRun::Finished(const std::shared_ptr<Call>& call,
+                        absl::StatusOr<v1::Verdict> result) {
+  const v1::Binding& spec = call->binding->spec;
+  LeaseTable& leases = *env_.leases;
+  MetricsRegistry::Default()
+      .GetHistogram("sinkline_sink_call_seconds",
+                    "Time of each sink call, by binding.",
+                    {{"binding", spec.name()}})
+      .Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                             call->started)
+                   .count());
+  if (!result.ok()) {
+    // The lease ends with the failed call; nothing it staged is kept.
+    if (!call->token.empty()) leases.Fail(call->token);
+    Failure(spec, absl::StrCat(
+                      "call failed: ", static_cast<int>(result.status().code()),
+                      " ", result.status().message()));
+    return Step();
+  }
+  const v1::Verdict& v = *result;
+  const bool post = phase_ == Phase::kPost;
+  if (auto st = ValidateVerdict(event_, spec, post, v); !st.ok()) {
+    if (!call->token.empty()) leases.Fail(call->token);
+    Failure(spec, absl::StrCat("invalid verdict: ", st.message()));
+    return Step();
+  }
+  std::vector<v1::ContentEdit> content(v.content_edits().begin(),
+                                       v.content_edits().end());
+  std::vector<v1::EnvelopeEdit> envelope(v.envelope_edits().begin(),
+                                         v.envelope_edits().end());
+  if (!call->token.empty()) {
+    // The verdict's edits go through the lease: published when it ends.
+    if (v.hold_lease()) {
+      for (auto& e : content) (void)leases.StageContent(call->token, e);
+      for (auto& e : envelope) (void)leases.StageEnvelope(call->token, e);
+      spdlog::debug("binding={} holds its lease on queue_id={}", spec.name(),
+                    event_.queue_id());
+    } else if (auto st = leases.Release(call->token, false, content, envelope);
+               !st.ok()) {
+      Failure(spec, absl::StrCat("edits failed: ", st.message()));
+      return Step();
+    }
+  } else if (ApplyEnvelopeEdits(v.envelope_edits(), envelope_)) {
+    envelope_changed_ = true;
+  }
+  if (post && call->token.empty() && message && env_.finished) {
+    env_.finished(message->queue_id(), spec.name());
+  }
+  const bool has_reply = v.has_reply() && v.reply().code() != 0;
+  spdlog::debug("binding={} sink={} event={} action={}", spec.name(),
+                spec.sink(), EventName(event_.type()),
+                v1::Action_Name(v.action()));
+  if (post) {
+    env_.messages->Note(
+        event_.queue_id(),
+        absl::StrCat("sink ", spec.name(), " ",
+                     absl::AsciiStrToLower(absl::StripPrefix(
+                         v1::Action_Name(v.action()), "ACTION_")),
+                     v.hold_lease() ? " (holds its lease)" : "",
+                     redelivery_ ? " (redelivery)" : ""));
+    // The client has its reply: a refusal holds the message instead.
+    if (v.action() == v1::ACTION_CONSUME) {
+      stopped_ = true;
+      if (has_reply && v.reply().code() >= 400) {
+        quarantine_ = absl::StrCat("binding ", spec.name(), " answered ",
+                                   v.reply().code(), " after COMMIT");
+      }
+    }
+    return Step();
+  }
+  if (has_reply) {
+    reply_ = v.reply();
+    sink_replied_ = true;
+  }
+  if (v.drop_session()) {
+    close_ = true;
+    if (!has_reply) reply_ = MakeReply(421, "4.7.0", "Closing connection");
+  }
+  if (v.action() == v1::ACTION_CONSUME) {
+    consumed_ = true;
+    stopped_ = true;
+  }
+  Step();
+}
+
+void ChainRun::Failure(const v1::Binding& spec, const std::string& why) {
+  const auto policy = spec.failure_policy();
+  std::string policy_name = "continue";
+  if (policy == v1::FAILURE_POLICY_TEMPFAIL) policy_name = "tempfail";
+  if (policy == v1::FAILURE_POLICY_REJECT) policy_name = "reject";
+  MetricsRegistry::Default()
+      .GetCounter("sinkline_sink_failures_total",
+                  "Sink calls that failed, by binding and policy.",
+                  {{"binding", spec.name()},
+                   {"sink", spec.sink()},
+                   {"policy", policy_name}})
+      .Inc();
+  spdlog::warn("sink failure: binding={} sink={} event={} policy={}: {}",
+               spec.name(), spec.sink(), EventName(event_.type()), policy_name,
+               why);
+  if (phase_ == Phase::kPost) {
+    env_.messages->Note(event_.queue_id(),
+                        absl::StrCat("sink ", spec.name(), " failed (",
+                                     policy_name, "): ", why));
+  }
+  if (policy == v1::FAILURE_POLICY_CONTINUE) return;
+  if (phase_ == Phase::kPost) {
+    stopped_ = true;
+    quarantine_ =
+        absl::StrCat("binding ", spec.name(), " failed after COMMIT (",
+                     policy_name, "): ", why);
+    return;
+  }
+  reply_ = policy == v1::FAILURE_POLICY_TEMPFAIL
+               ? MakeReply(451, "4.3.0",
+                           "Temporary failure in message processing, try "
+                           "again later")
+               : MakeReply(554, "5.7.0", "Rejected by policy");
+  sink_replied_ = true;
+  consumed_ = true;
+  stopped_ = true;
+}
+
+}  // namespace sinkline::broker

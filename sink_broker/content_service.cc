@@ -1,0 +1,341 @@
+#include "sink_broker/content_service.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/time_util.h"
+#include "sinkline/common/grpc_status.h"
+
+namespace sinkline::broker {
+
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+// The content service: sinks read and write a message by lease token.
+class ContentService final : public v1::Content::CallbackService {
+ public:
+  explicit ContentService(LeaseTable* leases) : leases_(leases) {}
+
+  static grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx,
+                                        const absl::Status& st) {
+    auto* r = ctx->DefaultReactor();
+    r->Finish(ToGrpc(st));
+    return r;
+  }
+  // A sink may say which message and binding it means in the call's
+  // metadata (sinkline-queue-id, sinkline-binding; the SDKs send both): a
+  // token of another message or binding is refused with PERMISSION_DENIED.
+  static absl::Status CheckClaim(LeaseTable* leases,
+                                 const grpc::CallbackServerContext* ctx,
+                                 const std::string& token) {
+    const auto& md = ctx->client_metadata();
+    const auto q = md.find("sinkline-queue-id");
+    const auto b = md.find("sinkline-binding");
+    if (q == md.end() && b == md.end()) return absl::OkStatus();
+    auto lease = leases->Find(token);
+    if (!lease.ok()) return lease.status();
+    if (q != md.end()) {
+      const std::string claimed(q->second.data(), q->second.size());
+      if (claimed != (*lease)->message->queue_id()) {
+        return absl::PermissionDeniedError(
+            absl::StrCat("this lease token is not for message ", claimed));
+      }
+    }
+    if (b != md.end()) {
+      const std::string claimed(b->second.data(), b->second.size());
+      if (claimed != (*lease)->binding) {
+        return absl::PermissionDeniedError(
+            absl::StrCat("this lease token is not for binding ", claimed));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  uint64_t SnapshotSize(const std::string& token) {
+    auto lease = leases_->Find(token);
+    struct stat st {};
+    if (!lease.ok() || ::fstat((*lease)->fd, &st) != 0) return 0;
+    return static_cast<uint64_t>(st.st_size);
+  }
+
+  class Reader : public grpc::ServerWriteReactor<v1::ReadRangeResponse> {
+   public:
+    Reader(LeaseTable* leases, const grpc::CallbackServerContext* ctx,
+           const v1::ReadRangeRequest& req) {
+      if (auto st = CheckClaim(leases, ctx, req.token()); !st.ok()) {
+        Finish(ToGrpc(st));
+        return;
+      }
+      auto lease = leases->Find(req.token());
+      if (!lease.ok()) {
+        Finish(ToGrpc(lease.status()));
+        return;
+      }
+      // Our own descriptor on the snapshot: the lease may end meanwhile.
+      fd_ = ::dup((*lease)->fd);
+      struct stat st {};
+      ::fstat(fd_, &st);
+      size_ = static_cast<uint64_t>(st.st_size);
+      if (req.offset() > size_) {
+        Finish(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                            "offset past the end of the message"));
+        return;
+      }
+      pos_ = req.offset();
+      end_ = req.length() == 0 ? size_ : std::min(size_, pos_ + req.length());
+      Next();
+    }
+    void OnWriteDone(bool ok) override {
+      if (!ok) {
+        Finish(grpc::Status::CANCELLED);
+        return;
+      }
+      Next();
+    }
+    void OnDone() override {
+      if (fd_ >= 0) ::close(fd_);
+      delete this;
+    }
+
+   private:
+    void Next() {
+      if (pos_ >= end_) {
+        if (!sent_any_) {  // an empty range still tells the size
+          sent_any_ = true;
+          resp_.set_offset(pos_);
+          resp_.set_total_size(size_);
+          resp_.clear_data();
+          StartWrite(&resp_);
+          return;
+        }
+        Finish(grpc::Status::OK);
+        return;
+      }
+      const size_t n = std::min<uint64_t>(65536, end_ - pos_);
+      std::string buf(n, '\0');
+      const ssize_t got = ::pread(fd_, buf.data(), n, pos_);
+      if (got <= 0) {
+        Finish(grpc::Status(grpc::StatusCode::INTERNAL, "read failed"));
+        return;
+      }
+      buf.resize(static_cast<size_t>(got));
+      resp_.set_offset(pos_);
+      resp_.set_total_size(size_);
+      resp_.set_data(std::move(buf));
+      pos_ += static_cast<uint64_t>(got);
+      sent_any_ = true;
+      StartWrite(&resp_);
+    }
+    int fd_ = -1;
+    uint64_t size_ = 0, pos_ = 0, end_ = 0;
+    bool sent_any_ = false;
+    v1::ReadRangeResponse resp_;
+  };
+
+  grpc::ServerWriteReactor<v1::ReadRangeResponse>* ReadRange(
+      grpc::CallbackServerContext* ctx,
+      const v1::ReadRangeRequest* req) override {
+    return new Reader(leases_, ctx, *req);
+  }
+
+  grpc::ServerUnaryReactor* ReadHeaders(
+      grpc::CallbackServerContext* ctx, const v1::ReadHeadersRequest* req,
+      v1::ReadHeadersResponse* resp) override {
+    if (auto st = CheckClaim(leases_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
+    auto lease = leases_->Find(req->token());
+    if (!lease.ok()) return Done(ctx, lease.status());
+    auto index = (*lease)->message->HeaderIndex((*lease)->fd);
+    if (!index.ok()) return Done(ctx, index.status());
+    const ParsedHeader& h = **index;
+    for (const auto& f : h.fields) {
+      auto* out = resp->add_fields();
+      out->set_name(f.name);
+      std::string value = f.raw.substr(f.name.size() + 1);
+      if (!value.empty() && value.front() == ' ') value.erase(0, 1);
+      if (value.size() >= 2) value.resize(value.size() - 2);  // CRLF
+      out->set_value(std::move(value));
+    }
+    resp->set_body_offset(h.body_offset);
+    return Done(ctx, absl::OkStatus());
+  }
+
+  grpc::ServerUnaryReactor* WriteRange(grpc::CallbackServerContext* ctx,
+                                       const v1::WriteRangeRequest* req,
+                                       v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(leases_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
+    v1::ContentEdit e;
+    auto* w = e.mutable_write_range();
+    w->set_offset(req->offset());
+    w->set_data(req->data());
+    w->set_truncate(req->truncate());
+    return Stage(ctx, req->token(), std::move(e), resp);
+  }
+
+  grpc::ServerUnaryReactor* Stage(grpc::CallbackServerContext* ctx,
+                                  const std::string& token,
+                                  v1::ContentEdit edit,
+                                  v1::EditResponse* resp) {
+    auto st = leases_->StageContent(token, std::move(edit));
+    if (st.ok()) resp->set_total_size(SnapshotSize(token));
+    return Done(ctx, st);
+  }
+  grpc::ServerUnaryReactor* AddHeader(grpc::CallbackServerContext* ctx,
+                                      const v1::AddHeaderRequest* req,
+                                      v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(leases_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
+    v1::ContentEdit e;
+    *e.mutable_add_header() = req->header();
+    return Stage(ctx, req->token(), std::move(e), resp);
+  }
+  grpc::ServerUnaryReactor* ChangeHeader(grpc::CallbackServerContext* ctx,
+                                         const v1::ChangeHeaderRequest* req,
+                                         v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(leases_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
+    v1::ContentEdit e;
+    *e.mutable_change_header() = req->header();
+    return Stage(ctx, req->token(), std::move(e), resp);
+  }
+  grpc::ServerUnaryReactor* DeleteHeader(grpc::CallbackServerContext* ctx,
+                                         const v1::DeleteHeaderRequest* req,
+                                         v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(leases_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
+    v1::ContentEdit e;
+    *e.mutable_delete_header() = req->header();
+    return Stage(ctx, req->token(), std::move(e), resp);
+  }
+
+  class BodyReader : public grpc::ServerReadReactor<v1::ReplaceBodyRequest> {
+   public:
+    BodyReader(LeaseTable* leases, const grpc::CallbackServerContext* ctx,
+               v1::EditResponse* resp)
+        : leases_(leases), ctx_(ctx), resp_(resp) {
+      StartRead(&req_);
+    }
+    void OnReadDone(bool ok) override {
+      if (ok) {
+        if (token_.empty()) token_ = req_.token();
+        body_ += req_.data();
+        if (body_.size() > kMaxBody) {
+          Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                              "new body larger than 64 MiB"));
+          return;
+        }
+        StartRead(&req_);
+        return;
+      }
+      if (auto st = CheckClaim(leases_, ctx_, token_); !st.ok()) {
+        Finish(ToGrpc(st));
+        return;
+      }
+      v1::ContentEdit e;
+      e.mutable_replace_body()->set_body(std::move(body_));
+      auto st = leases_->StageContent(token_, std::move(e));
+      resp_->set_total_size(0);
+      Finish(ToGrpc(st));
+    }
+    void OnDone() override { delete this; }
+
+   private:
+    static constexpr size_t kMaxBody = 64u << 20;
+    LeaseTable* const leases_;
+    const grpc::CallbackServerContext* const ctx_;
+    v1::EditResponse* const resp_;
+    v1::ReplaceBodyRequest req_;
+    std::string token_, body_;
+  };
+  grpc::ServerReadReactor<v1::ReplaceBodyRequest>* ReplaceBody(
+      grpc::CallbackServerContext* ctx, v1::EditResponse* resp) override {
+    return new BodyReader(leases_, ctx, resp);
+  }
+
+  grpc::ServerUnaryReactor* Envelope(grpc::CallbackServerContext* ctx,
+                                     const std::string& token,
+                                     v1::EnvelopeEdit edit,
+                                     v1::EditResponse* resp) {
+    auto st = leases_->StageEnvelope(token, std::move(edit));
+    if (st.ok()) resp->set_total_size(SnapshotSize(token));
+    return Done(ctx, st);
+  }
+  grpc::ServerUnaryReactor* SetSender(grpc::CallbackServerContext* ctx,
+                                      const v1::SetSenderRequest* req,
+                                      v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(leases_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
+    v1::EnvelopeEdit e;
+    e.set_set_sender(req->mail_from());
+    return Envelope(ctx, req->token(), std::move(e), resp);
+  }
+  grpc::ServerUnaryReactor* AddRecipient(grpc::CallbackServerContext* ctx,
+                                         const v1::AddRecipientRequest* req,
+                                         v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(leases_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
+    v1::EnvelopeEdit e;
+    *e.mutable_add_recipient() = req->recipient();
+    return Envelope(ctx, req->token(), std::move(e), resp);
+  }
+  grpc::ServerUnaryReactor* RemoveRecipient(
+      grpc::CallbackServerContext* ctx, const v1::RemoveRecipientRequest* req,
+      v1::EditResponse* resp) override {
+    if (auto st = CheckClaim(leases_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
+    v1::EnvelopeEdit e;
+    e.set_remove_recipient(req->address());
+    return Envelope(ctx, req->token(), std::move(e), resp);
+  }
+
+  grpc::ServerUnaryReactor* Renew(grpc::CallbackServerContext* ctx,
+                                  const v1::RenewRequest* req,
+                                  v1::RenewResponse* resp) override {
+    if (auto st = CheckClaim(leases_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
+    auto until = leases_->Renew(req->token(),
+                                std::chrono::milliseconds(req->extend_ms()));
+    if (until.ok()) {
+      *resp->mutable_expires() = TimeUtil::MillisecondsToTimestamp(
+          std::chrono::duration_cast<std::chrono::milliseconds>(
+              until->time_since_epoch())
+              .count());
+    }
+    return Done(ctx, until.status());
+  }
+
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* ctx,
+                                    const v1::ReleaseRequest* req,
+                                    v1::ReleaseResponse*) override {
+    if (auto st = CheckClaim(leases_, ctx, req->token()); !st.ok()) {
+      return Done(ctx, st);
+    }
+    return Done(ctx, leases_->Release(req->token(), req->discard()));
+  }
+
+ private:
+  LeaseTable* const leases_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> MakeContentService(LeaseTable& leases) {
+  return std::make_unique<ContentService>(&leases);
+}
+
+}  // namespace sinkline::broker

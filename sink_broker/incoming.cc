@@ -1,0 +1,80 @@
+#include "sink_broker/incoming.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "sink_broker/spool.h"
+#include "sinkline/common/durable_file.h"
+
+namespace sinkline::broker {
+
+namespace {
+absl::Status Errno(const std::string& what) {
+  return absl::UnavailableError(absl::StrCat(what, ": ", strerror(errno)));
+}
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<IncomingMessage>> IncomingMessage::Create(
+    const std::string& spool_dir, const std::string& name) {
+  std::string path = absl::StrCat(spool_dir, "/incoming/", name);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (fd < 0) return Errno("open " + path);
+  return std::unique_ptr<IncomingMessage>(
+      new IncomingMessage(spool_dir, std::move(path), fd));
+}
+
+IncomingMessage::IncomingMessage(std::string spool_dir, std::string path,
+                                 int fd)
+    : spool_dir_(std::move(spool_dir)), path_(std::move(path)), fd_(fd) {}
+
+IncomingMessage::~IncomingMessage() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(path_.c_str());
+}
+
+absl::Status IncomingMessage::Append(const std::string& data) {
+  if (auto st = WriteAll(fd_, data); !st.ok()) return st;
+  size_ += data.size();
+  return absl::OkStatus();
+}
+
+absl::Status IncomingMessage::ReplaceWith(const std::string& new_path,
+                                          uint64_t new_size) {
+  if (::rename(new_path.c_str(), path_.c_str()) != 0) {
+    return Errno("rename " + new_path);
+  }
+  ::close(fd_);
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd_ < 0) return Errno("open " + path_);
+  size_ = new_size;
+  return absl::OkStatus();
+}
+
+absl::Status IncomingMessage::Commit(const v1::QueueEntry& entry) {
+  if (::fsync(fd_) != 0) return Errno("fsync " + path_);
+  ::close(fd_);
+  fd_ = -1;
+  std::string record;
+  entry.SerializeToString(&record);
+  const Spool spool(spool_dir_);
+  const std::string env = spool.EnvelopePath(entry.queue_id());
+  const std::string msg = spool.ContentPath(entry.queue_id());
+  // Content first, then the envelope record: recovery treats a message as
+  // committed only when its .env exists.
+  if (::rename(path_.c_str(), msg.c_str()) != 0) {
+    return Errno("rename " + path_);
+  }
+  path_ = msg;
+  // The envelope record's directory fsync also makes the content's new name
+  // durable. The old name in incoming/ needs no fsync: should it come back
+  // after a crash, Spool::Prepare unlinks it, and the committed name stays.
+  if (auto st = WriteFileDurably(env, record); !st.ok()) return st;
+  committed_ = true;
+  return absl::OkStatus();
+}
+
+}  // namespace sinkline::broker

@@ -1,0 +1,356 @@
+#include "sink_broker/session_stream.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/post.hpp>
+#include <deque>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "sink_broker/ids.h"
+#include "sink_broker/incoming.h"
+#include "sink_broker/trace.h"
+#include "sink_broker/verdict.h"
+#include "sinkline/common/metrics.h"
+
+namespace sinkline::broker {
+
+namespace asio = boost::asio;
+
+namespace {
+
+Counter& EventsCounter(v1::EventType type) {
+  return MetricsRegistry::Default().GetCounter("sinkline_broker_events_total",
+                                               "Events received from edges.",
+                                               {{"event", EventName(type)}});
+}
+
+}  // namespace
+
+class SessionReactor;
+
+class SessionState : public std::enable_shared_from_this<SessionState> {
+ public:
+  explicit SessionState(const SessionEnv* env)
+      : env_(env), strand_(asio::make_strand(*env->pool)) {}
+  ~SessionState() { DiscardIncoming(); }
+
+  Strand& strand() { return strand_; }
+
+  // All below run on the strand.
+  void Attach(SessionReactor* r) { reactor_ = r; }
+  void OnMessage(v1::SessionRequest req);
+  void OnReadEnd();
+  void OnWriteDone(bool ok);
+  void OnDone();
+  void Send(v1::SessionResponse resp);
+
+ private:
+  void ReadNext();
+  void OnData(const v1::DataChunk& chunk);
+  void HandleEvent(const v1::SessionRequest& req);
+  void HandleEod(v1::Event event);
+  // Opens the arriving message of transaction `tx` (its queue id, its trace
+  // header, its entry for operators).
+  void OpenIncoming(const std::string& tx);
+  // Content of a transaction that did not reach COMMIT goes.
+  void DiscardIncoming() {
+    if (incoming_) env_->chain.messages->Forget(ReceivingKey());
+    incoming_.reset();
+  }
+  std::string ReceivingKey() const {
+    return absl::StrCat(session_id_, "-", incoming_tx_);
+  }
+  void MaybeFinish();
+
+  const SessionEnv* const env_;
+  Strand strand_;
+  SessionReactor* reactor_ = nullptr;
+  std::deque<v1::SessionResponse> out_;
+  bool writing_ = false;
+  bool read_ended_ = false;
+  bool finished_ = false;
+  std::string session_id_;
+  std::unique_ptr<IncomingMessage> incoming_;
+  std::string incoming_tx_;
+  // The queue id of the message that arrives: chosen when its content
+  // starts (it is in the Received: header), given to the client at COMMIT.
+  std::string incoming_qid_;
+  v1::SessionInfo last_session_;
+  v1::Envelope last_envelope_;
+  absl::Status incoming_error_;
+};
+
+class SessionReactor
+    : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+ public:
+  explicit SessionReactor(const SessionEnv* env)
+      : state_(std::make_shared<SessionState>(env)), env_(env) {
+    auto state = state_;
+    env_->hub->Register(state);
+    asio::post(state->strand(), [state, this] {
+      state->Attach(this);
+      StartRead(&request_);
+    });
+  }
+
+  void OnReadDone(bool ok) override {
+    auto state = state_;
+    if (!ok) {
+      asio::post(state->strand(), [state] { state->OnReadEnd(); });
+      return;
+    }
+    asio::post(state->strand(), [state, req = std::move(request_)]() mutable {
+      state->OnMessage(std::move(req));
+    });
+  }
+  void ReadNext() { StartRead(&request_); }
+  void OnWriteDone(bool ok) override {
+    auto state = state_;
+    asio::post(state->strand(), [state, ok] { state->OnWriteDone(ok); });
+  }
+  void OnDone() override {
+    auto state = state_;
+    env_->hub->Unregister(state.get());
+    asio::post(state->strand(), [state, this] {
+      state->OnDone();
+      delete this;
+    });
+  }
+
+ private:
+  std::shared_ptr<SessionState> state_;
+  const SessionEnv* const env_;
+  v1::SessionRequest request_;
+};
+
+grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>*
+SessionService::Stream(grpc::CallbackServerContext* /*context*/) {
+  return new SessionReactor(env_);
+}
+
+void SessionHub::Register(const std::shared_ptr<SessionState>& s) {
+  absl::MutexLock lock(&mu_);
+  sessions_[s.get()] = s;
+}
+
+void SessionHub::Unregister(SessionState* s) {
+  absl::MutexLock lock(&mu_);
+  sessions_.erase(s);
+}
+
+size_t SessionHub::Broadcast(const v1::BindingMap& map) {
+  std::vector<std::shared_ptr<SessionState>> live;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [raw, weak] : sessions_) {
+      if (auto s = weak.lock()) live.push_back(std::move(s));
+    }
+  }
+  for (auto& s : live) {
+    asio::post(s->strand(), [s, map] {
+      v1::SessionResponse resp;
+      *resp.mutable_binding_map() = map;
+      s->Send(std::move(resp));
+    });
+  }
+  return live.size();
+}
+
+void SessionState::ReadNext() {
+  if (reactor_ && !read_ended_) reactor_->ReadNext();
+}
+
+void SessionState::Send(v1::SessionResponse resp) {
+  if (!reactor_ || finished_) return;
+  out_.push_back(std::move(resp));
+  if (!writing_) {
+    writing_ = true;
+    reactor_->StartWrite(&out_.front());
+  }
+}
+
+void SessionState::OnWriteDone(bool ok) {
+  writing_ = false;
+  if (!out_.empty()) out_.pop_front();
+  if (!ok) {
+    // The edge went away; reads end too (perhaps they already did, and
+    // waited for this write: the stream finishes now).
+    out_.clear();
+    MaybeFinish();
+    return;
+  }
+  if (!out_.empty() && reactor_ && !finished_) {
+    writing_ = true;
+    reactor_->StartWrite(&out_.front());
+    return;
+  }
+  MaybeFinish();
+}
+
+void SessionState::OnReadEnd() {
+  read_ended_ = true;
+  DiscardIncoming();
+  MaybeFinish();
+}
+
+void SessionState::MaybeFinish() {
+  if (read_ended_ && !writing_ && !finished_ && reactor_) {
+    finished_ = true;
+    reactor_->Finish(grpc::Status::OK);
+  }
+}
+
+void SessionState::OnDone() {
+  reactor_ = nullptr;
+  DiscardIncoming();
+}
+
+void SessionState::OnMessage(v1::SessionRequest req) {
+  switch (req.kind_case()) {
+    case v1::SessionRequest::kStart: {
+      session_id_ = req.start().session().session_id();
+      spdlog::debug("session {} from {}", session_id_,
+                    req.start().session().client().ip());
+      v1::SessionResponse resp;
+      *resp.mutable_binding_map() = env_->config()->MakeBindingMap();
+      Send(std::move(resp));
+      return ReadNext();
+    }
+    case v1::SessionRequest::kData:
+      OnData(req.data());
+      return ReadNext();
+    case v1::SessionRequest::kEvent:
+      return HandleEvent(req);
+    default:
+      return ReadNext();
+  }
+}
+
+void SessionState::OpenIncoming(const std::string& tx) {
+  DiscardIncoming();
+  incoming_error_ = absl::OkStatus();
+  incoming_tx_ = tx;
+  auto m = IncomingMessage::Create(env_->spool_dir,
+                                   absl::StrCat(session_id_, "-", tx));
+  if (!m.ok()) {
+    incoming_error_ = m.status();
+    return;
+  }
+  incoming_ = std::move(*m);
+  incoming_qid_ = NewQueueId();
+  if (env_->received_header) {
+    incoming_error_ = incoming_->Append(ReceivedHeader(
+        last_session_, last_envelope_, incoming_qid_, absl::Now()));
+  }
+  env_->chain.messages->Track(ReceivingKey(), v1::MESSAGE_STATE_RECEIVING,
+                              v1::Envelope(), 0,
+                              absl::StrCat("receiving in session ", session_id_,
+                                           ", transaction ", incoming_tx_));
+}
+
+void SessionState::OnData(const v1::DataChunk& chunk) {
+  if (!incoming_ || incoming_tx_ != chunk.transaction_id()) {
+    OpenIncoming(chunk.transaction_id());
+  }
+  if (incoming_ && incoming_error_.ok()) {
+    incoming_error_ = incoming_->Append(chunk.data());
+  }
+}
+
+void SessionState::HandleEvent(const v1::SessionRequest& req) {
+  const v1::Event& event = req.event();
+  last_session_ = event.session();
+  last_envelope_ = event.envelope();
+  EventsCounter(event.type()).Inc();
+  switch (event.type()) {
+    case v1::EVENT_TYPE_MAIL:
+    case v1::EVENT_TYPE_RSET:
+    case v1::EVENT_TYPE_QUIT:
+    case v1::EVENT_TYPE_DISCONNECT:
+    case v1::EVENT_TYPE_HELO:
+    case v1::EVENT_TYPE_EHLO:
+      DiscardIncoming();
+      break;
+    default:
+      break;
+  }
+  if (req.notify_only()) return ReadNext();
+  if (event.type() == v1::EVENT_TYPE_EOD) return HandleEod(event);
+
+  auto run =
+      std::make_shared<ChainRun>(env_->chain, strand_, env_->config(), event);
+  auto self = shared_from_this();
+  run->Run(
+      /*native=*/nullptr, /*after_native=*/nullptr, [self](ChainRun& r) {
+        v1::SessionResponse resp;
+        auto* result = resp.mutable_result();
+        result->set_sequence(r.event().sequence());
+        *result->mutable_reply() = r.reply();
+        result->set_close_session(r.close_session());
+        if (r.envelope_changed()) *result->mutable_envelope() = r.envelope();
+        self->Send(std::move(resp));
+        self->ReadNext();
+      });
+}
+
+void SessionState::HandleEod(v1::Event event) {
+  auto self = shared_from_this();
+  if (!incoming_ || incoming_tx_ != event.transaction_id()) {
+    // No content arrived (an empty message): spool an empty file.
+    OpenIncoming(event.transaction_id());
+  }
+  if (!incoming_error_.ok()) {
+    spdlog::error("session {}: spool failed: {}", session_id_,
+                  incoming_error_.ToString());
+    v1::SessionResponse resp;
+    resp.mutable_result()->set_sequence(event.sequence());
+    *resp.mutable_result()->mutable_reply() = MakeReply(
+        451, "4.3.0", "Error: queue file write error, try again later");
+    DiscardIncoming();
+    Send(std::move(resp));
+    return ReadNext();
+  }
+
+  // The message now belongs to this run, which outlives the session.
+  std::shared_ptr<IncomingMessage> message = std::move(incoming_);
+  auto run = std::make_shared<ChainRun>(env_->chain, strand_, env_->config(),
+                                        std::move(event));
+  auto committed = std::make_shared<v1::QueueEntry>();
+  // Edits are published by leases (commit.h).
+  auto holder = std::make_shared<std::weak_ptr<MessageRecord>>();
+  auto record = std::make_shared<MessageRecord>(message->path(),
+                                                ArrivingEdits(message, holder));
+  *holder = record;
+  record->set_envelope(run->event().envelope());
+  run->message = record;
+
+  const SessionEnv* env = env_;
+  auto native = [env, message, committed, record,
+                 qid = incoming_qid_](ChainRun& r) {
+    return CommitMessage(env->commit, qid, *message, *record, r, *committed);
+  };
+  // The client gets its reply as soon as COMMIT (or a refusal) settled it;
+  // sinks after COMMIT run after that.
+  auto after_native = [self](ChainRun& r) {
+    v1::SessionResponse resp;
+    auto* result = resp.mutable_result();
+    result->set_sequence(r.event().sequence());
+    *result->mutable_reply() = r.reply();
+    result->set_close_session(r.close_session());
+    result->set_queue_id(r.event().queue_id());
+    self->Send(std::move(resp));
+    self->ReadNext();
+  };
+  run->Run(native, after_native,
+           [env, committed, record, key = ReceivingKey()](ChainRun& r) {
+             if (committed->queue_id().empty()) {  // refused before COMMIT
+               env->chain.messages->Forget(key);
+               return;
+             }
+             env->submitter->ChainOver(committed, record,
+                                       r.quarantine_reason());
+           });
+}
+
+}  // namespace sinkline::broker
