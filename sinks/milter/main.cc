@@ -24,9 +24,10 @@ ABSL_FLAG(absl::Duration, eom_timeout, absl::Seconds(30),
           "pushes it out within the lease's maximum)");
 ABSL_FLAG(absl::Duration, progress_extend, absl::Seconds(30),
           "how much each SMFIR_PROGRESS renews the lease");
-ABSL_FLAG(int, pool_idle, 8,
-          "idle milter connections kept for reuse (0: one connection per "
-          "session)");
+ABSL_FLAG(int, pool_idle, 0,
+          "idle milter connections kept for reuse with SMFIC_QUIT_NC (0: a "
+          "new connection per SMTP session, ended with SMFIC_QUIT; libmilter "
+          "8.17 as Debian 12 ships it does not answer after QUIT_NC)");
 ABSL_FLAG(int, max_packet, 1024 * 1024 + 64,
           "largest packet accepted from the milter, in octets");
 ABSL_FLAG(absl::Duration, session_idle, absl::Minutes(10),

@@ -68,7 +68,7 @@ struct PoolOptions {
   size_t max_packet = kDefaultMaxPacket;
   // Idle connections kept after a session ended with SMFIC_QUIT_NC; 0 closes
   // each connection after its session (SMFIC_QUIT).
-  size_t max_idle = 8;
+  size_t max_idle = 0;
   Options offer;
 };
 
