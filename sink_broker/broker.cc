@@ -23,6 +23,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "affinity.h"
 #include "google/protobuf/util/time_util.h"
 #include "message_edit.h"
 #include "sinkline/common/metrics.h"
@@ -450,7 +451,10 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
       return Finished(call, grpc::Status(grpc::StatusCode::NOT_FOUND,
                                          "no such sink " + spec.sink()));
     }
-    auto stub = broker_->channels().Stub(sink->target);
+    auto stub = broker_->channels().Stub(
+        spec.session_affinity()
+            ? AffinityTarget(sink->target, event_.session().session_id())
+            : sink->target);
     auto self = shared_from_this();
     stub->async()->OnEvent(&call->context, &call->request, &call->verdict,
                            [self, call](grpc::Status status) {

@@ -185,7 +185,7 @@ absl::StatusOr<StepResult> CatchUp(
       if (auto st = m.Abort(); !st.ok()) return st;
     }
     state.transaction = event.transaction_id();
-    state.rcpts_sent = 0;
+    state.rcpts_sent.clear();
     state.discard = false;
     auto o = m.Mail(event.envelope().mail_from(),
                     EsmtpArgs(event.envelope().mail_params()),
@@ -196,30 +196,33 @@ absl::StatusOr<StepResult> CatchUp(
   if (type == v1::EVENT_TYPE_MAIL) return result;
   // Recipients accepted already that the milter has not seen.
   const auto& rcpts = event.envelope().recipients();
-  for (int i = static_cast<int>(state.rcpts_sent); i < rcpts.size(); ++i) {
+  for (const auto& rcpt : rcpts) {
+    if (!state.rcpts_sent.insert(absl::AsciiStrToLower(rcpt.address()))
+             .second) {
+      continue;
+    }
     v1::Event e = event;
     e.set_type(v1::EVENT_TYPE_RCPT);
-    *e.mutable_recipient() = rcpts[i];
-    auto o = m.Rcpt(rcpts[i].address(), EsmtpArgs(rcpts[i].params()),
+    *e.mutable_recipient() = rcpt;
+    auto o = m.Rcpt(rcpt.address(), EsmtpArgs(rcpt.params()),
                     MacrosFor(Stage::kRcpt, e, macros, m));
     if (!o.ok()) return o.status();
-    state.rcpts_sent = static_cast<size_t>(i) + 1;
     if (!IsContinue(*o)) {
       if (o->final.kind == Reply::Kind::kDiscard) {
         state.discard = true;
         continue;
       }
-      result.refused_recipients.push_back(rcpts[i].address());
+      result.refused_recipients.push_back(rcpt.address());
       result.last_refusal = o->final;
     }
   }
   if (type == v1::EVENT_TYPE_RCPT) {
+    state.rcpts_sent.insert(absl::AsciiStrToLower(event.recipient().address()));
     auto o = m.Rcpt(event.recipient().address(),
                     EsmtpArgs(event.recipient().params()),
                     MacrosFor(Stage::kRcpt, event, macros, m));
     if (!o.ok()) return o.status();
     if (!IsContinue(*o)) return stop(Step::kRcpt, *o);
-    // Counted once the edge accepts it; the EOD event lists it then.
     return result;
   }
   if (type != v1::EVENT_TYPE_EOD) return result;

@@ -9,6 +9,7 @@
 #include <array>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -63,7 +64,8 @@ struct SessionState {
   bool helo_sent = false;
   std::string helo;
   std::string transaction;  // transaction id of the MAIL sent
-  size_t rcpts_sent = 0;
+  // Recipients of this transaction the milter was sent (lower-cased).
+  std::set<std::string> rcpts_sent;
   bool discard = false;  // the milter asked to discard this transaction
   Clock::time_point last_used = Clock::now();
 };

@@ -135,7 +135,7 @@ void MilterSink::Handle(sdk::EventContext& ctx) {
     state->connected = false;
     state->helo_sent = false;
     state->transaction.clear();
-    state->rcpts_sent = 0;
+    state->rcpts_sent.clear();
     throw;
   }
 }
@@ -179,7 +179,7 @@ void MilterSink::Run(SessionState& state, sdk::EventContext& ctx) {
       state.connected = false;
       state.helo_sent = false;
       state.transaction.clear();
-      state.rcpts_sent = 0;
+      state.rcpts_sent.clear();
     }
     const bool reused = fresh && attempt == 0 && state.milter->reused();
     auto result =
