@@ -148,6 +148,13 @@ worker "rspamd_proxy" {{
     upstream "local" {{ default = yes; self_scan = yes; }}
 }}
 """)
+    # The headers an operator sees (rspamd skips them for local clients,
+    # and every test client is local).
+    with open(os.path.join(d, "local.d", "milter_headers.conf"), "w") as f:
+        f.write('extended_spam_headers = true;\nskip_local = false;\n'
+                'skip_authenticated = false;\n'
+                'use = ["x-spamd-result", "x-rspamd-server", '
+                '"x-rspamd-queue-id", "x-rspamd-action"];\n')
     # Nothing that needs Redis or the network.
     with open(os.path.join(d, "local.d", "redis.conf"), "w") as f:
         f.write("enabled = false;\n")
