@@ -58,7 +58,9 @@ TEST(Affinity, OneStableReplicaPerSession) {
   for (int i = 0; i < 1000; ++i) {
     const std::string id = absl::StrCat("session-", i);
     const std::string before = PickReplica(r, id);
-    if (before != r[2]) EXPECT_EQ(PickReplica(two, id), before) << id;
+    if (before != r[2]) {
+      EXPECT_EQ(PickReplica(two, id), before) << id;
+    }
   }
 }
 
