@@ -15,6 +15,9 @@ packages=(
   # tests and first steps
   python3 python3-grpcio python3-protobuf python3-aiosmtpd swaks
   python3-dkim python3-nacl
+  # real milters behind sinkline-sink-milter (private instances under each
+  # test's directory; the system services are not set up)
+  opendkim opendkim-tools rspamd python3-milter
   # Postfix as a client of the edge and as the relay's next hop (private
   # instances under each test's directory; the system one is not set up)
   postfix

@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "sink_broker/affinity.h"
 #include "sink_broker/message_edit.h"
 #include "sink_broker/verdict.h"
 #include "sinkline/common/metrics.h"

@@ -192,11 +192,14 @@ class Stack:
         self.sinks[name] = self._add(p)
         return p
 
-    def write_config(self, bindings):
-        """bindings: list of dicts (YAML keys); sinks come from started ones."""
+    def write_config(self, bindings, targets=None):
+        """bindings: list of dicts (YAML keys); sinks come from started ones,
+        and from `targets` (sink name -> gRPC target) when given."""
         lines = ["sinks:"]
         for name, p in self.sinks.items():
             lines += [f"  - name: {name}", f"    target: 127.0.0.1:{p.port}"]
+        for name, target in (targets or {}).items():
+            lines += [f"  - name: {name}", f"    target: {target}"]
         lines.append("bindings:" if bindings else "bindings: []")
         for b in bindings:
             first = True

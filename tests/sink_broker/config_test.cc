@@ -56,6 +56,34 @@ TEST(Config, ParsesAndOrdersByPriorityThenName) {
   EXPECT_TRUE(chain[0]->spec.enabled());
 }
 
+TEST(Config, SessionAffinity) {
+  auto c = ParseConfig(R"(
+sinks:
+  - name: milter
+    target: ipv4:127.0.0.1:7001,127.0.0.1:7002
+bindings:
+  - name: milter-rcpt
+    sink: milter
+    event: RCPT
+    session_affinity: true
+  - name: milter-eod
+    sink: milter
+    event: EOD
+)",
+                       "b.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->bindings.size(), 2u);
+  for (const auto& b : c->bindings) {
+    EXPECT_EQ(b.spec.session_affinity(), b.spec.name() == "milter-rcpt");
+  }
+  EXPECT_FALSE(ParseConfig(R"(
+sinks: [{name: m, target: "127.0.0.1:1"}]
+bindings: [{name: b, sink: m, event: RCPT, session_affinity: maybe}]
+)",
+                           "b.yaml")
+                   .ok());
+}
+
 TEST(Config, DefaultPriorityIsNative) {
   auto c = ParseConfig(kGood, "b.yaml");
   ASSERT_TRUE(c.ok());

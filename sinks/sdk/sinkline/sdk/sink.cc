@@ -116,6 +116,13 @@ void EventContext::AddRecipient(absl::string_view address) {
       std::string(address));
 }
 
+void EventContext::AddRecipient(absl::string_view address,
+                                const std::vector<v1::EsmtpParam>& params) {
+  v1::Recipient* r = verdict_.add_envelope_edits()->mutable_add_recipient();
+  r->set_address(std::string(address));
+  for (const auto& p : params) *r->add_params() = p;
+}
+
 void EventContext::RemoveRecipient(absl::string_view address) {
   verdict_.add_envelope_edits()->set_remove_recipient(std::string(address));
 }

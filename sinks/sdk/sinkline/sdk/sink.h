@@ -80,6 +80,9 @@ class EventContext {
   // Envelope edits.
   void SetSender(absl::string_view mail_from);
   void AddRecipient(absl::string_view address);
+  // With RCPT parameters (NOTIFY, ORCPT, ...).
+  void AddRecipient(absl::string_view address,
+                    const std::vector<v1::EsmtpParam>& params);
   void RemoveRecipient(absl::string_view address);
 
   // Keep the lease after answering; release it later through the broker's
