@@ -15,12 +15,10 @@
 #include "sink_broker/smtp_relay.h"
 #include "sink_broker/spool.h"
 #include "sinkline/common/file_stamp.h"
-#include "sinkline/common/flags.h"
 #include "sinkline/common/grpc_security.h"
 #include "sinkline/common/grpc_server.h"
-#include "sinkline/common/logging.h"
-#include "sinkline/common/metrics_http.h"
 #include "sinkline/common/port_file.h"
+#include "sinkline/common/process.h"
 #include "sinkline/common/shutdown.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7000",
@@ -67,10 +65,6 @@ ABSL_FLAG(int, lease_max_ms, 600000,
           "how far renewals can push a lease, from its grant");
 ABSL_FLAG(int, config_poll_ms, 1000,
           "check the bindings file for changes this often (0: SIGHUP only)");
-ABSL_FLAG(std::string, metrics_listen, "",
-          "serve Prometheus metrics over HTTP on this address (off if empty)");
-ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
-ABSL_FLAG(bool, log_json, false, "log one JSON object per line");
 ABSL_FLAG(int, spool_scan_interval_ms, 5000,
           "how often the spool is measured for sinkline_broker_spool_bytes "
           "and _messages (0: never)");
@@ -82,16 +76,11 @@ ABSL_FLAG(int, shutdown_grace_s, 25,
 namespace sb = sinkline::broker;
 
 int main(int argc, char** argv) {
-  sinkline::ParseFlags(argc, argv);
-  sinkline::BlockShutdownSignals();
-  sinkline::InitLogging("broker", absl::GetFlag(FLAGS_log_level),
-                        absl::GetFlag(FLAGS_log_json));
+  sinkline::InitProcess(argc, argv, "broker");
   const std::string config_path = absl::GetFlag(FLAGS_config);
   sb::BrokerOptions opts;
-  if (auto st = sinkline::LoadGrpcTls(); !st.ok()) {
-    spdlog::critical("{}", st.ToString());
-    return 2;
-  }
+  sinkline::ProcessServices process;
+  if (const int rc = sinkline::StartProcess(process); rc != 0) return rc;
   if (auto guard = sinkline::AdminGuard::FromFlags(); !guard.ok()) {
     spdlog::critical("{}", guard.status().ToString());
     return 2;
@@ -165,18 +154,6 @@ int main(int argc, char** argv) {
   opts.lease_max = std::chrono::milliseconds(absl::GetFlag(FLAGS_lease_max_ms));
   opts.chain_deadline =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_chain_deadline_ms));
-
-  std::unique_ptr<sinkline::MetricsHttpServer> metrics;
-  if (const auto addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
-    auto m = sinkline::MetricsHttpServer::Start(
-        addr, &sinkline::MetricsRegistry::Default());
-    if (!m.ok()) {
-      spdlog::critical("{}", m.status().ToString());
-      return 1;
-    }
-    metrics = std::move(*m);
-    spdlog::info("metrics on port {}", metrics->port());
-  }
 
   // The content endpoint needs the bound port, and the services need the
   // broker: build the broker first with a placeholder, then fix it up.

@@ -1,9 +1,5 @@
 #include "sink_broker/rule.h"
 
-#include <arpa/inet.h>
-
-#include <cstring>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -22,33 +18,6 @@ absl::Status RuleError(size_t pos, absl::string_view what) {
 void Trim(absl::string_view s, size_t& begin, size_t& end) {
   while (begin < end && absl::ascii_isspace(s[begin])) ++begin;
   while (end > begin && absl::ascii_isspace(s[end - 1])) --end;
-}
-
-bool ParseIp(absl::string_view text, unsigned char out[16]) {
-  std::string s(text);
-  in6_addr a6;
-  if (inet_pton(AF_INET6, s.c_str(), &a6) == 1) {
-    std::memcpy(out, &a6, 16);
-    return true;
-  }
-  in_addr a4;
-  if (inet_pton(AF_INET, s.c_str(), &a4) == 1) {
-    std::memset(out, 0, 10);
-    out[10] = out[11] = 0xff;
-    std::memcpy(out + 12, &a4, 4);
-    return true;
-  }
-  return false;
-}
-
-bool InBlock(const Rule::Cidr& block, const unsigned char addr[16]) {
-  int bits = block.prefix;
-  for (int i = 0; i < 16 && bits > 0; ++i, bits -= 8) {
-    unsigned char mask =
-        bits >= 8 ? 0xff : static_cast<unsigned char>(0xff << (8 - bits));
-    if ((addr[i] & mask) != (block.addr[i] & mask)) return false;
-  }
-  return true;
 }
 
 }  // namespace
@@ -139,27 +108,12 @@ absl::StatusOr<Rule> Rule::Parse(absl::string_view text) {
       if (pb == pe) return RuleError(b + pb, "empty value");
       absl::string_view value = seg.substr(pb, pe - pb);
       if (cond.key == Key::kClient) {
-        Cidr block;
-        absl::string_view ip = value;
-        size_t slash = value.find('/');
-        int max_prefix = 128;
-        if (slash != absl::string_view::npos) ip = value.substr(0, slash);
-        if (!ParseIp(ip, block.addr)) {
-          return RuleError(b + pb,
-                           absl::StrCat("'", ip, "' is not an IP address"));
+        size_t error_at = 0;
+        auto block = sinkline::Cidr::Parse(value, &error_at);
+        if (!block.ok()) {
+          return RuleError(b + pb + error_at, block.status().message());
         }
-        const bool v4 = ip.find(':') == absl::string_view::npos;
-        if (v4) max_prefix = 32;
-        int prefix = max_prefix;
-        if (slash != absl::string_view::npos &&
-            (!absl::SimpleAtoi(value.substr(slash + 1), &prefix) ||
-             prefix < 0 || prefix > max_prefix)) {
-          return RuleError(
-              b + pb + slash + 1,
-              absl::StrCat("prefix length must be 0..", max_prefix));
-        }
-        block.prefix = v4 ? prefix + 96 : prefix;
-        cond.blocks.push_back(block);
+        cond.blocks.push_back(*block);
       } else {
         cond.patterns.push_back(absl::AsciiStrToLower(value));
       }
@@ -210,18 +164,9 @@ bool Rule::Matches(const sinkline::v1::Event& event) const {
         hit = !event.session().auth_identity().empty() &&
               AnyPattern(c, event.session().auth_identity());
         break;
-      case Key::kClient: {
-        unsigned char addr[16];
-        if (ParseIp(event.session().client().ip(), addr)) {
-          for (const auto& block : c.blocks) {
-            if (InBlock(block, addr)) {
-              hit = true;
-              break;
-            }
-          }
-        }
+      case Key::kClient:
+        hit = sinkline::InNetworks(c.blocks, event.session().client().ip());
         break;
-      }
     }
     if (hit == c.negated) return false;
   }

@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "sinkline/common/cidr.h"
 #include "sinkline/v1/types.pb.h"
 
 namespace sinkline::broker {
@@ -37,17 +38,11 @@ class Rule {
 
   enum class Key { kMailFrom, kRcptTo, kHelo, kClient, kAuth };
 
-  // An IP block; IPv4 is kept as IPv4-mapped IPv6.
-  struct Cidr {
-    unsigned char addr[16] = {};
-    int prefix = 128;
-  };
-
   struct Condition {
     Key key;
     bool negated = false;
-    std::vector<std::string> patterns;  // lower-cased; kClient: unused
-    std::vector<Cidr> blocks;           // kClient only
+    std::vector<std::string> patterns;   // lower-cased; kClient: unused
+    std::vector<sinkline::Cidr> blocks;  // kClient only
   };
 
  private:

@@ -1,7 +1,8 @@
-#include "admin_service.h"
+#include "smtp_edge/admin_service.h"
 
 #include <spdlog/spdlog.h>
 
+#include "sinkline/common/counters.h"
 #include "sinkline/common/metrics.h"
 
 namespace sinkline::edge {
@@ -29,11 +30,7 @@ grpc::ServerUnaryReactor* EdgeAdminService::GetCounters(
     grpc::CallbackServerContext* ctx, const v1::GetCountersRequest*,
     v1::GetCountersResponse* resp) {
   if (auto st = guard_.Check(*ctx); !st.ok()) return Finish(ctx, st);
-  for (const auto& [name, value] : MetricsRegistry::Default().Values()) {
-    auto* c = resp->add_counters();
-    c->set_name(name);
-    c->set_value(value < 0 ? 0 : static_cast<uint64_t>(value));
-  }
+  FillCounters(MetricsRegistry::Default(), *resp);
   return Finish(ctx, grpc::Status::OK);
 }
 

@@ -6,9 +6,9 @@
 #include <chrono>
 #include <functional>
 
-#include "server.h"
 #include "sinkline/common/grpc_security.h"
 #include "sinkline/v1/admin.grpc.pb.h"
+#include "smtp_edge/server.h"
 
 namespace sinkline::edge {
 

@@ -1,4 +1,4 @@
-#include "broker_client.h"
+#include "smtp_edge/broker_client.h"
 
 #include "sinkline/common/grpc_security.h"
 

@@ -12,16 +12,14 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "admin_service.h"
-#include "broker_client.h"
-#include "server.h"
-#include "sinkline/common/flags.h"
 #include "sinkline/common/grpc_security.h"
 #include "sinkline/common/grpc_server.h"
-#include "sinkline/common/logging.h"
-#include "sinkline/common/metrics_http.h"
 #include "sinkline/common/port_file.h"
+#include "sinkline/common/process.h"
 #include "sinkline/common/shutdown.h"
+#include "smtp_edge/admin_service.h"
+#include "smtp_edge/broker_client.h"
+#include "smtp_edge/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:2525",
           "SMTP address, host:port or [v6]:port (port 0 picks one)");
@@ -92,26 +90,16 @@ ABSL_FLAG(std::vector<std::string>, proxy_trusted, {},
           "comma-separated CIDR blocks of the proxies; with "
           "--proxy-protocol, any other peer is refused");
 ABSL_FLAG(int, threads, 2, "I/O threads");
-ABSL_FLAG(std::string, metrics_listen, "",
-          "serve Prometheus metrics over HTTP on this address (off if empty)");
 ABSL_FLAG(std::string, admin_listen, "",
           "serve the EdgeAdmin gRPC service (sessions, counters, drain) with "
           "health and reflection on this address; off if empty");
 ABSL_FLAG(std::string, admin_port_file, "",
           "write the bound EdgeAdmin port to this file");
-ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
-ABSL_FLAG(bool, log_json, false, "log one JSON object per line");
 
 int main(int argc, char** argv) {
-  sinkline::ParseFlags(argc, argv);
-  sinkline::BlockShutdownSignals();
-  sinkline::InitLogging("edge", absl::GetFlag(FLAGS_log_level),
-                        absl::GetFlag(FLAGS_log_json));
-
-  if (auto st = sinkline::LoadGrpcTls(); !st.ok()) {
-    spdlog::critical("{}", st.ToString());
-    return 2;
-  }
+  sinkline::InitProcess(argc, argv, "edge");
+  sinkline::ProcessServices process;
+  if (const int rc = sinkline::StartProcess(process); rc != 0) return rc;
   sinkline::edge::EdgeOptions opts;
   opts.hostname = absl::GetFlag(FLAGS_hostname);
   if (opts.hostname.empty()) {
@@ -166,18 +154,6 @@ int main(int argc, char** argv) {
     return 1;
   }
   opts.proxy_trusted = absl::GetFlag(FLAGS_proxy_trusted);
-
-  std::unique_ptr<sinkline::MetricsHttpServer> metrics;
-  if (const auto addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
-    auto m = sinkline::MetricsHttpServer::Start(
-        addr, &sinkline::MetricsRegistry::Default());
-    if (!m.ok()) {
-      spdlog::critical("{}", m.status().ToString());
-      return 1;
-    }
-    metrics = std::move(*m);
-    spdlog::info("metrics on port {}", metrics->port());
-  }
 
   boost::asio::io_context io;
   auto work = boost::asio::make_work_guard(io);

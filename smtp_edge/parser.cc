@@ -1,4 +1,4 @@
-#include "parser.h"
+#include "smtp_edge/parser.h"
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"

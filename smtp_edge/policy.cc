@@ -1,14 +1,12 @@
-#include "policy.h"
+#include "smtp_edge/policy.h"
 
 #include <crypt.h>
 
-#include <boost/asio/ip/address.hpp>
 #include <fstream>
 #include <memory>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
@@ -31,22 +29,6 @@ bool SameBytes(absl::string_view a, absl::string_view b) {
 constexpr char kDummyHash[] =
     "$6$sinklinedummy$pDMweAnbXLOv/fl7Qlotp/ZsY41yerdMZiXqbGLYpszLuoTvsyrcRiIQ."
     "W0aFdpC1/QJlaJhJy.I3XNj8E2dT1";
-
-absl::StatusOr<std::vector<unsigned char>> IpBytes(absl::string_view text) {
-  boost::system::error_code ec;
-  auto addr = boost::asio::ip::make_address(std::string(text), ec);
-  if (ec) return absl::InvalidArgumentError(absl::StrCat("bad address ", text));
-  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
-    addr = boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped,
-                                            addr.to_v6());
-  }
-  if (addr.is_v4()) {
-    auto b = addr.to_v4().to_bytes();
-    return std::vector<unsigned char>(b.begin(), b.end());
-  }
-  auto b = addr.to_v6().to_bytes();
-  return std::vector<unsigned char>(b.begin(), b.end());
-}
 
 }  // namespace
 
@@ -99,55 +81,6 @@ bool Credentials::Check(absl::string_view user,
   // crypt_r fails with a string starting with '*' (or NULL).
   const bool match = out != nullptr && out[0] != '*' && SameBytes(out, hash);
   return match && it != users_.end();
-}
-
-absl::StatusOr<Cidr> Cidr::Parse(absl::string_view text) {
-  text = absl::StripAsciiWhitespace(text);
-  const size_t slash = text.find('/');
-  auto bytes = IpBytes(text.substr(0, slash));
-  if (!bytes.ok()) return bytes.status();
-  Cidr c;
-  c.bytes = std::move(*bytes);
-  c.prefix = static_cast<int>(c.bytes.size() * 8);
-  if (slash != absl::string_view::npos) {
-    int prefix = -1;
-    if (!absl::SimpleAtoi(text.substr(slash + 1), &prefix) || prefix < 0 ||
-        prefix > c.prefix) {
-      return absl::InvalidArgumentError(absl::StrCat("bad prefix in ", text));
-    }
-    c.prefix = prefix;
-  }
-  return c;
-}
-
-bool Cidr::Contains(absl::string_view ip) const {
-  auto b = IpBytes(ip);
-  if (!b.ok() || b->size() != bytes.size()) return false;
-  int bits = prefix;
-  for (size_t i = 0; i < bytes.size() && bits > 0; ++i, bits -= 8) {
-    const unsigned mask = bits >= 8 ? 0xffu : (0xffu << (8 - bits)) & 0xffu;
-    if (((*b)[i] & mask) != (bytes[i] & mask)) return false;
-  }
-  return true;
-}
-
-absl::StatusOr<std::vector<Cidr>> ParseNetworks(
-    const std::vector<std::string>& blocks) {
-  std::vector<Cidr> out;
-  for (const auto& b : blocks) {
-    if (absl::StripAsciiWhitespace(b).empty()) continue;
-    auto c = Cidr::Parse(b);
-    if (!c.ok()) return c.status();
-    out.push_back(std::move(*c));
-  }
-  return out;
-}
-
-bool InNetworks(const std::vector<Cidr>& networks, absl::string_view ip) {
-  for (const auto& n : networks) {
-    if (n.Contains(ip)) return true;
-  }
-  return false;
 }
 
 std::string MailboxDomain(absl::string_view address) {

@@ -1,6 +1,6 @@
 // Who may do what on the edge, with no I/O at check time: the credentials
-// file for AUTH (crypt(3) hashes), trusted networks (CIDR blocks) and the
-// accepted domains for relay control.
+// file for AUTH (crypt(3) hashes) and the accepted domains for relay
+// control. Trusted networks are sinkline::Cidr blocks (common/cidr.h).
 #pragma once
 
 #include <map>
@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "sinkline/common/cidr.h"
 
 namespace sinkline::edge {
 
@@ -28,21 +29,6 @@ class Credentials {
  private:
   std::map<std::string, std::string> users_;
 };
-
-// One CIDR block, IPv4 or IPv6 ("10.0.0.0/8", "::1/128"; a bare address is
-// a single host).
-struct Cidr {
-  std::vector<unsigned char> bytes;  // 4 or 16
-  int prefix = 0;
-
-  static absl::StatusOr<Cidr> Parse(absl::string_view text);
-  // `ip` in text form; an IPv4-mapped IPv6 address matches IPv4 blocks.
-  bool Contains(absl::string_view ip) const;
-};
-
-absl::StatusOr<std::vector<Cidr>> ParseNetworks(
-    const std::vector<std::string>& blocks);
-bool InNetworks(const std::vector<Cidr>& networks, absl::string_view ip);
 
 // The domain of a mailbox, lower-cased ("" when it has no '@').
 std::string MailboxDomain(absl::string_view address);

@@ -1,4 +1,4 @@
-#include "proxy_protocol.h"
+#include "smtp_edge/proxy_protocol.h"
 
 #include <arpa/inet.h>
 

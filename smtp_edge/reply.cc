@@ -1,4 +1,4 @@
-#include "reply.h"
+#include "smtp_edge/reply.h"
 
 #include "absl/strings/str_cat.h"
 

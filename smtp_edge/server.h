@@ -1,11 +1,12 @@
-// The Asio side of the edge: the server accepts and tracks connections; each
-// connection only moves bytes between its socket, its Session and its
-// broker stream.
+// The Asio side of the edge: the server accepts connections, admits them
+// within the session limits and tracks them; each connection (connection.h)
+// only moves bytes between its socket, its Session and its broker stream.
 #pragma once
+
+#include <grpcpp/channel.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/ssl/context.hpp>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -15,11 +16,12 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "policy.h"
-#include "proxy_protocol.h"
-#include "session.h"
 #include "sinkline/v1/admin.pb.h"
 #include "sinkline/v1/session.grpc.pb.h"
+#include "smtp_edge/policy.h"
+#include "smtp_edge/proxy_protocol.h"
+#include "smtp_edge/session.h"
+#include "smtp_edge/tls_context.h"
 
 namespace sinkline::edge {
 
@@ -109,8 +111,7 @@ class Server {
   // The TLS context for a new handshake (null without STARTTLS); the caller
   // keeps it for the session's lifetime.
   std::shared_ptr<boost::asio::ssl::context> tls_context() const {
-    absl::MutexLock lock(&tls_mu_);
-    return tls_;
+    return tls_ == nullptr ? nullptr : tls_->current();
   }
   // A peer allowed to send a PROXY header.
   bool TrustedProxy(const std::string& ip) const {
@@ -123,10 +124,8 @@ class Server {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::SessionService::Stub> stub_;
   boost::asio::ip::tcp::acceptor acceptor_;
-  mutable absl::Mutex tls_mu_;
-  std::shared_ptr<boost::asio::ssl::context> tls_ ABSL_GUARDED_BY(tls_mu_);
-  // What the certificate and key files were when they were last loaded.
-  std::string tls_files_stamp_ ABSL_GUARDED_BY(tls_mu_);
+  // The STARTTLS certificate; null without --tls-cert.
+  const std::unique_ptr<TlsContext> tls_;
   std::optional<Credentials> credentials_;
   std::vector<std::string> accepted_domains_;
   std::vector<Cidr> trusted_;

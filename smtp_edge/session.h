@@ -10,10 +10,10 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
-#include "parser.h"
-#include "policy.h"
-#include "reply.h"
 #include "sinkline/v1/session.pb.h"
+#include "smtp_edge/parser.h"
+#include "smtp_edge/policy.h"
+#include "smtp_edge/reply.h"
 
 namespace sinkline::edge {
 

@@ -1,4 +1,4 @@
-#include "archive_sink.h"
+#include "sinks/archive/archive_sink.h"
 
 #include <fcntl.h>
 #include <google/protobuf/util/json_util.h>

@@ -7,7 +7,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/time/time.h"
-#include "archive_sink.h"
+#include "sinks/archive/archive_sink.h"
 
 ABSL_FLAG(std::string, archive_dir, "", "directory that receives the copies");
 ABSL_FLAG(int, copy_threads, 4, "threads that copy messages");

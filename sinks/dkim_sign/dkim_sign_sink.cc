@@ -1,4 +1,4 @@
-#include "dkim_sign_sink.h"
+#include "sinks/dkim_sign/dkim_sign_sink.h"
 
 #include <spdlog/spdlog.h>
 

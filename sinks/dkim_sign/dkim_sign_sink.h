@@ -18,8 +18,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "dkim_signer.h"
 #include "sinkline/sdk/sink.h"
+#include "sinks/dkim_sign/dkim_signer.h"
 
 namespace sinkline::sinks {
 

@@ -1,4 +1,4 @@
-#include "dkim_signer.h"
+#include "sinks/dkim_sign/dkim_signer.h"
 
 #include <openssl/bio.h>
 #include <openssl/evp.h>

@@ -9,7 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
-#include "dkim_sign_sink.h"
+#include "sinks/dkim_sign/dkim_sign_sink.h"
 
 ABSL_FLAG(std::string, keys, "",
           "YAML file: domains → selector, algorithm, PEM key path");

@@ -1,4 +1,4 @@
-#include "greylist.h"
+#include "sinks/greylist/greylist.h"
 
 #include <arpa/inet.h>
 #include <spdlog/spdlog.h>

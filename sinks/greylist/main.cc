@@ -6,7 +6,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/time/time.h"
-#include "greylist.h"
+#include "sinks/greylist/greylist.h"
 
 ABSL_FLAG(absl::Duration, delay, absl::Seconds(300),
           "how long a new triplet is refused (e.g. 300s, 5m)");

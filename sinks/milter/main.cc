@@ -6,7 +6,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/time/time.h"
-#include "milter_sink.h"
+#include "sinks/milter/milter_sink.h"
 
 ABSL_FLAG(std::string, milter, "",
           "the milter: inet:host:port, inet:port@host or unix:/path");

@@ -1,4 +1,4 @@
-#include "milter_codec.h"
+#include "sinks/milter/milter_codec.h"
 
 #include <cstring>
 

@@ -1,4 +1,4 @@
-#include "milter_connection.h"
+#include "sinks/milter/milter_connection.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

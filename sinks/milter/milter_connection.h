@@ -12,7 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "milter_codec.h"
+#include "sinks/milter/milter_codec.h"
 
 namespace sinkline::milter {
 

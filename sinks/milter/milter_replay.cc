@@ -1,4 +1,4 @@
-#include "milter_replay.h"
+#include "sinks/milter/milter_replay.h"
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"

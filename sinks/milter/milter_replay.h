@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "milter_session.h"
 #include "sinkline/sdk/sink.h"
+#include "sinks/milter/milter_session.h"
 
 namespace sinkline::milter {
 

@@ -1,4 +1,4 @@
-#include "milter_session.h"
+#include "sinks/milter/milter_session.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"

@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "milter_codec.h"
-#include "milter_connection.h"
+#include "sinks/milter/milter_codec.h"
+#include "sinks/milter/milter_connection.h"
 
 namespace sinkline::milter {
 

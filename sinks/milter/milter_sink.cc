@@ -1,4 +1,4 @@
-#include "milter_sink.h"
+#include "sinks/milter/milter_sink.h"
 
 #include <spdlog/spdlog.h>
 
@@ -7,9 +7,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "google/protobuf/util/time_util.h"
-#include "milter_verdict.h"
 #include "sinkline/common/metrics.h"
 #include "sinkline/sdk/content.h"
+#include "sinks/milter/milter_verdict.h"
 
 namespace sinkline::milter {
 namespace {

@@ -11,10 +11,10 @@
 #include <mutex>
 #include <string>
 
-#include "milter_connection.h"
-#include "milter_replay.h"
-#include "milter_session.h"
 #include "sinkline/sdk/sink.h"
+#include "sinks/milter/milter_connection.h"
+#include "sinks/milter/milter_replay.h"
+#include "sinks/milter/milter_session.h"
 
 namespace sinkline::milter {
 

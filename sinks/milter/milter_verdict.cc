@@ -1,4 +1,4 @@
-#include "milter_verdict.h"
+#include "sinks/milter/milter_verdict.h"
 
 #include <spdlog/spdlog.h>
 

@@ -14,8 +14,8 @@
 #pragma once
 
 #include "absl/status/status.h"
-#include "milter_replay.h"
 #include "sinkline/sdk/sink.h"
+#include "sinks/milter/milter_replay.h"
 
 namespace sinkline::milter {
 

@@ -6,7 +6,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/time/time.h"
-#include "recipient_policy.h"
+#include "sinks/recipient_policy/recipient_policy.h"
 
 ABSL_FLAG(std::string, recipients, "",
           "file of accepted recipients: one address or @domain per line");

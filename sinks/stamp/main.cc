@@ -2,7 +2,7 @@
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "stamp_sink.h"
+#include "sinks/stamp/stamp_sink.h"
 
 ABSL_FLAG(std::string, name, "stamp", "sink name written into the header");
 ABSL_FLAG(std::string, header, "X-Sinkline-Stamp", "header field to add");

@@ -1,4 +1,4 @@
-#include "stamp_sink.h"
+#include "sinks/stamp/stamp_sink.h"
 
 #include "absl/strings/str_cat.h"
 

@@ -36,9 +36,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
-#include "parser.h"
-#include "policy.h"
-#include "session.h"
+#include "smtp_edge/parser.h"
+#include "smtp_edge/policy.h"
+#include "smtp_edge/session.h"
 
 namespace sinkline::edge {
 namespace {

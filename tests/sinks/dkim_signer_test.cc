@@ -1,4 +1,4 @@
-#include "dkim_signer.h"
+#include "sinks/dkim_sign/dkim_signer.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -11,7 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "dkim_sign_sink.h"
+#include "sinks/dkim_sign/dkim_sign_sink.h"
 
 namespace sinkline::sinks {
 namespace {

@@ -1,4 +1,4 @@
-#include "greylist.h"
+#include "sinks/greylist/greylist.h"
 
 #include <dirent.h>
 #include <gtest/gtest.h>

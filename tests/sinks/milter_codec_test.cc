@@ -1,15 +1,15 @@
 // The milter wire codec: framing fed one byte at a time, option
 // negotiation, each reply decoded, and malformed or oversized packets
 // refused with a clear error.
-#include "milter_codec.h"
+#include "sinks/milter/milter_codec.h"
 
 #include <gtest/gtest.h>
 
 #include <string>
 
-#include "milter_connection.h"
-#include "milter_replay.h"
-#include "milter_verdict.h"
+#include "sinks/milter/milter_connection.h"
+#include "sinks/milter/milter_replay.h"
+#include "sinks/milter/milter_verdict.h"
 
 namespace sinkline::milter {
 namespace {

@@ -1,4 +1,4 @@
-#include "recipient_policy.h"
+#include "sinks/recipient_policy/recipient_policy.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "stamp_sink.h"
+#include "sinks/stamp/stamp_sink.h"
 
 #include <gtest/gtest.h>
 

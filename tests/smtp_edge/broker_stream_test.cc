@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
-#include "broker_client.h"
 #include "sinkline/v1/session.grpc.pb.h"
+#include "smtp_edge/broker_client.h"
 
 namespace sinkline::edge {
 namespace {

@@ -1,6 +1,6 @@
 // The PROXY protocol parser: table-driven, each header also fed one octet at
 // a time (every proper prefix must ask for more, never fail or succeed).
-#include "proxy_protocol.h"
+#include "smtp_edge/proxy_protocol.h"
 
 #include <gtest/gtest.h>
 

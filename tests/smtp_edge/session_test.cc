@@ -1,6 +1,6 @@
 // The session state machine with strings in and replies out, against a fake
 // broker. Every transcript is also fed one byte at a time.
-#include "session.h"
+#include "smtp_edge/session.h"
 
 #include <crypt.h>
 #include <gtest/gtest.h>
@@ -9,8 +9,8 @@
 #include <memory>
 
 #include "absl/strings/escaping.h"
-#include "parser.h"
-#include "policy.h"
+#include "smtp_edge/parser.h"
+#include "smtp_edge/policy.h"
 
 namespace sinkline::edge {
 namespace {

@@ -10,24 +10,17 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
-#include "sinkline/common/flags.h"
-#include "sinkline/common/grpc_security.h"
 #include "sinkline/common/grpc_server.h"
-#include "sinkline/common/logging.h"
 #include "sinkline/common/metrics.h"
-#include "sinkline/common/metrics_http.h"
 #include "sinkline/common/port_file.h"
+#include "sinkline/common/process.h"
 #include "sinkline/common/shutdown.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7100",
           "gRPC address to serve on (port 0 picks a free port)");
 ABSL_FLAG(std::string, port_file, "",
           "write the bound gRPC port to this file once serving");
-ABSL_FLAG(std::string, metrics_listen, "",
-          "serve Prometheus metrics over HTTP on this address (off if empty)");
 ABSL_FLAG(int, workers, 4, "threads that run handlers");
-ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
-ABSL_FLAG(bool, log_json, false, "log one JSON object per line");
 ABSL_FLAG(int, shutdown_grace_s, 20,
           "on SIGTERM: health NOT_SERVING at once, then calls in flight get "
           "this long to finish");
@@ -209,28 +202,13 @@ std::string& SinkName() {
 
 void Init(int argc, char** argv, const std::string& name) {
   SinkName() = name;
-  ParseFlags(argc, argv);
-  BlockShutdownSignals();
-  InitLogging(name, absl::GetFlag(FLAGS_log_level),
-              absl::GetFlag(FLAGS_log_json));
+  InitProcess(argc, argv, name);
 }
 
 int Serve(Sink& sink) {
   const std::string& name = SinkName();
-  if (auto st = LoadGrpcTls(); !st.ok()) {
-    spdlog::critical("{}", st.ToString());
-    return 2;
-  }
-  std::unique_ptr<MetricsHttpServer> metrics;
-  if (const auto addr = absl::GetFlag(FLAGS_metrics_listen); !addr.empty()) {
-    auto m = MetricsHttpServer::Start(addr, &MetricsRegistry::Default());
-    if (!m.ok()) {
-      spdlog::critical("{}", m.status().ToString());
-      return 1;
-    }
-    metrics = std::move(*m);
-    spdlog::info("metrics on port {}", metrics->port());
-  }
+  ProcessServices process;
+  if (const int rc = StartProcess(process); rc != 0) return rc;
 
   SinkService service(name, sink, std::max(1, absl::GetFlag(FLAGS_workers)));
   auto server = StartGrpcServer(absl::GetFlag(FLAGS_listen), {&service},

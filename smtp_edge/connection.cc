@@ -1,0 +1,629 @@
+#include "smtp_edge/connection.h"
+
+#include <openssl/ssl.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "sinkline/common/metrics.h"
+#include "sinkline/common/time.h"
+#include "smtp_edge/broker_client.h"
+#include "smtp_edge/server.h"
+#include "smtp_edge/session.h"
+#include "smtp_edge/watchdog.h"
+
+namespace sinkline::edge {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string RandomId() {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
+}
+
+// An address as the edge writes it: IPv4-mapped IPv6 as IPv4.
+std::string NormalizeIp(const std::string& ip) {
+  boost::system::error_code ec;
+  auto addr = asio::ip::make_address(ip, ec);
+  if (ec) return ip;
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
+    addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+  }
+  return addr.to_string();
+}
+
+Gauge& SessionsGauge() {
+  return MetricsRegistry::Default().GetGauge("sinkline_edge_sessions",
+                                             "Open SMTP sessions.");
+}
+
+Counter& SessionsCounter() {
+  return MetricsRegistry::Default().GetCounter("sinkline_edge_sessions_total",
+                                               "SMTP sessions accepted.");
+}
+
+// Pause between attempts to reach a broker while a session waits at
+// connect.
+constexpr auto kRetryDelay = std::chrono::milliseconds(100);
+
+WatchdogLimits LimitsOf(const EdgeOptions& opts) {
+  WatchdogLimits l;
+  l.idle_timeout = opts.idle_timeout;
+  l.command_timeout = opts.command_timeout;
+  l.data_min_rate = opts.data_min_rate;
+  l.data_rate_grace = opts.data_rate_grace;
+  l.max_session = opts.max_session;
+  return l;
+}
+
+class AsioConnection final
+    : public Connection,
+      public SessionOutput,
+      public std::enable_shared_from_this<AsioConnection> {
+ public:
+  AsioConnection(Server* server, tcp::socket socket)
+      : server_(server),
+        strand_(socket.get_executor()),
+        socket_(std::move(socket)),
+        wake_(strand_),
+        idle_(strand_),
+        clocks_(LimitsOf(server->options()), started_at_) {}
+
+  void Start() override {
+    asio::co_spawn(
+        strand_,
+        [self = shared_from_this()]() -> asio::awaitable<void> {
+          co_await self->Run();
+        },
+        asio::detached);
+  }
+
+  void Refuse(std::string why) override {
+    asio::co_spawn(
+        strand_,
+        [self = shared_from_this(), why]() -> asio::awaitable<void> {
+          co_await self->SendRefusal(why);
+        },
+        asio::detached);
+  }
+
+  v1::EdgeSessionInfo Snapshot() const override {
+    absl::MutexLock lock(&snap_mu_);
+    return snap_;
+  }
+  void Publish() {
+    if (!session_) return;
+    absl::MutexLock lock(&snap_mu_);
+    *snap_.mutable_session() = session_->info();
+    snap_.set_state(session_->closed() ? "CLOSING" : session_->state_name());
+  }
+
+  asio::awaitable<void> Run() {
+    const auto& opts = server_->options();
+    v1::SessionInfo info;
+    info.set_session_id(RandomId());
+    info.set_edge_id(opts.edge_id);
+    info.set_server_hostname(opts.hostname);
+    boost::system::error_code ec;
+    if (auto ep = socket_.remote_endpoint(ec); !ec) {
+      *info.mutable_client() = ToAddress(ep);
+    }
+    if (auto ep = socket_.local_endpoint(ec); !ec) {
+      *info.mutable_server() = ToAddress(ep);
+    }
+    session_id_ = info.session_id();
+    std::string early;  // input after the PROXY header
+    if (opts.proxy_protocol) {
+      const v1::Address proxy = info.client();
+      if (!co_await ReadProxyHeader(info, early)) co_return;
+      std::string why;
+      if (!server_->Track(shared_from_this(), info.client().ip(), &why)) {
+        spdlog::info("refused a session from {} (through proxy {}): {}",
+                     info.client().ip(), proxy.ip(), why);
+        co_await SendRefusal(why);
+        co_return;
+      }
+      // Admitted after a drain began: it gets 421 at once.
+      if (server_->draining()) draining_ = true;
+      spdlog::info("session {} start client={}:{} proxy={}:{}", session_id_,
+                   info.client().ip(), info.client().port(), proxy.ip(),
+                   proxy.port());
+    } else {
+      spdlog::info("session {} start client={}:{}", session_id_,
+                   info.client().ip(), info.client().port());
+    }
+    SessionsGauge().Add(1);
+    SessionsCounter().Inc();
+    session_ = std::make_unique<Session>(
+        opts.limits, server_->PolicyFor(info.client().ip()), info, this);
+    // Sent before the greeting: the session refuses an early talker.
+    if (!early.empty()) session_->Feed(early);
+    {
+      absl::MutexLock lock(&snap_mu_);
+      *snap_.mutable_connected() = NowTimestamp();
+    }
+    Publish();
+
+    // A broker that is restarting may refuse for a moment: try again until
+    // the connect timeout, then give up with 421.
+    const auto connect_deadline = Clock::now() + opts.broker_connect_timeout;
+    for (;;) {
+      stream_done_ = false;
+      OpenStream(info);
+      while (!got_map_ && !stream_done_) {
+        if (!co_await WaitWake(connect_deadline)) break;
+      }
+      if (got_map_ || !stream_done_ ||
+          Clock::now() + kRetryDelay >= connect_deadline) {
+        break;
+      }
+      wake_.expires_after(kRetryDelay);
+      co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      woken_ = false;
+    }
+    if (!got_map_) {
+      spdlog::warn("session {}: no broker ({}); 421", session_id_,
+                   stream_error_.empty() ? "timeout" : stream_error_);
+      out_ = MakeReply(421, "4.3.0",
+                       absl::StrCat(opts.hostname,
+                                    " Service not available, try again later"))
+                 .Format();
+      co_await Flush();
+      Finish();
+      co_return;
+    }
+    // The greeting waits (--greeting-delay-ms); a client that talks before
+    // it is refused by the session.
+    const auto greet_at = started_at_ + opts.greeting_delay;
+    while (Clock::now() < greet_at && socket_.is_open()) {
+      co_await WaitWake(greet_at);
+    }
+    if (socket_.is_open() && socket_.available(ec) > 0 && !ec) {
+      size_t n = socket_.read_some(asio::buffer(buf_), ec);
+      if (!ec) session_->Feed(absl::string_view(buf_, n));
+    }
+    if (draining_) session_->SetDraining();
+    session_->Start();
+    asio::co_spawn(strand_, Watchdog(shared_from_this()), asio::detached);
+    char* buf = buf_;
+    for (;;) {
+      co_await Flush();
+      if (session_->closed() || !socket_.is_open()) break;
+      if (start_tls_) {
+        start_tls_ = false;
+        if (!co_await Handshake()) break;
+        continue;
+      }
+      if (session_->waiting() || (stream_ && stream_->queued() > 32)) {
+        // The client cannot send while the edge waits: the clocks stop.
+        clocks_.Pause(Clock::now());
+        const bool woke = co_await WaitWake(Clock::now() + opts.broker_timeout);
+        clocks_.Resume(Clock::now());
+        if (!woke && session_->waiting()) {
+          spdlog::warn("session {}: broker did not answer in time",
+                       session_id_);
+          session_->OnBrokerLost();
+        }
+        continue;
+      }
+      clocks_.Activity(Clock::now());
+      reading_ = true;
+      size_t n = co_await ReadSome(asio::buffer(buf, sizeof buf_), ec);
+      reading_ = false;
+      if (ec == asio::error::operation_aborted && session_->closed() &&
+          socket_.is_open()) {
+        continue;  // draining: the 421 is in out_
+      }
+      if (ec) break;
+      clocks_.Activity(Clock::now());
+      session_->Feed(absl::string_view(buf, n));
+      Progress(n);
+    }
+    Finish();
+  }
+
+  // A session over the limits: 421 and close, no broker stream.
+  asio::awaitable<void> SendRefusal(std::string why) {
+    finished_ = true;  // never tracked
+    boost::system::error_code ec;
+    const std::string reply =
+        MakeReply(421, "4.7.0",
+                  absl::StrCat(server_->options().hostname, " Error: ", why))
+            .Format();
+    co_await asio::async_write(socket_, asio::buffer(reply),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    socket_.shutdown(tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+  }
+
+  void BeginDrain() override {
+    asio::post(strand_, [self = shared_from_this()] {
+      self->draining_ = true;
+      if (!self->session_ || self->finished_ || !self->got_map_) return;
+      self->session_->SetDraining();
+      if (self->session_->closed() && self->reading_) {
+        // Stop the read so that the loop sends the 421.
+        boost::system::error_code ec;
+        self->socket_.cancel(ec);
+      }
+      self->Wake();
+    });
+  }
+
+  void Shutdown() override {
+    asio::post(strand_, [self = shared_from_this()] {
+      boost::system::error_code ec;
+      self->socket_.close(ec);
+      self->Wake();
+    });
+  }
+
+  // SessionOutput.
+  void Write(std::string bytes) override { out_ += bytes; }
+  void SendEvent(const v1::Event& event, bool notify_only) override {
+    if (!stream_ || stream_done_) return;
+    v1::SessionRequest req;
+    *req.mutable_event() = event;
+    req.set_notify_only(notify_only);
+    stream_->Send(std::move(req));
+  }
+  void SendData(const std::string& tx, std::string chunk) override {
+    if (!stream_ || stream_done_) return;
+    v1::SessionRequest req;
+    req.mutable_data()->set_transaction_id(tx);
+    req.mutable_data()->set_data(std::move(chunk));
+    stream_->Send(std::move(req));
+  }
+  void Close() override { close_after_flush_ = true; }
+  void StartTls() override { start_tls_ = true; }
+
+ private:
+  // Reads the PROXY header (within --idle-timeout-s) and takes the
+  // addresses it gives; whatever follows it is left in `early`. False when
+  // the connection was closed: no header, a broken one, or none in time.
+  asio::awaitable<bool> ReadProxyHeader(v1::SessionInfo& info,
+                                        std::string& early) {
+    const auto& opts = server_->options();
+    const std::string peer = info.client().ip();
+    idle_.expires_after(opts.idle_timeout);
+    idle_.async_wait([self = shared_from_this()](boost::system::error_code e) {
+      if (e || self->proxy_read_) return;
+      self->proxy_timed_out_ = true;
+      boost::system::error_code ignored;
+      self->socket_.close(ignored);
+    });
+    std::string in;
+    ProxyParse p;
+    while (p.state == ProxyParse::State::kNeedMore) {
+      boost::system::error_code ec;
+      size_t n = co_await socket_.async_read_some(
+          asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        p.error = proxy_timed_out_ ? "no PROXY header in time"
+                                   : "closed before the PROXY header";
+        break;
+      }
+      in.append(buf_, n);
+      p = ParseProxyHeader(in, *opts.proxy_protocol);
+    }
+    proxy_read_ = true;
+    idle_.cancel();
+    finished_ = p.state != ProxyParse::State::kDone;
+    if (finished_) {
+      spdlog::warn("session {}: refused proxy {}: {}", session_id_, peer,
+                   p.error);
+      boost::system::error_code ec;
+      if (socket_.is_open()) {
+        const std::string reply =
+            MakeReply(421, "4.7.0",
+                      absl::StrCat(opts.hostname, " Error: bad PROXY header"))
+                .Format();
+        co_await asio::async_write(
+            socket_, asio::buffer(reply),
+            asio::redirect_error(asio::use_awaitable, ec));
+      }
+      socket_.shutdown(tcp::socket::shutdown_both, ec);
+      socket_.close(ec);
+      co_return false;
+    }
+    early = in.substr(p.consumed);
+    if (p.header.has_addresses) {
+      info.mutable_client()->set_ip(NormalizeIp(p.header.source_ip));
+      info.mutable_client()->set_port(p.header.source_port);
+      info.mutable_server()->set_ip(NormalizeIp(p.header.dest_ip));
+      info.mutable_server()->set_port(p.header.dest_port);
+    }
+    co_return true;
+  }
+
+  // Reads and writes go through TLS once STARTTLS completed.
+  asio::awaitable<size_t> ReadSome(asio::mutable_buffer b,
+                                   boost::system::error_code& ec) {
+    if (tls_) {
+      co_return co_await tls_->async_read_some(
+          b, asio::redirect_error(asio::use_awaitable, ec));
+    }
+    co_return co_await socket_.async_read_some(
+        b, asio::redirect_error(asio::use_awaitable, ec));
+  }
+  asio::awaitable<void> WriteAll(asio::const_buffer b,
+                                 boost::system::error_code& ec) {
+    if (tls_) {
+      co_await asio::async_write(*tls_, b,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+    } else {
+      co_await asio::async_write(socket_, b,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+
+  // The server side of the TLS handshake after STARTTLS's 220. Nothing was
+  // read from the socket since the STARTTLS line: whatever the client sends
+  // now goes to the handshake, and what it sent before was dropped by the
+  // session.
+  asio::awaitable<bool> Handshake() {
+    tls_context_ = server_->tls_context();
+    boost::system::error_code ec;
+    if (tls_context_ == nullptr) {
+      socket_.close(ec);
+      co_return false;
+    }
+    tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_,
+                                                             *tls_context_);
+    handshaking_ = true;
+    clocks_.Activity(Clock::now());
+    co_await tls_->async_handshake(
+        asio::ssl::stream_base::server,
+        asio::redirect_error(asio::use_awaitable, ec));
+    handshaking_ = false;
+    clocks_.Activity(Clock::now());
+    if (ec) {
+      spdlog::info("session {}: TLS handshake failed: {}", session_id_,
+                   ec.message());
+      socket_.close(ec);
+      co_return false;
+    }
+    SSL* ssl = tls_->native_handle();
+    v1::TlsState state;
+    state.set_active(true);
+    state.set_version(SSL_get_version(ssl));
+    state.set_cipher(SSL_get_cipher_name(ssl));
+    spdlog::info("session {}: TLS {} {}", session_id_, state.version(),
+                 state.cipher());
+    session_->OnTlsStarted(state);
+    co_return true;
+  }
+
+  void OpenStream(const v1::SessionInfo& info) {
+    std::weak_ptr<AsioConnection> weak = shared_from_this();
+    // Callbacks of an earlier attempt's stream are ignored.
+    const uint64_t gen = ++stream_gen_;
+    BrokerStream::Handler h;
+    h.on_response = [weak, gen](v1::SessionResponse resp) {
+      if (auto c = weak.lock()) {
+        asio::post(c->strand_, [c, gen, resp = std::move(resp)] {
+          if (c->stream_gen_ == gen) c->OnResponse(resp);
+        });
+      }
+    };
+    h.on_writable = [weak] {
+      if (auto c = weak.lock()) asio::post(c->strand_, [c] { c->Wake(); });
+    };
+    h.on_done = [weak, gen](grpc::Status status) {
+      if (auto c = weak.lock()) {
+        asio::post(c->strand_, [c, gen, status] {
+          if (c->stream_gen_ != gen) return;
+          c->stream_done_ = true;
+          c->stream_error_ = status.error_message();
+          if (c->got_map_ && c->session_ && !c->finished_) {
+            spdlog::warn("session {}: broker stream ended: {}", c->session_id_,
+                         status.error_message());
+            c->session_->OnBrokerLost();
+          }
+          c->Wake();
+        });
+      }
+    };
+    stream_ = BrokerStream::Open(server_->stub(), std::move(h));
+    v1::SessionRequest start;
+    *start.mutable_start()->mutable_session() = info;
+    stream_->Send(std::move(start));
+  }
+
+  void OnResponse(const v1::SessionResponse& resp) {
+    if (resp.has_binding_map()) {
+      session_->SetBindingMap(resp.binding_map());
+      got_map_ = true;
+    } else if (resp.has_result()) {
+      session_->OnResult(resp.result());
+    }
+    Wake();
+  }
+
+  void Wake() {
+    woken_ = true;
+    wake_.cancel();
+  }
+
+  // Waits for Wake() or the deadline; true when woken.
+  asio::awaitable<bool> WaitWake(Clock::time_point deadline) {
+    if (woken_) {
+      woken_ = false;
+      co_return true;
+    }
+    wake_.expires_at(deadline);
+    boost::system::error_code ec;
+    co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    const bool woke = woken_;
+    woken_ = false;
+    co_return woke;
+  }
+
+  asio::awaitable<void> Flush() {
+    Publish();
+    flushing_ = true;
+    while (!out_.empty() && socket_.is_open()) {
+      std::string w;
+      w.swap(out_);
+      boost::system::error_code ec;
+      co_await WriteAll(asio::buffer(w), ec);
+      if (ec) {
+        socket_.close(ec);
+        break;
+      }
+    }
+    flushing_ = false;
+    if (close_after_flush_ && socket_.is_open()) {
+      boost::system::error_code ec;
+      socket_.shutdown(tcp::socket::shutdown_both, ec);
+      socket_.close(ec);
+    }
+  }
+
+  // Tells the clocks how far the client got after a read of `n` octets; a
+  // new clock makes the watchdog look at its deadlines again.
+  void Progress(size_t n) {
+    const bool partial = !session_->waiting() && session_->buffered() > 0;
+    if (clocks_.Progress(Clock::now(), n, session_->in_content(), partial)) {
+      idle_.cancel();
+    }
+  }
+
+  // Closes idle sessions (RFC 5321 §4.5.3.2 timeouts), and slow drips: a
+  // command line not whole within --command-timeout-s, message content
+  // slower than --data-min-rate.
+  // Also ends sessions older than --max-session-s, busy or not.
+  static asio::awaitable<void> Watchdog(std::shared_ptr<AsioConnection> self) {
+    const auto& opts = self->server_->options();
+    const auto idle = opts.idle_timeout;
+    while (self->socket_.is_open() && !self->finished_) {
+      self->idle_.expires_at(self->clocks_.NextCheck(Clock::now()));
+      boost::system::error_code ec;
+      co_await self->idle_.async_wait(
+          asio::redirect_error(asio::use_awaitable, ec));
+      if (self->finished_ || !self->socket_.is_open()) co_return;
+      const auto expiry =
+          self->clocks_.Expired(Clock::now(), self->session_->waiting());
+      const char* why = WatchdogClocks::Why(expiry);
+      const char* text = WatchdogClocks::ReplyText(expiry);
+      if (why != nullptr) {
+        spdlog::info("session {}: {}", self->session_id_, why);
+        if (self->handshaking_) {
+          // No reply can go out in the middle of a handshake.
+          self->socket_.close(ec);
+          co_return;
+        }
+        const std::string bye =
+            MakeReply(421, "4.4.2", absl::StrCat(opts.hostname, text)).Format();
+        if (self->flushing_) {
+          // A write is under way: the 421 goes right after it, then the
+          // connection closes. A client that does not read gets at most
+          // another idle timeout for it.
+          self->out_ += bye;
+          self->close_after_flush_ = true;
+          self->idle_.expires_after(idle);
+          co_await self->idle_.async_wait(
+              asio::redirect_error(asio::use_awaitable, ec));
+          if (!self->finished_) self->socket_.close(ec);
+          co_return;
+        }
+        co_await self->WriteAll(asio::buffer(bye), ec);
+        self->socket_.close(ec);
+        co_return;
+      }
+    }
+  }
+
+  void Finish() {
+    if (finished_) return;
+    finished_ = true;
+    boost::system::error_code ec;
+    idle_.cancel();
+    if (stream_) {
+      if (!stream_done_ && got_map_) {
+        v1::Event bye;
+        bye.set_type(v1::EVENT_TYPE_DISCONNECT);
+        *bye.mutable_session() = session_->info();
+        SendEvent(bye, /*notify_only=*/true);
+      }
+      if (got_map_) {
+        stream_->Close();
+      } else {
+        stream_->Cancel();
+      }
+    }
+    socket_.close(ec);
+    SessionsGauge().Add(-1);
+    spdlog::info("session {} end", session_id_);
+    server_->Untrack(this);
+  }
+
+  Server* const server_;
+  // The socket's executor: a strand, so handlers of one connection never
+  // run at once.
+  asio::any_io_executor strand_;
+  tcp::socket socket_;
+  // Set once STARTTLS's handshake began.
+  // The context the session's handshake used: a reload does not touch it.
+  std::shared_ptr<asio::ssl::context> tls_context_;
+  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
+  bool start_tls_ = false;
+  bool handshaking_ = false;
+  bool reading_ = false;
+  bool flushing_ = false;
+  bool draining_ = false;
+  const Clock::time_point started_at_ = Clock::now();
+  char buf_[16384];
+  asio::steady_timer wake_;
+  asio::steady_timer idle_;
+  bool woken_ = false;
+  std::unique_ptr<Session> session_;
+  mutable absl::Mutex snap_mu_;
+  v1::EdgeSessionInfo snap_ ABSL_GUARDED_BY(snap_mu_);
+  std::shared_ptr<BrokerStream> stream_;
+  uint64_t stream_gen_ = 0;
+  std::string session_id_;
+  std::string out_;
+  bool close_after_flush_ = false;
+  bool got_map_ = false;
+  bool stream_done_ = false;
+  std::string stream_error_;
+  bool finished_ = false;
+  bool proxy_read_ = false;
+  bool proxy_timed_out_ = false;
+  // The idle, command, content and session clocks the watchdog enforces.
+  WatchdogClocks clocks_;
+};
+
+}  // namespace
+
+std::shared_ptr<Connection> Connection::Make(Server* server,
+                                             tcp::socket socket) {
+  return std::make_shared<AsioConnection>(server, std::move(socket));
+}
+
+v1::Address ToAddress(const tcp::endpoint& ep) {
+  v1::Address a;
+  auto addr = ep.address();
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
+    addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+  }
+  a.set_ip(addr.to_string());
+  a.set_port(ep.port());
+  return a;
+}
+
+}  // namespace sinkline::edge
