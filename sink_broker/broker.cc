@@ -659,6 +659,12 @@ class Submission : public std::enable_shared_from_this<Submission> {
   }
 
   void Attempt() {
+    const auto attempt = broker_->operator_actions().BeginAttempt(
+        broker_->messages(), entry_.queue_id());
+    if (!attempt) {  // held or deleted by an operator meanwhile
+      if (record_) broker_->leases().MessageReleased(*record_);
+      return;
+    }
     const std::string content = ContentPath();
     // THE INVARIANT: nothing goes to the queue while a lease is active.
     const int active = record_ ? record_->active_leases() : 0;
@@ -1377,6 +1383,42 @@ class Broker::AdminServiceImpl final : public v1::Admin::CallbackService {
     if (m.ok()) *resp = std::move(*m);
     auto* r = ctx->DefaultReactor();
     r->Finish(ToGrpc(m.status()));
+    return r;
+  }
+
+  // Hold, delete and read: operator_actions.cc.
+  grpc::ServerUnaryReactor* HoldMessage(grpc::CallbackServerContext* ctx,
+                                        const v1::HoldMessageRequest* req,
+                                        v1::MessageInfo* resp) override {
+    return Operator(ctx, resp, [&] {
+      return broker_->operator_actions().Hold(*broker_, req->queue_id(),
+                                              req->reason());
+    });
+  }
+  grpc::ServerUnaryReactor* DeleteMessage(grpc::CallbackServerContext* ctx,
+                                          const v1::DeleteMessageRequest* req,
+                                          v1::MessageInfo* resp) override {
+    return Operator(ctx, resp, [&] {
+      return broker_->operator_actions().Delete(*broker_, req->queue_id());
+    });
+  }
+  grpc::ServerUnaryReactor* ReadMessage(
+      grpc::CallbackServerContext* ctx, const v1::ReadMessageRequest* req,
+      v1::ReadMessageResponse* resp) override {
+    return Operator(ctx, resp, [&] {
+      return broker_->operator_actions().Read(*broker_, *req);
+    });
+  }
+  template <typename Response, typename Action>
+  grpc::ServerUnaryReactor* Operator(grpc::CallbackServerContext* ctx,
+                                     Response* resp, Action action) {
+    if (auto st = broker_->options().admin_guard.Check(*ctx); !st.ok()) {
+      return Refuse(ctx, st);
+    }
+    auto result = action();
+    if (result.ok()) *resp = std::move(*result);
+    auto* r = ctx->DefaultReactor();
+    r->Finish(ToGrpc(result.status()));
     return r;
   }
 

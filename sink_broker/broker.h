@@ -16,6 +16,7 @@
 #include "config.h"
 #include "lease.h"
 #include "messages.h"
+#include "operator_actions.h"
 #include "sinkline/common/grpc_security.h"
 #include "sinkline/v1/admin.grpc.pb.h"
 #include "sinkline/v1/content.grpc.pb.h"
@@ -121,6 +122,7 @@ class Broker {
   boost::asio::thread_pool& pool() { return pool_; }
   boost::asio::thread_pool& submit_pool() { return submit_pool_; }
   MessageTable& messages() { return messages_; }
+  OperatorActions& operator_actions() { return operator_actions_; }
   // Deferred submissions wait on these timers; Drain() cancels them and the
   // messages stay in the spool for the next start. False once draining.
   bool AddRetryTimer(const std::shared_ptr<boost::asio::steady_timer>& t);
@@ -140,7 +142,9 @@ class Broker {
   boost::asio::thread_pool pool_;
   boost::asio::thread_pool submit_pool_;
   MessageTable messages_;
-  absl::Mutex release_mu_;  // one operator release of a message at a time
+  absl::Mutex release_mu_;       // one operator release of a message at a time
+  friend class OperatorActions;  // holds and deletes take release_mu_ too
+  OperatorActions operator_actions_;
   absl::Mutex retry_mu_;
   bool draining_ ABSL_GUARDED_BY(retry_mu_) = false;
   std::map<boost::asio::steady_timer*, std::weak_ptr<boost::asio::steady_timer>>
