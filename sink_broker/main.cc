@@ -243,9 +243,10 @@ int main(int argc, char** argv) {
   std::thread scanner;
   if (const int every = absl::GetFlag(FLAGS_spool_scan_interval_ms);
       every > 0) {
-    scanner = std::thread([&stop, every, spool = opts.spool_dir] {
+    scanner = std::thread([&stop, &broker, every, spool = opts.spool_dir] {
       while (!stop.load()) {
         sb::UpdateSpoolGauges(spool);
+        sb::UpdateOperatorGauges(broker->messages(), spool);
         for (int waited = 0; waited < every && !stop.load(); waited += 50) {
           std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }

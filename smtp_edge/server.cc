@@ -166,6 +166,7 @@ class Connection : public std::enable_shared_from_this<Connection>,
     if (!got_map_) {
       spdlog::warn("session {}: no broker ({}); 421", session_id_,
                    stream_error_.empty() ? "timeout" : stream_error_);
+      CountBrokerUnavailable("connect");
       out_ = MakeReply(421, "4.3.0",
                        absl::StrCat(opts.hostname,
                                     " Service not available, try again later"))
