@@ -121,6 +121,8 @@ class MonitoringMetricsTest(StackTestCase):
             self.assertEqual(code, 250)
         wait_for(lambda: "sinkline_leases_expired_total"
                  in families(ports["broker"]), 15, "the lease expiry")
+        wait_for(lambda: "sinkline_broker_commit_to_submit_seconds"
+                 in families(ports["broker"]), 15, "the message submitted")
         wait_for(lambda: "sinkline_broker_oldest_deferred_seconds"
                  in families(ports["broker"]), 15, "the spool scan")
         exported = {}

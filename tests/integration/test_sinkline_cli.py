@@ -287,12 +287,12 @@ class BindingsAndEdgeTest(CliTestCase):
         with open(path, "w") as f:
             f.write("bindings:\n  - name: cli-rcpt\n    sink: stamp\n"
                     "    event: RCPT\n    priority: 21000\n"
-                    "    failure_policy: tempfail\n")
+                    "    failure_policy: reject\n")
         out = self.ok("bindings", "apply", path, "--dry-run")
         self.assertIn("~ cli-rcpt (update)\n", out)
         self.assertIn("    priority: 20000 -> 21000\n", out)
-        self.assertIn("    failure_policy: FAILURE_POLICY_CONTINUE -> "
-                      "FAILURE_POLICY_TEMPFAIL\n", out)
+        self.assertIn("    failure_policy: FAILURE_POLICY_TEMPFAIL -> "
+                      "FAILURE_POLICY_REJECT\n", out)
         self.assertIn("dry run: nothing changed", out)
         self.assertEqual({b.name: b for b in self.bindings().bindings}
                          ["cli-rcpt"].priority, 20000)
@@ -308,7 +308,7 @@ class BindingsAndEdgeTest(CliTestCase):
                     "    event: RCPT\n")
         code, _, err = self.cli("bindings", "apply", path)
         self.assertEqual(code, 4, err)
-        self.assertIn("apply.yaml:2:11: unknown sink 'nosuch'", err)
+        self.assertIn("apply.yaml:3:11: unknown sink 'nosuch'", err)
 
         self.assertEqual(self.ok("bindings", "disable", "cli-rcpt"),
                          "cli-rcpt: disabled\n")
