@@ -39,7 +39,7 @@ fi
 mkdir -p "$home"/{run,log,spool,queue,archive,dkim}
 home=$(cd "$home" && pwd)
 run="$home/run"
-rm -f "$run"/*.port "$run"/*.pid
+rm -f "$run"/*.port "$run"/*.pid  # the sinkline command reads the ports
 
 # STARTTLS: the given certificate, or a self-signed one made once.
 tls_cert=${SINKLINE_TLS_CERT:-}
@@ -242,8 +242,11 @@ broker_port=$(cat "$run/broker.port")
 start edge "$run/edge.port" "$bin/sinkline-edge" \
   --listen="127.0.0.1:$smtp_port" --port-file="$run/edge.port" \
   --broker="127.0.0.1:$broker_port" --hostname=mx.example.test \
+  --admin-listen=127.0.0.1:0 --admin-port-file="$run/edge-admin.port" \
   "${edge_policy[@]}"
 edge_port=$(cat "$run/edge.port")
+for _ in $(seq 100); do [[ -s "$run/edge-admin.port" ]] && break; sleep 0.05; done
+edge_admin_port=$(cat "$run/edge-admin.port" 2>/dev/null || echo "?")
 
 cat <<MSG
 sinkline: up
@@ -252,6 +255,8 @@ sinkline: up
   domains   ${SINKLINE_ACCEPTED_DOMAINS:-example.test} (others need AUTH or a trusted network)
   AUTH      $auth_file (over TLS; the default user is submit, password in $home/auth/submit.password)
   broker    127.0.0.1:$broker_port (gRPC; grpcurl -plaintext 127.0.0.1:$broker_port list)
+  edge admin 127.0.0.1:$edge_admin_port (gRPC EdgeAdmin)
+  operator  $bin/sinkline queue   (finds these ports in $run; sinkline --help)
   sinks     recipient-policy 127.0.0.1:$policy_port ($recipients)
             dkim-sign 127.0.0.1:$dkim_port (DNS records: $dkim/dns.txt)
             stamp 127.0.0.1:$stamp_port, archive 127.0.0.1:$archive_port

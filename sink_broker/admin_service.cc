@@ -166,6 +166,35 @@ grpc::ServerUnaryReactor* AdminService::ReleaseMessage(
   });
 }
 
+grpc::ServerUnaryReactor* AdminService::HoldMessage(
+    grpc::CallbackServerContext* ctx, const v1::HoldMessageRequest* req,
+    v1::MessageInfo* resp) {
+  return Guarded(ctx, [&] {
+    auto st =
+        submitter_.operator_actions().Hold(req->queue_id(), req->reason());
+    if (!st.ok()) return st;
+    return Fill(MessageWithLeases(messages_, leases_, req->queue_id()), resp);
+  });
+}
+
+grpc::ServerUnaryReactor* AdminService::DeleteMessage(
+    grpc::CallbackServerContext* ctx, const v1::DeleteMessageRequest* req,
+    v1::MessageInfo* resp) {
+  return Guarded(ctx, [&] {
+    auto st = submitter_.operator_actions().Delete(req->queue_id());
+    if (!st.ok()) return st;
+    return Fill(MessageWithLeases(messages_, leases_, req->queue_id()), resp);
+  });
+}
+
+grpc::ServerUnaryReactor* AdminService::ReadMessage(
+    grpc::CallbackServerContext* ctx, const v1::ReadMessageRequest* req,
+    v1::ReadMessageResponse* resp) {
+  return Guarded(ctx, [&] {
+    return Fill(submitter_.operator_actions().Read(*req), resp);
+  });
+}
+
 grpc::ServerUnaryReactor* AdminService::GetCounters(
     grpc::CallbackServerContext* ctx, const v1::GetCountersRequest*,
     v1::GetCountersResponse* resp) {

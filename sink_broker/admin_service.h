@@ -61,6 +61,15 @@ class AdminService final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* ReleaseMessage(grpc::CallbackServerContext* ctx,
                                            const v1::ReleaseMessageRequest* req,
                                            v1::MessageInfo* resp) override;
+  grpc::ServerUnaryReactor* HoldMessage(grpc::CallbackServerContext* ctx,
+                                        const v1::HoldMessageRequest* req,
+                                        v1::MessageInfo* resp) override;
+  grpc::ServerUnaryReactor* DeleteMessage(grpc::CallbackServerContext* ctx,
+                                          const v1::DeleteMessageRequest* req,
+                                          v1::MessageInfo* resp) override;
+  grpc::ServerUnaryReactor* ReadMessage(grpc::CallbackServerContext* ctx,
+                                        const v1::ReadMessageRequest* req,
+                                        v1::ReadMessageResponse* resp) override;
   grpc::ServerUnaryReactor* GetCounters(grpc::CallbackServerContext* ctx,
                                         const v1::GetCountersRequest*,
                                         v1::GetCountersResponse* resp) override;

@@ -4,6 +4,7 @@
 
 #include "sink_broker/admin_service.h"
 #include "sink_broker/content_service.h"
+#include "sink_broker/operator_actions.h"
 
 namespace sinkline::broker {
 
@@ -70,6 +71,11 @@ RecoveryCounts Broker::RecoverSpool() {
 grpc::Service* Broker::session_service() { return session_service_.get(); }
 grpc::Service* Broker::admin_service() { return admin_service_.get(); }
 grpc::Service* Broker::content_service() { return content_service_.get(); }
+
+void Broker::UpdateGauges() {
+  spool_.UpdateGauges();
+  UpdateOperatorGauges(messages_, spool_.dir());
+}
 
 void Broker::Drain() {
   leases_.CancelTimers();

@@ -84,6 +84,9 @@ class Broker {
   // Set once at start-up, before any session.
   void set_advertise(std::string a) { chain_options_.advertise = std::move(a); }
 
+  // Measures the spool and what operators alert on (spool scans).
+  void UpdateGauges();
+
   // Waits for in-flight work (post-commit chains, submissions) to finish.
   void Drain();
 

@@ -75,6 +75,13 @@ void ChainRun::Step() {
   if (phase_ == Phase::kPost) {
     if (!stopped_ && index_ < post_.size()) return Invoke(post_[index_++]);
     phase_ = Phase::kDone;
+    MetricsRegistry::Default()
+        .GetHistogram("sinkline_broker_chain_seconds",
+                      "Time of each event's whole chain of sinks, by event.",
+                      {{"event", EventName(event_.type())}})
+        .Observe(std::chrono::duration<double>(
+                     std::chrono::steady_clock::now() - chain_started_)
+                     .count());
     if (done_) done_(*this);
   }
 }

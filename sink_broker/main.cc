@@ -222,9 +222,9 @@ int main(int argc, char** argv) {
   std::thread scanner;
   if (const int every = absl::GetFlag(FLAGS_spool_scan_interval_ms);
       every > 0) {
-    scanner = std::thread([&stop, every, spool = sb::Spool(opts.spool_dir)] {
+    scanner = std::thread([&stop, &broker, every] {
       while (!stop.load()) {
-        spool.UpdateGauges();
+        broker->UpdateGauges();
         for (int waited = 0; waited < every && !stop.load(); waited += 50) {
           std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }

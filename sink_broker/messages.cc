@@ -50,8 +50,9 @@ void MessageTable::TrimSubmittedLocked() {
   while (submitted_.size() > limits_.keep_submitted) {
     auto it = entries_.find(submitted_.front());
     if (it != entries_.end() &&
-        it->second.info.state() == v1::MESSAGE_STATE_SUBMITTED) {
-      Bump(v1::MESSAGE_STATE_SUBMITTED, -1);
+        (it->second.info.state() == v1::MESSAGE_STATE_SUBMITTED ||
+         it->second.info.state() == v1::MESSAGE_STATE_DELETED)) {
+      Bump(it->second.info.state(), -1);
       entries_.erase(it);
     }
     submitted_.pop_front();
@@ -86,7 +87,8 @@ void MessageTable::SetState(const std::string& key, v1::MessageState state,
   e.info.set_state(state);
   e.info.set_reason(reason);
   AddHistoryLocked(e, what);
-  if (state == v1::MESSAGE_STATE_SUBMITTED) {
+  if (state == v1::MESSAGE_STATE_SUBMITTED ||
+      state == v1::MESSAGE_STATE_DELETED) {
     submitted_.push_back(key);
     TrimSubmittedLocked();
   }

@@ -17,7 +17,8 @@ namespace sinkline::broker {
 class MessageTable {
  public:
   struct Limits {
-    // Submitted messages kept for inspection, oldest forgotten first.
+    // Submitted (and deleted) messages kept for inspection, oldest
+    // forgotten first.
     size_t keep_submitted = 1000;
     // History entries kept per message (the first and the latest).
     size_t history_per_message = 64;

@@ -44,6 +44,10 @@ std::string Spool::EnvelopePath(const std::string& queue_id) const {
   return Committed(queue_id, ".env");
 }
 
+std::string Spool::FailedContentPath(const std::string& queue_id) const {
+  return FailedPath(queue_id, ".msg");
+}
+
 absl::Status Spool::Prepare() const {
   std::error_code ec;
   for (const char* sub : {"incoming", "committed", "failed"}) {
@@ -135,6 +139,22 @@ absl::Status Spool::MoveToFailed(const std::string& queue_id,
   if (st.ok()) st = SyncDirectory(dir_ + "/committed");
   ::unlink(Committed(queue_id, ".done").c_str());
   return st;
+}
+
+absl::StatusOr<int> Spool::RemoveAll(const std::string& queue_id) const {
+  int removed = 0;
+  std::error_code ec;
+  for (const std::string& path :
+       {EnvelopePath(queue_id), ContentPath(queue_id),
+        Committed(queue_id, ".hold"), Committed(queue_id, ".done"),
+        FailedPath(queue_id, ".env"), FailedPath(queue_id, ".msg"),
+        FailedPath(queue_id, ".reason")}) {
+    removed += fs::remove(path, ec) ? 1 : 0;
+  }
+  for (const char* dir : {"/committed", "/failed"}) {
+    if (auto st = SyncDirectory(dir_ + dir); !st.ok()) return st;
+  }
+  return removed;
 }
 
 absl::Status Spool::RestoreFailed(const std::string& queue_id) const {

@@ -33,6 +33,7 @@ class Spool {
 
   std::string ContentPath(const std::string& queue_id) const;
   std::string EnvelopePath(const std::string& queue_id) const;
+  std::string FailedContentPath(const std::string& queue_id) const;
 
   // The envelope record of a committed message, rewritten atomically.
   absl::Status WriteEnvelope(const v1::QueueEntry& entry) const;
@@ -60,6 +61,10 @@ class Spool {
   // Refused for good: content and envelope move to failed/ with the reason.
   absl::Status MoveToFailed(const std::string& queue_id,
                             const std::string& reason) const;
+  // An operator deletes a message: every file of it, committed or failed,
+  // goes (the envelope record first: without it nothing is recovered).
+  // Returns how many files went.
+  absl::StatusOr<int> RemoveAll(const std::string& queue_id) const;
   // An operator lets a failed message go on: back to committed/.
   absl::Status RestoreFailed(const std::string& queue_id) const;
 

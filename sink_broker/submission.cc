@@ -50,6 +50,11 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
 
  private:
   void Try() {
+    const auto attempt = s_->operator_.BeginAttempt(entry_.queue_id());
+    if (!attempt) {  // held or deleted by an operator meanwhile
+      if (record_) s_->leases_.MessageReleased(*record_);
+      return;
+    }
     // THE INVARIANT: nothing goes to the queue while a lease is active.
     const int active = record_ ? record_->active_leases() : 0;
     if (active != 0) {
@@ -186,6 +191,7 @@ Submitter::Submitter(SubmitOptions options, QueueBackend& backend,
       messages_(messages),
       leases_(leases),
       timers_(timers),
+      operator_(spool, messages),
       pool_(std::max(1, options.workers)) {}
 
 Submitter::~Submitter() {
@@ -238,7 +244,7 @@ void Submitter::ChainOver(std::shared_ptr<v1::QueueEntry> committed,
 }
 
 absl::Status Submitter::Release(const std::string& queue_id) {
-  absl::MutexLock lock(&release_mu_);
+  absl::MutexLock lock(&operator_.release_mu());
   const auto state = messages_.State(queue_id);
   if (!state || queue_id.empty()) {
     return absl::NotFoundError("no message with queue id " + queue_id);

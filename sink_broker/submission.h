@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "sink_broker/lease.h"
 #include "sink_broker/messages.h"
+#include "sink_broker/operator_actions.h"
 #include "sink_broker/queue_backend.h"
 #include "sink_broker/spool.h"
 
@@ -61,6 +62,8 @@ class Submitter {
   void Join();
 
   QueueBackend& backend() { return backend_; }
+  // Hold, delete and read by an operator (operator_actions.h).
+  OperatorActions& operator_actions() { return operator_; }
 
  private:
   class Attempt;
@@ -73,8 +76,8 @@ class Submitter {
   MessageTable& messages_;
   LeaseTable& leases_;
   boost::asio::thread_pool& timers_;
+  OperatorActions operator_;
   boost::asio::thread_pool pool_;
-  absl::Mutex release_mu_;  // one operator release of a message at a time
   absl::Mutex retry_mu_;
   bool draining_ ABSL_GUARDED_BY(retry_mu_) = false;
   std::map<boost::asio::steady_timer*, std::weak_ptr<boost::asio::steady_timer>>

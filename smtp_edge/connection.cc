@@ -175,6 +175,7 @@ class AsioConnection final
       woken_ = false;
     }
     if (!got_map_) {
+      CountBrokerUnavailable("connect");
       spdlog::warn("session {}: no broker ({}); 421", session_id_,
                    stream_error_.empty() ? "timeout" : stream_error_);
       out_ = MakeReply(421, "4.3.0",

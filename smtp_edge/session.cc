@@ -273,9 +273,19 @@ void Session::OnResult(const v1::EventResult& result) {
   Process();
 }
 
+void CountBrokerUnavailable(const char* when) {
+  MetricsRegistry::Default()
+      .GetCounter("sinkline_edge_broker_unavailable_total",
+                  "Sessions answered 421/451 for lack of a broker (connect: "
+                  "none at the greeting; lost: the stream broke).",
+                  {{"when", when}})
+      .Inc();
+}
+
 void Session::OnBrokerLost() {
   if (broker_lost_ || closed_) return;
   broker_lost_ = true;
+  CountBrokerUnavailable("lost");
   if (!pending_) return;  // the next command gets 421
   const bool eod = pending_->spec == &kEodEvent;
   pending_.reset();

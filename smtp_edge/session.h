@@ -17,6 +17,10 @@
 
 namespace sinkline::edge {
 
+// Counts a session the edge answered 421/451 because it had no broker
+// (`when`: "connect", none at the greeting; "lost", the stream broke).
+void CountBrokerUnavailable(const char* when);
+
 struct SessionLimits {
   size_t max_line_length = 512;  // command line, with CRLF
   size_t max_text_line = 1000;   // message line, with CRLF

@@ -196,6 +196,31 @@ class StartScriptTest(unittest.TestCase):
             self.assertFalse(pid_alive(pid), f"{name} ({pid}) still running")
         self.assertIn("sinkline: stopped", self.output())
 
+    def test_sinkline_command_finds_the_stack_without_flags(self):
+        """`sinkline` with nothing but SINKLINE_HOME finds the broker and
+        the edge's EdgeAdmin through the ports start.sh wrote to run/."""
+        wait_for(lambda: "sinkline: up" in self.output(), 60, "stack up")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SINKLINE_")}
+        env["SINKLINE_HOME"] = self.home
+        sinkline = os.path.join(BIN_DIR, "sinkline")
+
+        def run(*args):
+            r = subprocess.run([sinkline, *args], env=env, timeout=60,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.assertEqual(r.returncode, 0, r.stderr.decode())
+            return r.stdout.decode()
+
+        bindings = run("bindings")
+        for name in ("recipients", "dkim", "stamp-eod", "archive-eod"):
+            self.assertRegex(bindings, rf"\n{name}\s")
+        self.assertTrue(run("queue").endswith("-- 0 messages, 0 bytes\n"))
+        self.assertTrue(run("sessions").startswith("SESSION"))
+        self.assertTrue(run("counters", "edge").startswith("NAME"))
+        self.assertIn(": ok (4 sinks, 4 bindings)",
+                      run("check-config",
+                          os.path.join(self.home, "run", "bindings.yaml")))
+
 
 if __name__ == "__main__":
     unittest.main()
