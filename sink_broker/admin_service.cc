@@ -159,10 +159,12 @@ grpc::ServerUnaryReactor* AdminService::ReleaseMessage(
     grpc::CallbackServerContext* ctx, const v1::ReleaseMessageRequest* req,
     v1::MessageInfo* resp) {
   return Guarded(ctx, [&] {
-    if (auto st = submitter_.Release(req->queue_id()); !st.ok()) {
-      return st;
-    }
-    return Fill(MessageWithLeases(messages_, leases_, req->queue_id()), resp);
+    absl::Status shown;
+    auto st = submitter_.Release(req->queue_id(), [&] {
+      shown =
+          Fill(MessageWithLeases(messages_, leases_, req->queue_id()), resp);
+    });
+    return st.ok() ? shown : st;
   });
 }
 

@@ -141,9 +141,14 @@ void ChainRun::InvokeNow(const BindingConfig* b) {
   if (sink == nullptr) {
     return Finished(call, absl::NotFoundError("no such sink " + spec.sink()));
   }
+  // With session affinity every event of a session goes to one replica.
+  SinkConfig to = *sink;
+  if (spec.session_affinity()) {
+    to.target = AffinityTarget(sink->target, event_.session().session_id());
+  }
   auto self = shared_from_this();
   env_.sinks->Invoke(
-      *sink, std::move(req), std::chrono::system_clock::now() + deadline,
+      to, std::move(req), std::chrono::system_clock::now() + deadline,
       [self, call](absl::StatusOr<v1::Verdict> result) {
         asio::post(self->strand_,
                    [self, call, result = std::move(result)]() mutable {

@@ -243,7 +243,8 @@ void Submitter::ChainOver(std::shared_ptr<v1::QueueEntry> committed,
   });
 }
 
-absl::Status Submitter::Release(const std::string& queue_id) {
+absl::Status Submitter::Release(const std::string& queue_id,
+                                const std::function<void()>& released) {
   absl::MutexLock lock(&operator_.release_mu());
   const auto state = messages_.State(queue_id);
   if (!state || queue_id.empty()) {
@@ -269,6 +270,7 @@ absl::Status Submitter::Release(const std::string& queue_id) {
                      "released by an operator");
   spdlog::info("queue_id={} released by an operator (was {})", queue_id,
                MessageStateName(*state));
+  if (released) released();
   Submit(std::move(*entry));
   return absl::OkStatus();
 }

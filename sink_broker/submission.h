@@ -8,6 +8,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -53,7 +54,11 @@ class Submitter {
               std::shared_ptr<MessageRecord> record = nullptr);
   // An operator lets a held, quarantined or failed message go on:
   // NOT_FOUND for an unknown id, FAILED_PRECONDITION for any other state.
-  absl::Status Release(const std::string& queue_id);
+  // `released` runs once the release is recorded, before the message is
+  // handed on (what the operator is shown is the release, not a later
+  // attempt).
+  absl::Status Release(const std::string& queue_id,
+                       const std::function<void()>& released = nullptr);
 
   // Shutdown: deferred messages stay in the spool for the next start.
   // CancelRetries stops the retry timers; Join waits for attempts in

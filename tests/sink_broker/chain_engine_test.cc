@@ -42,13 +42,19 @@ class FakeInvoker : public SinkInvoker {
     for (const auto& r : Requests()) out.push_back(r.binding());
     return out;
   }
-  void Invoke(const SinkConfig&, std::shared_ptr<const v1::SinkRequest> req,
+  std::vector<std::string> Targets() {
+    absl::MutexLock lock(&mu_);
+    return targets_;
+  }
+  void Invoke(const SinkConfig& sink,
+              std::shared_ptr<const v1::SinkRequest> req,
               std::chrono::system_clock::time_point deadline,
               Done done) override {
     Answer a;
     {
       absl::MutexLock lock(&mu_);
       requests_.push_back(*req);
+      targets_.push_back(sink.target);
       a = answers_[req->binding()];
     }
     if (!a) {
@@ -63,6 +69,7 @@ class FakeInvoker : public SinkInvoker {
   absl::Mutex mu_;
   std::map<std::string, Answer> answers_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::SinkRequest> requests_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> targets_ ABSL_GUARDED_BY(mu_);
 };
 
 FakeInvoker::Answer Verdict(v1::Action action, uint32_t code = 0,
@@ -100,10 +107,11 @@ class ChainEngineTest : public ::testing::Test {
     if (!dir_.empty()) fs::remove_all(dir_);
   }
 
-  void Configure(const std::string& bindings) {
-    auto c = ParseConfig(
-        "sinks:\n  - name: fake\n    target: fake:1\nbindings:\n" + bindings,
-        "test.yaml");
+  void Configure(const std::string& bindings,
+                 const std::string& target = "fake:1") {
+    auto c = ParseConfig("sinks:\n  - name: fake\n    target: " + target +
+                             "\nbindings:\n" + bindings,
+                         "test.yaml");
     ASSERT_TRUE(c.ok()) << c.status();
     config_ = std::make_shared<const Config>(std::move(*c));
   }
@@ -384,6 +392,40 @@ TEST_F(ChainEngineTest, RecoveryRunsOnlyUnfinishedBindingsAsRedeliveries) {
             std::future_status::ready);
   EXPECT_EQ(sinks_.Calls(), (std::vector<std::string>{"left"}));
   EXPECT_TRUE(sinks_.Requests()[0].redelivery());
+}
+
+TEST_F(ChainEngineTest, SessionAffinityKeepsASessionOnOneReplica) {
+  Configure(Binding("sticky", "RCPT", 10, "    session_affinity: true\n") +
+                Binding("spread", "RCPT", 20),
+            "ipv4:127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003");
+  std::map<std::string, std::set<std::string>> replicas;
+  for (int session = 0; session < 8; ++session) {
+    for (int rcpt = 0; rcpt < 3; ++rcpt) {
+      v1::Event e = Ev(v1::EVENT_TYPE_RCPT);
+      e.mutable_session()->set_session_id("S" + std::to_string(session));
+      Run(e);
+    }
+  }
+  const auto targets = sinks_.Targets();
+  const auto reqs = sinks_.Requests();
+  ASSERT_EQ(targets.size(), reqs.size());
+  std::set<std::string> used;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (reqs[i].binding() == "spread") {
+      // Without affinity the whole target goes to the channel.
+      EXPECT_EQ(targets[i],
+                "ipv4:127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003");
+      continue;
+    }
+    replicas[reqs[i].event().session().session_id()].insert(targets[i]);
+    used.insert(targets[i]);
+  }
+  ASSERT_EQ(replicas.size(), 8u);
+  for (const auto& [session, targets_of] : replicas) {
+    EXPECT_EQ(targets_of.size(), 1u) << session;  // one replica per session
+    EXPECT_EQ(targets_of.begin()->find(','), std::string::npos);
+  }
+  EXPECT_GT(used.size(), 1u);  // and the sessions spread over replicas
 }
 
 }  // namespace
