@@ -10,10 +10,12 @@ envelope or the SMTP reply."""
 import os
 import re
 import smtplib
+import time
 import unittest
 
-from harness import StackTestCase, has_failed, split_received
+from harness import StackTestCase, has_failed, split_received, wait_for
 from milter_tools import python_milter
+from test_metrics import metrics_port, samples, scrape
 
 QUEUED = re.compile(rb"queued as (\S+)")
 
@@ -147,6 +149,88 @@ class MilterModificationsTest(StackTestCase):
         self.assertEqual(code, 452, resp)
         self.assertEqual(resp, b"4.3.1 Busy, mod-milter")
         self.assertIsNone(qid)
+
+
+class MilterProgressTest(StackTestCase):
+    """SMFIR_PROGRESS through the bridge (--eom-timeout=1s, binding
+    deadline 4 s): a milter that sends progress every 0.3 s for 2.5 s is
+    waited for, past the eom timeout; one that stalls as long without
+    progress fails at the eom timeout; one that sends progress for longer
+    than the binding's deadline is cut at that deadline, both by the broker
+    and by the bridge (which stops waiting for the milter then). A body
+    larger than --max-replaced-body fails the call."""
+
+    def setUp(self):
+        super().setUp()
+        self.milter = python_milter(self.workdir, "mod-milter",
+                                    "mod_milter.py",
+                                    ["--progress-every=0.3",
+                                     "--body-size=200000"])
+        self.addCleanup(self.milter.stop)
+        self.milter.start()
+        self.bridge = self.stack.start_sink("milter", "sinkline-sink-milter", [
+            f"--milter=unix:{self.milter.sock}", "--eom-timeout=1s",
+            "--max-replaced-body=100000",
+            "--metrics-listen=127.0.0.1:0"])
+        self.stack.write_config([
+            {"name": "mod-milter", "sink": "milter", "event": "EOD",
+             "priority": 20000, "content_access": "read-write",
+             "deadline_ms": 4000, "failure_policy": "tempfail"},
+        ])
+        self.stack.start_broker()
+        self.stack.start_edge(
+            ["--accepted-domains=example.test,example.net"])
+
+    def tearDown(self):
+        if has_failed(self):
+            print("===== mod-milter =====\n" + self.milter.log())
+        super().tearDown()
+
+    send = MilterModificationsTest.send
+
+    def timed(self, mode):
+        started = time.monotonic()
+        code, resp, qid = self.send(mode)
+        return code, resp, qid, time.monotonic() - started
+
+    def test_progress_keeps_the_call_alive_past_the_eom_timeout(self):
+        code, resp, qid, took = self.timed("progress 2.5")
+        self.assertEqual(code, 250, resp)
+        self.assertGreater(took, 2.4)
+        _, queued = self.stack.queued(qid)
+        self.assertIn(b"X-Progress: done\r\n", queued)
+        m = samples(scrape(metrics_port(self.bridge))[2])
+        self.assertGreaterEqual(m["sinkline_milter_progress_total"], 7, m)
+        for stage in ("connect", "command", "eom"):
+            self.assertGreaterEqual(
+                m[f'sinkline_milter_call_seconds_count{{stage="{stage}"}}'],
+                1, m)
+        # The eom answer took the whole 2.5 s: it is in the 5 s bucket,
+        # not in the 1 s one.
+        self.assertEqual(
+            m['sinkline_milter_call_seconds_bucket{stage="eom",le="1"}'], 0)
+
+    def test_no_progress_fails_at_the_eom_timeout(self):
+        code, resp, qid, took = self.timed("stall 2.5")
+        self.assertEqual(code, 451, resp)
+        self.assertIsNone(qid)
+        self.assertLess(took, 2.4)
+
+    def test_progress_is_bounded_by_the_bindings_deadline(self):
+        code, resp, qid, took = self.timed("progress 8")
+        self.assertEqual(code, 451, resp)
+        self.assertIsNone(qid)
+        self.assertLess(took, 6)
+        # The bridge gave up at the call's deadline too, not when the
+        # milter finished (8 s).
+        wait_for(lambda: "did not answer in time" in self.bridge.log(), 2.5,
+                 "the bridge to stop waiting at the call's deadline")
+
+    def test_replaced_body_over_the_limit_fails_the_call(self):
+        code, resp, qid, _ = self.timed("body")
+        self.assertEqual(code, 451, resp)
+        self.assertIsNone(qid)
+        self.assertIn("--max-replaced-body", self.bridge.log())
 
 
 if __name__ == "__main__":
