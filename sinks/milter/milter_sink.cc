@@ -211,8 +211,8 @@ void MilterSink::Run(SessionState& state, sdk::EventContext& ctx) {
         result->outcome.final.kind == Reply::Kind::kDiscard) {
       state.discard = true;
     }
-    if (auto s = ApplyResult(*result, state.discard,
-                             state.milter->options().actions, ctx, &body);
+    if (auto s = ApplyResult(*result, state.discard, state.milter->options(),
+                             ctx, &body);
         !s.ok()) {
       pool_.Release(state.milter->Take(), false);
       state.milter.reset();

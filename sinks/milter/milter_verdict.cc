@@ -147,9 +147,18 @@ SmtpReply RefusalReply(const Reply& r) {
   }
 }
 
+std::string HeaderValue(absl::string_view value, bool lead_space) {
+  if (lead_space && !value.empty() && value.front() == ' ') {
+    value.remove_prefix(1);
+  }
+  return NormalizeFolding(value);
+}
+
 absl::Status ApplyResult(const StepResult& result, bool discard,
-                         uint32_t actions, sdk::EventContext& ctx,
+                         const Options& negotiated, sdk::EventContext& ctx,
                          BodyStream* body) {
+  const uint32_t actions = negotiated.actions;
+  const bool lead_space = (negotiated.protocol & kHdrLeadSpc) != 0;
   const v1::EventType type = ctx.event().type();
   const bool eod = type == v1::EVENT_TYPE_EOD;
   const Reply& final = result.outcome.final;
@@ -211,17 +220,17 @@ absl::Status ApplyResult(const StepResult& result, bool discard,
     }
     switch (e.kind) {
       case K::kAddHeader:
-        ctx.AppendHeader(e.name, NormalizeFolding(e.value));
+        ctx.AppendHeader(e.name, HeaderValue(e.value, lead_space));
         break;
       case K::kInsHeader:
-        ctx.AddHeader(e.name, NormalizeFolding(e.value), e.index);
+        ctx.AddHeader(e.name, HeaderValue(e.value, lead_space), e.index);
         break;
       case K::kChgHeader:
         if (e.value.empty()) {
           ctx.DeleteHeader(e.name, std::max<uint32_t>(1, e.index));
         } else {
           ctx.ChangeHeader(e.name, std::max<uint32_t>(1, e.index),
-                           NormalizeFolding(e.value));
+                           HeaderValue(e.value, lead_space));
         }
         break;
       case K::kAddRcpt:

@@ -56,16 +56,22 @@ class BodyStream {
   bool finished_ = false;
 };
 
-// Fills `ctx`'s verdict from `result`. `actions`: what the milter
-// negotiated; a modification outside them is a protocol error. `body`: the
-// stream a replaced body went to (else Outcome::body is sent). Returns an
+// Fills `ctx`'s verdict from `result`. `negotiated`: the milter's actions
+// and protocol flags; a modification outside them is a protocol error. `body`:
+// the stream a replaced body went to (else Outcome::body is sent). Returns an
 // error the caller turns into a sink failure.
 absl::Status ApplyResult(const StepResult& result, bool discard,
-                         uint32_t actions, sdk::EventContext& ctx,
+                         const Options& negotiated, sdk::EventContext& ctx,
                          BodyStream* body = nullptr);
 
 // Header values from milters fold with bare LF; Sinkline wants CRLF + WSP.
 std::string NormalizeFolding(absl::string_view value);
+
+// A header value a milter added or changed, as Sinkline's edits take it
+// (they write "Name: value"). With SMFIP_HDR_LEADSPC negotiated the milter
+// sends the octets after the colon, leading space included (OpenDKIM does):
+// that one space is Sinkline's own.
+std::string HeaderValue(absl::string_view value, bool lead_space);
 
 // The reply for a refusal or tempfail answer.
 struct SmtpReply {
