@@ -20,8 +20,9 @@ ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(5),
 ABSL_FLAG(absl::Duration, command_timeout, absl::Seconds(10),
           "time the milter has to answer each command");
 ABSL_FLAG(absl::Duration, eom_timeout, absl::Seconds(30),
-          "time the milter has to answer end of message (SMFIR_PROGRESS "
-          "pushes it out within the lease's maximum)");
+          "time the milter has to answer end of message; each "
+          "SMFIR_PROGRESS gives it this much again, never past the call's "
+          "deadline (the binding's deadline_ms) nor the lease's maximum");
 ABSL_FLAG(absl::Duration, progress_extend, absl::Seconds(30),
           "how much each SMFIR_PROGRESS renews the lease");
 ABSL_FLAG(int, pool_idle, 0,
@@ -30,6 +31,10 @@ ABSL_FLAG(int, pool_idle, 0,
           "8.17 as Debian 12 ships it does not answer after QUIT_NC)");
 ABSL_FLAG(int, max_packet, 1024 * 1024 + 64,
           "largest packet accepted from the milter, in octets");
+ABSL_FLAG(int64_t, max_replaced_body, 64 * 1024 * 1024,
+          "largest body a milter may send with SMFIR_REPLBODY, in octets; "
+          "it is streamed to the broker as it arrives, a larger one fails "
+          "the call (the binding's failure policy applies)");
 ABSL_FLAG(absl::Duration, session_idle, absl::Minutes(10),
           "per-command mode: a session not heard of for this long ends");
 ABSL_FLAG(std::string, daemon_name, "sinkline", "value of {daemon_name}");
@@ -72,6 +77,12 @@ int main(int argc, char** argv) {
   o.pool.max_packet = static_cast<size_t>(absl::GetFlag(FLAGS_max_packet));
   o.timeouts.command = o.pool.command_timeout;
   o.timeouts.eom = absl::ToChronoMilliseconds(absl::GetFlag(FLAGS_eom_timeout));
+  if (absl::GetFlag(FLAGS_max_replaced_body) < 0) {
+    spdlog::critical("--max-replaced-body must be >= 0");
+    return 1;
+  }
+  o.timeouts.max_body =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_replaced_body));
   o.progress_extend =
       absl::ToChronoMilliseconds(absl::GetFlag(FLAGS_progress_extend));
   o.session_idle =

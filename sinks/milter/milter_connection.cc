@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "sinkline/common/metrics.h"
 
 namespace sinkline::milter {
 namespace {
@@ -56,6 +57,14 @@ absl::StatusOr<uint16_t> Port(absl::string_view s) {
 }
 
 }  // namespace
+
+void ObserveLatency(const char* stage, Clock::time_point start) {
+  MetricsRegistry::Default()
+      .GetHistogram("sinkline_milter_call_seconds",
+                    "Time the milter took to answer, by stage.",
+                    {{"stage", stage}})
+      .Observe(std::chrono::duration<double>(Clock::now() - start).count());
+}
 
 std::string MilterAddress::ToString() const {
   return unix_socket ? absl::StrCat("unix:", host)
@@ -236,6 +245,7 @@ absl::StatusOr<std::unique_ptr<Connection>> Pool::Acquire() {
       return conn;
     }
   }
+  const auto start = Clock::now();
   auto conn = Connection::Open(options_.address, options_.connect_timeout,
                                options_.max_packet);
   if (!conn.ok()) return conn.status();
@@ -244,6 +254,7 @@ absl::StatusOr<std::unique_ptr<Connection>> Pool::Acquire() {
       !s.ok()) {
     return s;
   }
+  ObserveLatency("connect", start);
   return conn;
 }
 

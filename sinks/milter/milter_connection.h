@@ -18,6 +18,13 @@ namespace sinkline::milter {
 
 using Clock = std::chrono::steady_clock;
 
+// sinkline_milter_call_seconds{stage}: how long the milter took, from the
+// first octet sent to its final answer. Stages: "connect" (connect and
+// option negotiation), "command" (each command answered: SMFIC_CONNECT, HELO,
+// MAIL, RCPT, DATA, headers, end of headers, body chunks), "eom" (end of
+// message, modifications and progress included).
+void ObserveLatency(const char* stage, Clock::time_point start);
+
 // Where the milter listens: "inet:host:port", "inet:port@host",
 // "inet6:host:port", "unix:/path" or "local:/path" (Postfix's and
 // Sendmail's forms).

@@ -145,7 +145,8 @@ SplitMessage Split(absl::string_view message) {
 absl::StatusOr<StepResult> CatchUp(
     SessionState& state, const v1::Event& event, const MacroConfig& macros,
     absl::string_view message,
-    const std::function<Clock::time_point(Clock::time_point)>& progress) {
+    const std::function<Clock::time_point(Clock::time_point)>& progress,
+    const BodySink& body) {
   MilterSession& m = *state.milter;
   const auto& s = event.session();
   const v1::EventType type = event.type();
@@ -250,7 +251,7 @@ absl::StatusOr<StepResult> CatchUp(
     if (o->skipped) break;
     if (!IsContinue(*o)) return stop(Step::kMessage, *o);
   }
-  o = m.EndOfMessage(MacrosFor(Stage::kEom, event, macros, m), progress);
+  o = m.EndOfMessage(MacrosFor(Stage::kEom, event, macros, m), progress, body);
   if (!o.ok()) return o.status();
   // A new MAIL may follow on this connection after end of message.
   state.transaction.clear();

@@ -72,10 +72,12 @@ struct SessionState {
 
 // Sends every step up to and including `event`'s own that the milter has not
 // seen; stops at the first final answer other than continue. For EOD,
-// `message` is the whole message and `progress` extends the deadline.
+// `message` is the whole message, `progress` extends the deadline and
+// `body` takes a replaced body as it arrives.
 absl::StatusOr<StepResult> CatchUp(
     SessionState& state, const v1::Event& event, const MacroConfig& macros,
     absl::string_view message,
-    const std::function<Clock::time_point(Clock::time_point)>& progress);
+    const std::function<Clock::time_point(Clock::time_point)>& progress,
+    const BodySink& body = {});
 
 }  // namespace sinkline::milter

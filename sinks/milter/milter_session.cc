@@ -63,7 +63,8 @@ absl::StatusOr<Outcome> MilterSession::Step(char code, absl::string_view data,
     out.skipped = true;
     return out;
   }
-  const auto deadline = Clock::now() + timeouts_.command;
+  const auto start = Clock::now();
+  const auto deadline = start + timeouts_.command;
   if (!macros.empty()) {
     if (auto s = conn_->Send(cmd::kMacro,
                              EncodeMacros(MacroCommand(macro_stage), macros),
@@ -76,6 +77,7 @@ absl::StatusOr<Outcome> MilterSession::Step(char code, absl::string_view data,
   if (nr_flag != 0 && (options().protocol & nr_flag) != 0) return out;
   auto r = ReadFinal(deadline);
   if (!r.ok()) return r.status();
+  ObserveLatency("command", start);
   out.final = *r;
   if (r->kind == Reply::Kind::kAccept) {
     // Accept at connect or helo accepts the connection; later, the message.
@@ -166,14 +168,16 @@ absl::StatusOr<Outcome> MilterSession::Body(absl::string_view chunk) {
 
 absl::StatusOr<Outcome> MilterSession::EndOfMessage(
     const Macros& macros,
-    const std::function<Clock::time_point(Clock::time_point)>& progress) {
+    const std::function<Clock::time_point(Clock::time_point)>& progress,
+    const BodySink& body) {
   Outcome out;
   if (broken_) return absl::UnavailableError("the milter connection broke");
   if (connection_accepted_ || message_done_) {
     out.skipped = true;
     return out;
   }
-  auto deadline = Clock::now() + timeouts_.eom;
+  const auto start = Clock::now();
+  auto deadline = start + timeouts_.eom;
   if (!macros.empty()) {
     if (auto s = conn_->Send(cmd::kMacro, EncodeMacros(cmd::kBodyEob, macros),
                              deadline);
@@ -183,6 +187,7 @@ absl::StatusOr<Outcome> MilterSession::EndOfMessage(
   }
   if (auto s = conn_->Send(cmd::kBodyEob, "", deadline); !s.ok())
     return Fail(s);
+  size_t body_size = 0;
   for (;;) {
     auto p = conn_->Receive(deadline);
     if (!p.ok()) return Fail(p.status());
@@ -194,17 +199,25 @@ absl::StatusOr<Outcome> MilterSession::EndOfMessage(
       continue;
     }
     if (r->kind == K::kReplBody) {
-      if (out.body.size() + r->body.size() > timeouts_.max_body) {
-        return Fail(ProtocolError("replaced body exceeds the size limit"));
+      body_size += r->body.size();
+      if (body_size > timeouts_.max_body) {
+        return Fail(ProtocolError(
+            absl::StrCat("replaced body exceeds --max-replaced-body (",
+                         timeouts_.max_body, " octets)")));
       }
       out.body_replaced = true;
-      out.body += r->body;
+      if (body) {
+        if (auto s = body(r->body); !s.ok()) return Fail(s);
+      } else {
+        out.body += r->body;
+      }
       continue;
     }
     if (r->kind == K::kSkip) {
       return Fail(ProtocolError("SKIP at end of message"));
     }
     if (r->final()) {
+      ObserveLatency("eom", start);
       out.final = *r;
       message_done_ = true;
       return out;

@@ -26,10 +26,14 @@ struct Outcome {
   bool skipped = false;  // the step was not sent (opted out or accepted)
 };
 
+// Takes one chunk of a replaced body; an error ends the conversation.
+using BodySink = std::function<absl::Status(absl::string_view)>;
+
 struct SessionTimeouts {
   std::chrono::milliseconds command{10000};
   std::chrono::milliseconds eom{30000};
-  // Upper bound of the largest replaced body kept for the verdict.
+  // Largest replaced body accepted from the milter (a larger one is a
+  // protocol error); --max-replaced-body.
   size_t max_body = 64 * 1024 * 1024;
 };
 
@@ -61,10 +65,14 @@ class MilterSession {
   absl::StatusOr<Outcome> Eoh(const Macros& macros);
   absl::StatusOr<Outcome> Body(absl::string_view chunk);
   // `progress` is called on each SMFIR_PROGRESS and returns the new
-  // deadline of the whole end-of-message answer.
+  // deadline of the whole end-of-message answer. `body`, when given, takes
+  // each SMFIR_REPLBODY chunk as it arrives (then Outcome::body stays
+  // empty); without it the chunks are collected in Outcome::body. Either
+  // way the new body is bounded by SessionTimeouts::max_body.
   absl::StatusOr<Outcome> EndOfMessage(
       const Macros& macros,
-      const std::function<Clock::time_point(Clock::time_point)>& progress);
+      const std::function<Clock::time_point(Clock::time_point)>& progress,
+      const BodySink& body = {});
   // Ends the message (SMFIC_ABORT): the next MAIL may follow.
   absl::Status Abort();
 

@@ -152,19 +152,32 @@ void MilterSink::Run(SessionState& state, sdk::EventContext& ctx) {
     }
     message = std::move(*m);
   }
-  // SMFIR_PROGRESS: renew the lease and push the deadline out, never past
-  // the lease's maximum.
-  auto progress = [&](Clock::time_point deadline) {
+  // The broker stops waiting at the call's deadline (the binding's
+  // deadline_ms): no milter answer is waited for past it.
+  const auto call_left = ctx.deadline() - std::chrono::system_clock::now();
+  const Clock::time_point call_end =
+      call_left > std::chrono::hours(24)
+          ? Clock::now() + std::chrono::hours(24)
+          : Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                               std::max(call_left, call_left.zero()));
+  // SMFIR_PROGRESS: renew the lease and push the deadline out by
+  // --eom-timeout, never past the lease's maximum nor the call's deadline.
+  auto progress = [&](Clock::time_point) {
+    Clock::time_point next =
+        std::min(Clock::now() + options_.timeouts.eom, call_end);
     if (!ctx.lease().token().empty()) {
       (void)sdk::ContentClient::Default().Renew(
           ctx.lease(), absl::FromChrono(options_.progress_extend));
       const auto max_left = std::chrono::milliseconds(
           TimeUtil::TimestampToMilliseconds(ctx.lease().max_expires()) -
           TimeUtil::TimestampToMilliseconds(TimeUtil::GetCurrentTime()));
-      return std::min(Clock::now() + options_.timeouts.eom,
-                      Clock::now() + max_left);
+      next = std::min(next, Clock::now() + max_left);
     }
-    return std::max(deadline, Clock::now() + options_.timeouts.eom);
+    MetricsRegistry::Default()
+        .GetCounter("sinkline_milter_progress_total",
+                    "SMFIR_PROGRESS answers that extended a deadline.")
+        .Inc();
+    return next;
   };
   const bool fresh = state.milter == nullptr;
   for (int attempt = 0;; ++attempt) {
@@ -182,8 +195,10 @@ void MilterSink::Run(SessionState& state, sdk::EventContext& ctx) {
       state.rcpts_sent.clear();
     }
     const bool reused = fresh && attempt == 0 && state.milter->reused();
+    BodyStream body(ctx, state.milter->options().actions);
     auto result =
-        CatchUp(state, ctx.event(), options_.macros, message, progress);
+        CatchUp(state, ctx.event(), options_.macros, message, progress,
+                [&body](absl::string_view chunk) { return body.Write(chunk); });
     if (!result.ok()) {
       const bool retry = reused && absl::IsUnavailable(result.status());
       pool_.Release(state.milter->Take(), false);
@@ -196,8 +211,8 @@ void MilterSink::Run(SessionState& state, sdk::EventContext& ctx) {
         result->outcome.final.kind == Reply::Kind::kDiscard) {
       state.discard = true;
     }
-    if (auto s = ApplyResult(*result, state.discard,
-                             state.milter->options().actions, ctx);
+    if (auto s = ApplyResult(*result, state.discard, state.milter->options(),
+                             ctx, &body);
         !s.ok()) {
       pool_.Release(state.milter->Take(), false);
       state.milter.reset();

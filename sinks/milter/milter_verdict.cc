@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "sinkline/common/metrics.h"
 #include "sinkline/sdk/content.h"
 
 namespace sinkline::milter {
@@ -48,31 +49,68 @@ std::vector<v1::EsmtpParam> Params(absl::string_view args) {
   return out;
 }
 
-// Streams the new body to the broker under the lease; it is published with
-// the lease's other writes when the verdict is accepted.
-absl::Status StreamBody(const v1::Lease& lease, absl::string_view body) {
-  auto stub = sdk::ContentClient::Default().Stub(lease.content_endpoint());
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::seconds(60));
-  v1::EditResponse response;
-  auto writer = stub->ReplaceBody(&context, &response);
-  size_t pos = 0;
-  bool first = true;
-  do {
-    v1::ReplaceBodyRequest req;
-    if (first) req.set_token(lease.token());
-    first = false;
-    const size_t n = std::min<size_t>(body.size() - pos, 256 * 1024);
-    req.set_data(std::string(body.substr(pos, n)));
-    pos += n;
-    if (!writer->Write(req)) break;
-  } while (pos < body.size());
-  writer->WritesDone();
-  return sdk::FromGrpc(writer->Finish());
+// Streams a body held whole (per-command sessions without a stream) to the
+// broker under the lease.
+absl::Status StreamBody(const sdk::EventContext& ctx, uint32_t actions,
+                        absl::string_view body) {
+  BodyStream stream(ctx, actions);
+  for (size_t pos = 0; pos < body.size(); pos += 256 * 1024) {
+    if (auto s = stream.Write(body.substr(pos, 256 * 1024)); !s.ok()) return s;
+  }
+  if (body.empty()) {
+    if (auto s = stream.Write(""); !s.ok()) return s;
+  }
+  return stream.Finish();
 }
 
 }  // namespace
+
+BodyStream::~BodyStream() {
+  if (writer_ && !finished_) {
+    context_->TryCancel();
+    (void)writer_->Finish();
+  }
+}
+
+absl::Status BodyStream::Write(absl::string_view chunk) {
+  if ((actions_ & kChgBody) == 0) {
+    return ProtocolError("body replaced without SMFIF_CHGBODY");
+  }
+  octets_ += chunk.size();
+  MetricsRegistry::Default()
+      .GetCounter("sinkline_milter_replaced_body_octets_total",
+                  "Octets of bodies replaced by the milter, streamed to "
+                  "the broker.")
+      .Inc(static_cast<double>(chunk.size()));
+  if (!ctx_.can_write()) {
+    dropped_ = true;  // ApplyResult says so once
+    return absl::OkStatus();
+  }
+  v1::ReplaceBodyRequest req;
+  if (!writer_) {
+    const v1::Lease& lease = ctx_.lease();
+    auto stub = sdk::ContentClient::Default().Stub(lease.content_endpoint());
+    context_ = std::make_unique<grpc::ClientContext>();
+    auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(60);
+    context_->set_deadline(std::min(deadline, ctx_.deadline()));
+    response_ = std::make_unique<v1::EditResponse>();
+    writer_ = stub->ReplaceBody(context_.get(), response_.get());
+    req.set_token(lease.token());
+  }
+  req.set_data(std::string(chunk));
+  if (!writer_->Write(req)) {
+    finished_ = true;
+    return sdk::FromGrpc(writer_->Finish());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BodyStream::Finish() {
+  if (!writer_ || finished_) return absl::OkStatus();
+  finished_ = true;
+  writer_->WritesDone();
+  return sdk::FromGrpc(writer_->Finish());
+}
 
 std::string NormalizeFolding(absl::string_view value) {
   std::string out;
@@ -109,8 +147,18 @@ SmtpReply RefusalReply(const Reply& r) {
   }
 }
 
+std::string HeaderValue(absl::string_view value, bool lead_space) {
+  if (lead_space && !value.empty() && value.front() == ' ') {
+    value.remove_prefix(1);
+  }
+  return NormalizeFolding(value);
+}
+
 absl::Status ApplyResult(const StepResult& result, bool discard,
-                         uint32_t actions, sdk::EventContext& ctx) {
+                         const Options& negotiated, sdk::EventContext& ctx,
+                         BodyStream* body) {
+  const uint32_t actions = negotiated.actions;
+  const bool lead_space = (negotiated.protocol & kHdrLeadSpc) != 0;
   const v1::EventType type = ctx.event().type();
   const bool eod = type == v1::EVENT_TYPE_EOD;
   const Reply& final = result.outcome.final;
@@ -172,17 +220,17 @@ absl::Status ApplyResult(const StepResult& result, bool discard,
     }
     switch (e.kind) {
       case K::kAddHeader:
-        ctx.AppendHeader(e.name, NormalizeFolding(e.value));
+        ctx.AppendHeader(e.name, HeaderValue(e.value, lead_space));
         break;
       case K::kInsHeader:
-        ctx.AddHeader(e.name, NormalizeFolding(e.value), e.index);
+        ctx.AddHeader(e.name, HeaderValue(e.value, lead_space), e.index);
         break;
       case K::kChgHeader:
         if (e.value.empty()) {
           ctx.DeleteHeader(e.name, std::max<uint32_t>(1, e.index));
         } else {
           ctx.ChangeHeader(e.name, std::max<uint32_t>(1, e.index),
-                           NormalizeFolding(e.value));
+                           HeaderValue(e.value, lead_space));
         }
         break;
       case K::kAddRcpt:
@@ -205,7 +253,9 @@ absl::Status ApplyResult(const StepResult& result, bool discard,
     if ((actions & kChgBody) == 0) {
       return ProtocolError("body replaced without SMFIF_CHGBODY");
     }
-    if (auto s = StreamBody(ctx.lease(), o.body); !s.ok()) return s;
+    auto s =
+        body != nullptr ? body->Finish() : StreamBody(ctx, actions, o.body);
+    if (!s.ok()) return s;
   }
   if (!quarantine.empty()) {
     if (ctx.after_commit()) {

@@ -72,6 +72,9 @@ class MilterOpenDkimTest(StackTestCase):
                 self.assertEqual([(t["d"], t["s"]) for t in sigs],
                                  [("example.test", "mil2026")])
                 self.assertEqual(sigs[0]["a"], "rsa-sha256")
+                # OpenDKIM negotiates SMFIP_HDR_LEADSPC and sends the space
+                # after the colon itself: one space, as behind Postfix.
+                self.assertRegex(queued, rb"(?m)^DKIM-Signature: v=1; ")
                 # The message itself is unchanged below the signature.
                 self.assertTrue(queued.endswith(MESSAGES[i // 2]))
 

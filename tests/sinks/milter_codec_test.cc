@@ -170,6 +170,10 @@ TEST(MilterCodec, DecodesEachReply) {
   EXPECT_EQ(i->kind, K::kInsHeader);
   EXPECT_EQ(i->index, 2u);
   EXPECT_EQ(NormalizeFolding(i->value), "v=1;\r\n\tb=x");
+  // With SMFIP_HDR_LEADSPC the milter sends the space after the colon.
+  EXPECT_EQ(HeaderValue(" v=1;\n\tb=x", true), "v=1;\r\n\tb=x");
+  EXPECT_EQ(HeaderValue("  two", true), " two");
+  EXPECT_EQ(HeaderValue(" kept", false), " kept");
 
   auto m = Decode('m', U32(1) + Z("Subject") + Z(""));
   ASSERT_TRUE(m.ok());

@@ -27,7 +27,9 @@ ABSL_FLAG(int, shutdown_grace_s, 20,
 
 namespace sinkline::sdk {
 
-EventContext::EventContext(const v1::SinkRequest& request) : request_(request) {
+EventContext::EventContext(const v1::SinkRequest& request,
+                           std::chrono::system_clock::time_point deadline)
+    : request_(request), deadline_(deadline) {
   verdict_.set_action(v1::ACTION_CONTINUE);
 }
 
@@ -155,12 +157,13 @@ class SinkService final : public v1::Sink::CallbackService {
                                     const v1::SinkRequest* request,
                                     v1::Verdict* verdict) override {
     auto* reactor = context->DefaultReactor();
-    boost::asio::post(pool_, [this, request, verdict, reactor] {
+    const auto deadline = context->deadline();
+    boost::asio::post(pool_, [this, request, verdict, reactor, deadline] {
       const auto start = std::chrono::steady_clock::now();
       const std::string event = v1::EventType_Name(request->event().type());
       grpc::Status status;
       try {
-        EventContext ctx(*request);
+        EventContext ctx(*request, deadline);
         sink_.Handle(ctx);
         *verdict = ctx.verdict();
       } catch (const std::exception& e) {

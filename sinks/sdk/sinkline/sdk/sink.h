@@ -17,6 +17,7 @@
 // A sink with flags of its own calls Init(), reads them, then Serve().
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -30,7 +31,10 @@ namespace v1 = ::sinkline::v1;
 // The context of one invocation; handlers fill in the verdict through it.
 class EventContext {
  public:
-  explicit EventContext(const v1::SinkRequest& request);
+  // `deadline`: the broker's deadline for this call (the binding's).
+  explicit EventContext(const v1::SinkRequest& request,
+                        std::chrono::system_clock::time_point deadline =
+                            std::chrono::system_clock::time_point::max());
 
   // What happened.
   const v1::SinkRequest& request() const { return request_; }
@@ -46,6 +50,8 @@ class EventContext {
   bool after_commit() const { return request_.after_commit(); }
   bool redelivery() const { return request_.redelivery(); }
   const v1::Lease& lease() const { return request_.lease(); }
+  // When the broker stops waiting for the verdict (max() when unbounded).
+  std::chrono::system_clock::time_point deadline() const { return deadline_; }
   bool can_write() const {
     return request_.lease().access() == v1::CONTENT_ACCESS_READ_WRITE;
   }
@@ -93,6 +99,7 @@ class EventContext {
 
  private:
   const v1::SinkRequest& request_;
+  const std::chrono::system_clock::time_point deadline_;
   v1::Verdict verdict_;
 };
 
