@@ -30,6 +30,16 @@ std::string NewQueueId() {
   return id;
 }
 
+bool ValidWireId(absl::string_view id) {
+  if (id.empty() || id.size() > 64 || id.front() == '.') return false;
+  for (const char c : id) {
+    const bool ok = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') ||
+                    (c >= 'a' && c <= 'z') || c == '.' || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
 std::string NewToken() {
   unsigned char rnd[32];
   if (RAND_bytes(rnd, sizeof rnd) != 1) std::abort();  // no CSPRNG: no tokens
