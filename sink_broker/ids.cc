@@ -25,7 +25,7 @@ std::string NewQueueId() {
     us /= 36;
   }
   unsigned char rnd[6];
-  RAND_bytes(rnd, sizeof rnd);
+  if (RAND_bytes(rnd, sizeof rnd) != 1) std::abort();  // no CSPRNG
   for (int i = 0; i < 6; ++i) id[10 + i] = kBase36[rnd[i] % 36];
   return id;
 }
