@@ -236,13 +236,14 @@ fi
 
 start broker "$run/broker.port" "$bin/sinkline-broker" \
   --listen=127.0.0.1:0 --port-file="$run/broker.port" --config="$config" \
-  --spool-dir="$home/spool" --queue-dir="$home/queue"
+  --spool-dir="$home/spool" --queue-dir="$home/queue" --admin-allow-loopback
 broker_port=$(cat "$run/broker.port")
 
 start edge "$run/edge.port" "$bin/sinkline-edge" \
   --listen="127.0.0.1:$smtp_port" --port-file="$run/edge.port" \
   --broker="127.0.0.1:$broker_port" --hostname=mx.example.test \
   --admin-listen=127.0.0.1:0 --admin-port-file="$run/edge-admin.port" \
+  --admin-allow-loopback \
   "${edge_policy[@]}"
 edge_port=$(cat "$run/edge.port")
 for _ in $(seq 100); do [[ -s "$run/edge-admin.port" ]] && break; sleep 0.05; done

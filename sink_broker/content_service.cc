@@ -228,7 +228,20 @@ class ContentService final : public v1::Content::CallbackService {
     }
     void OnReadDone(bool ok) override {
       if (ok) {
-        if (token_.empty()) token_ = req_.token();
+        if (first_) {
+          // The token and the claim before any byte is kept: a caller
+          // without a read-write lease must not make the broker buffer.
+          first_ = false;
+          token_ = req_.token();
+          if (auto st = CheckWriter(); !st.ok()) {
+            Finish(ToGrpc(st));
+            return;
+          }
+        } else if (!req_.token().empty() && req_.token() != token_) {
+          Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                              "one ReplaceBody stream, one lease token"));
+          return;
+        }
         body_ += req_.data();
         if (body_.size() > kMaxBody) {
           Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -238,8 +251,9 @@ class ContentService final : public v1::Content::CallbackService {
         StartRead(&req_);
         return;
       }
-      if (auto st = CheckClaim(leases_, ctx_, token_); !st.ok()) {
-        Finish(ToGrpc(st));
+      if (first_) {  // no message at all
+        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "ReplaceBody needs a lease token"));
         return;
       }
       v1::ContentEdit e;
@@ -251,7 +265,19 @@ class ContentService final : public v1::Content::CallbackService {
     void OnDone() override { delete this; }
 
    private:
+    absl::Status CheckWriter() {
+      if (auto st = CheckClaim(leases_, ctx_, token_); !st.ok()) return st;
+      auto lease = leases_->Find(token_);
+      if (!lease.ok()) return lease.status();
+      if ((*lease)->access != v1::CONTENT_ACCESS_READ_WRITE) {
+        return absl::PermissionDeniedError(
+            "read lease: writes need content_access read-write");
+      }
+      return absl::OkStatus();
+    }
+
     static constexpr size_t kMaxBody = 64u << 20;
+    bool first_ = true;
     LeaseTable* const leases_;
     const grpc::CallbackServerContext* const ctx_;
     v1::EditResponse* const resp_;

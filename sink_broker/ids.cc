@@ -25,9 +25,19 @@ std::string NewQueueId() {
     us /= 36;
   }
   unsigned char rnd[6];
-  RAND_bytes(rnd, sizeof rnd);
+  if (RAND_bytes(rnd, sizeof rnd) != 1) std::abort();  // no CSPRNG
   for (int i = 0; i < 6; ++i) id[10 + i] = kBase36[rnd[i] % 36];
   return id;
+}
+
+bool ValidWireId(absl::string_view id) {
+  if (id.empty() || id.size() > 64 || id.front() == '.') return false;
+  for (const char c : id) {
+    const bool ok = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') ||
+                    (c >= 'a' && c <= 'z') || c == '.' || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
 }
 
 std::string NewToken() {

@@ -88,8 +88,11 @@ int main(int argc, char** argv) {
     opts.admin_guard = std::move(*guard);
     if (!opts.admin_guard.configured()) {
       spdlog::warn(
-          "admin service: no --admin-token-file or --admin-client-names; "
-          "only callers on loopback are let in");
+          opts.admin_guard.allow_loopback()
+              ? "admin service: no --admin-token-file or "
+                "--admin-client-names; only callers on loopback are let in"
+              : "admin service: no --admin-token-file, --admin-client-names "
+                "or --admin-allow-loopback; every call is refused");
     }
   }
   opts.spool_dir = absl::GetFlag(FLAGS_spool_dir);

@@ -62,6 +62,8 @@ class SessionState : public std::enable_shared_from_this<SessionState> {
     return absl::StrCat(session_id_, "-", incoming_tx_);
   }
   void MaybeFinish();
+  // Ends the stream with `status` (a hostile or broken edge): no more reads.
+  void Refuse(grpc::Status status);
 
   const SessionEnv* const env_;
   Strand strand_;
@@ -79,6 +81,7 @@ class SessionState : public std::enable_shared_from_this<SessionState> {
   v1::SessionInfo last_session_;
   v1::Envelope last_envelope_;
   absl::Status incoming_error_;
+  grpc::Status finish_status_ = grpc::Status::OK;
 };
 
 class SessionReactor
@@ -197,8 +200,16 @@ void SessionState::OnReadEnd() {
 void SessionState::MaybeFinish() {
   if (read_ended_ && !writing_ && !finished_ && reactor_) {
     finished_ = true;
-    reactor_->Finish(grpc::Status::OK);
+    reactor_->Finish(finish_status_);
   }
+}
+
+void SessionState::Refuse(grpc::Status status) {
+  spdlog::warn("session stream refused: {}", status.error_message());
+  finish_status_ = std::move(status);
+  read_ended_ = true;  // no read is outstanding while a message is handled
+  DiscardIncoming();
+  MaybeFinish();
 }
 
 void SessionState::OnDone() {
@@ -206,7 +217,47 @@ void SessionState::OnDone() {
   DiscardIncoming();
 }
 
+namespace {
+
+// Ids on the wire, checked before anything uses them.
+grpc::Status CheckIds(const v1::SessionRequest& req) {
+  auto bad = [](const char* what) {
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        absl::StrCat(what, " must be 1 to 64 of [A-Za-z0-9._-]"));
+  };
+  switch (req.kind_case()) {
+    case v1::SessionRequest::kStart:
+      if (!ValidWireId(req.start().session().session_id())) {
+        return bad("session_id");
+      }
+      break;
+    case v1::SessionRequest::kData:
+      if (!ValidWireId(req.data().transaction_id())) {
+        return bad("transaction_id");
+      }
+      break;
+    case v1::SessionRequest::kEvent: {
+      const auto& e = req.event();
+      if (!e.session().session_id().empty() &&
+          !ValidWireId(e.session().session_id())) {
+        return bad("session_id");
+      }
+      if (!e.transaction_id().empty() && !ValidWireId(e.transaction_id())) {
+        return bad("transaction_id");
+      }
+      break;
+    }
+    default:
+      break;
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
 void SessionState::OnMessage(v1::SessionRequest req) {
+  if (auto st = CheckIds(req); !st.ok()) return Refuse(std::move(st));
   switch (req.kind_case()) {
     case v1::SessionRequest::kStart: {
       session_id_ = req.start().session().session_id();
@@ -231,14 +282,14 @@ void SessionState::OpenIncoming(const std::string& tx) {
   DiscardIncoming();
   incoming_error_ = absl::OkStatus();
   incoming_tx_ = tx;
-  auto m = IncomingMessage::Create(env_->spool_dir,
-                                   absl::StrCat(session_id_, "-", tx));
+  // The broker's own id names the file, never what the edge sent.
+  incoming_qid_ = NewQueueId();
+  auto m = IncomingMessage::Create(env_->spool_dir, incoming_qid_);
   if (!m.ok()) {
     incoming_error_ = m.status();
     return;
   }
   incoming_ = std::move(*m);
-  incoming_qid_ = NewQueueId();
   if (env_->received_header) {
     incoming_error_ = incoming_->Append(ReceivedHeader(
         last_session_, last_envelope_, incoming_qid_, absl::Now()));

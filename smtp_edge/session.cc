@@ -256,7 +256,15 @@ void Session::OnResult(const v1::EventResult& result) {
   Pending p = std::move(*pending_);
   pending_.reset();
   edge::Reply resolved = Reply::FromProto(result.reply());
-  if (resolved.code == 0) resolved = p.native;
+  if (resolved.code == 0) {
+    // At EOD the native reply is the broker's COMMIT: an answer without a
+    // code is a broken broker answer, never "250 Ok".
+    resolved = p.spec == &kEodEvent
+                   ? MakeReply(451, "4.3.0",
+                               "Error: queue answer broken, message not "
+                               "accepted")
+                   : p.native;
+  }
   Proceed(p, resolved, result.close_session());
   if (result.has_envelope() && mail_from_) {
     // Sinks edited the envelope.

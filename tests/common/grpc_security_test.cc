@@ -10,8 +10,21 @@ namespace {
 
 using grpc::StatusCode;
 
-TEST(AdminGuardTest, WithoutCredentialsOnlyLoopback) {
+TEST(AdminGuardTest, WithoutCredentialsNobodyByDefault) {
   const AdminGuard guard;
+  EXPECT_FALSE(guard.configured());
+  for (const char* peer :
+       {"ipv4:127.0.0.1:5000", "ipv4:127.0.0.6:15001", "ipv6:[::1]:5000",
+        "unix:/run/broker.sock", "ipv4:10.0.0.7:5000"}) {
+    const auto st = guard.Decide(peer, nullptr, {});
+    EXPECT_EQ(st.error_code(), StatusCode::UNAUTHENTICATED) << peer;
+    EXPECT_NE(st.error_message().find("--admin-allow-loopback"),
+              std::string::npos);
+  }
+}
+
+TEST(AdminGuardTest, WithoutCredentialsLoopbackWhenAllowed) {
+  const AdminGuard guard("", {}, /*allow_loopback=*/true);
   EXPECT_FALSE(guard.configured());
   EXPECT_TRUE(guard.Decide("ipv4:127.0.0.1:5000", nullptr, {}).ok());
   EXPECT_TRUE(guard.Decide("ipv6:[::1]:5000", nullptr, {}).ok());

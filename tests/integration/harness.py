@@ -214,19 +214,22 @@ class Stack:
         with open(self.config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
 
-    def start_broker(self, listen="127.0.0.1:0", extra=(), queue_dir=True):
+    def start_broker(self, listen="127.0.0.1:0", extra=(), queue_dir=True,
+                     admin_loopback=True):
         """queue_dir=False: the caller names another backend in `extra`
-        (e.g. --relay-host)."""
+        (e.g. --relay-host). admin_loopback: pass --admin-allow-loopback
+        (the development stack's trust; tests call Admin from loopback)."""
         p = Process("broker", [binary("sinkline-broker"),
                                f"--listen={listen}",
                                f"--config={self.config_path}",
                                f"--spool-dir={self.spool_dir}"]
                     + ([f"--queue-dir={self.queue_dir}"] if queue_dir else [])
+                    + (["--admin-allow-loopback"] if admin_loopback else [])
                     + list(extra), self.workdir)
         self.broker = self._add(p)
         return p
 
-    def start_edge(self, extra=()):
+    def start_edge(self, extra=(), admin_loopback=True):
         """The edge takes mail for example.test (like scripts/start.sh);
         other domains need AUTH or a trusted network."""
         p = Process("edge", [binary("sinkline-edge"), "--listen=127.0.0.1:0",
@@ -234,6 +237,7 @@ class Stack:
                              "--hostname=mx.example.test",
                              "--broker-connect-timeout-ms=2000",
                              "--accepted-domains=example.test"]
+                    + (["--admin-allow-loopback"] if admin_loopback else [])
                     + list(extra), self.workdir)
         self.edge = self._add(p)
         return p

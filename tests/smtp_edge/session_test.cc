@@ -229,6 +229,27 @@ TEST(Session, BrokerLostAnswers451Then421) {
   EXPECT_TRUE(w.closed);
 }
 
+// A broker answer to EOD without a reply code is a broken answer: the
+// message must not be reported as accepted.
+TEST(Session, EodReplyWithoutCodeIs451) {
+  FakeWorld w;
+  v1::SessionInfo info;
+  info.set_server_hostname("mx.example.test");
+  Session s({}, Trusted(), info, &w);
+  s.SetBindingMap({});
+  s.Start();
+  s.Feed(
+      "HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<c@d.e>\r\nDATA\r\nx\r\n.\r\n");
+  ASSERT_TRUE(s.waiting());  // EOD always waits for COMMIT
+  w.written.clear();
+  w.overrides[v1::EVENT_TYPE_EOD] = v1::Reply();  // code 0
+  w.AnswerAll(s);
+  EXPECT_EQ(w.written.substr(0, 10), "451 4.3.0 ") << w.written;
+  s.Feed("MAIL FROM:<a@b.c>\r\n");  // the transaction is over
+  w.AnswerAll(s);
+  EXPECT_NE(w.written.find("250 2.1.0"), std::string::npos) << w.written;
+}
+
 TEST(Parser, Paths) {
   auto p =
       ParsePathArgument("FROM:<a@b.c> BODY=8BITMIME size=10", "FROM:", true);

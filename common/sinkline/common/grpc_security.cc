@@ -28,6 +28,11 @@ ABSL_FLAG(std::string, admin_token_file, "",
 ABSL_FLAG(std::vector<std::string>, admin_client_names, {},
           "client certificate names (CN or DNS SAN) allowed to make operator "
           "calls without a token (needs --grpc-tls-ca)");
+ABSL_FLAG(bool, admin_allow_loopback, false,
+          "with neither --admin-token-file nor --admin-client-names, let "
+          "callers on loopback make operator calls (a development stack on "
+          "one machine; never behind a sidecar proxy, which connects from "
+          "loopback)");
 
 namespace sinkline {
 namespace {
@@ -142,7 +147,8 @@ absl::StatusOr<AdminGuard> AdminGuard::FromFlags() {
     return absl::InvalidArgumentError(
         "--admin-client-names needs --grpc-tls-ca (client certificates)");
   }
-  return AdminGuard(std::move(token), std::move(names));
+  return AdminGuard(std::move(token), std::move(names),
+                    absl::GetFlag(FLAGS_admin_allow_loopback));
 }
 
 grpc::Status AdminGuard::Check(const grpc::ServerContextBase& ctx) const {
@@ -168,16 +174,21 @@ grpc::Status AdminGuard::Decide(
     const std::string& peer, const std::string* authorization,
     const std::vector<std::string>& peer_names) const {
   if (!configured()) {
-    if (absl::StartsWith(peer, "ipv4:127.") ||
-        absl::StartsWith(peer, "ipv6:[::1]") ||
-        absl::StartsWith(peer, "ipv6:%5B::1%5D") ||
-        absl::StartsWith(peer, "unix:")) {
+    if (allow_loopback_ && (absl::StartsWith(peer, "ipv4:127.") ||
+                            absl::StartsWith(peer, "ipv6:[::1]") ||
+                            absl::StartsWith(peer, "ipv6:%5B::1%5D") ||
+                            absl::StartsWith(peer, "unix:"))) {
       return grpc::Status::OK;
     }
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "operator calls from other hosts need a credential: "
-                        "start with --admin-token-file or "
-                        "--admin-client-names");
+                        allow_loopback_
+                            ? "operator calls from other hosts need a "
+                              "credential: start with --admin-token-file or "
+                              "--admin-client-names"
+                            : "operator calls need a credential: start with "
+                              "--admin-token-file or --admin-client-names "
+                              "(or, on a development machine, "
+                              "--admin-allow-loopback)");
   }
   for (const auto& name : peer_names) {
     for (const auto& allowed : client_names_) {

@@ -14,7 +14,10 @@
 //   --admin-token-file               a file holding the bearer token for
 //                                    operator calls;
 //   --admin-client-names             client certificate names (CN or DNS SAN)
-//                                    allowed to make operator calls.
+//                                    allowed to make operator calls;
+//   --admin-allow-loopback           with neither of the two, callers on
+//                                    loopback may make operator calls (off by
+//                                    default).
 // With none of the TLS flags, gRPC runs in plaintext (development on one
 // machine). Lease tokens and the admin token are never logged.
 #pragma once
@@ -57,19 +60,24 @@ void AddGrpcTlsChannelArgs(grpc::ChannelArguments& args);
 // Who may call an operator service.
 class AdminGuard {
  public:
-  // From --admin-token-file and --admin-client-names.
+  // From --admin-token-file, --admin-client-names, --admin-allow-loopback.
   static absl::StatusOr<AdminGuard> FromFlags();
   AdminGuard() = default;
-  AdminGuard(std::string token, std::vector<std::string> client_names)
-      : token_(std::move(token)), client_names_(std::move(client_names)) {}
+  AdminGuard(std::string token, std::vector<std::string> client_names,
+             bool allow_loopback = false)
+      : token_(std::move(token)),
+        client_names_(std::move(client_names)),
+        allow_loopback_(allow_loopback) {}
 
   // OK when the call carries `authorization: Bearer <token>` with the
   // configured token, or comes with a verified client certificate whose CN
   // or DNS name is allowed. With neither configured, only callers on
-  // loopback are let in. UNAUTHENTICATED without a credential,
+  // loopback are let in, and only when allow_loopback; otherwise nobody.
+  // UNAUTHENTICATED without a credential,
   // PERMISSION_DENIED with a wrong one.
   grpc::Status Check(const grpc::ServerContextBase& ctx) const;
   bool configured() const { return !token_.empty() || !client_names_.empty(); }
+  bool allow_loopback() const { return allow_loopback_; }
 
   // The decision itself, from what the call brings: the peer address as
   // gRPC spells it ("ipv4:10.0.0.7:4242"), the authorization header if any,
@@ -80,6 +88,7 @@ class AdminGuard {
  private:
   std::string token_;
   std::vector<std::string> client_names_;
+  bool allow_loopback_ = false;
 };
 
 }  // namespace sinkline
