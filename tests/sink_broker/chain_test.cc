@@ -353,6 +353,26 @@ TEST_F(ChainTest, LateRejectionQuarantinesInsteadOfDropping) {
       fs::exists(Spool((dir_ / "spool").string()).ContentPath(r.queue_id())));
 }
 
+TEST_F(ChainTest, ChunkThatCouldNotBeStoredFailsTheTransaction) {
+  StartBroker(Binding("late", "EOD", 30000));
+  // incoming/ is not a directory: the first chunk cannot be stored.
+  const fs::path incoming = dir_ / "spool" / "incoming";
+  fs::remove_all(incoming);
+  { std::ofstream(incoming) << "not a directory"; }
+  SendData("T1", "Subject: lost\r\n\r\n");
+  // A reply on the same stream: the chunk before it has been handled.
+  EXPECT_EQ(Send(Ev(v1::EVENT_TYPE_RCPT)).reply().code(), 250u);
+  fs::remove(incoming);
+  fs::create_directory(incoming);
+  SendData("T1", "body\r\n");
+  auto r = Send(Ev(v1::EVENT_TYPE_EOD));
+  EXPECT_EQ(r.reply().code(), 451u);
+  EXPECT_EQ(r.reply().enhanced_code(), "4.3.0");
+  EXPECT_TRUE(r.queue_id().empty());
+  EXPECT_TRUE(fs::is_empty(dir_ / "spool" / "committed"));
+  EXPECT_TRUE(fake_.Calls().empty());
+}
+
 TEST(ValidateReply, Table) {
   EXPECT_TRUE(ValidateReply(R(250, "2.0.0", "ok")).ok());
   EXPECT_TRUE(ValidateReply(R(451, "4.7.1", "later")).ok());
