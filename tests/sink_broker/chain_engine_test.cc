@@ -109,15 +109,16 @@ class ChainEngineTest : public ::testing::Test {
   }
 
   ChainEnv Env() {
-    return ChainEnv{
-        .sinks = &sinks_,
-        .leases = &leases_,
-        .messages = &messages_,
-        .options = &options_,
-        .finished = [this](const std::string& id, const std::string& b) {
-          absl::MutexLock lock(&mu_);
-          finished_.insert(id + ":" + b);
-        }};
+    return ChainEnv{.sinks = &sinks_,
+                    .leases = &leases_,
+                    .messages = &messages_,
+                    .options = &options_,
+                    .finished =
+                        [this](const std::string& id, const std::string& b) {
+                          absl::MutexLock lock(&mu_);
+                          finished_.insert(id + ":" + b);
+                        },
+                    .quarantined = nullptr};
   }
 
   static v1::Event Ev(v1::EventType type) {
