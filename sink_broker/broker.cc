@@ -78,6 +78,9 @@ RecoveryCounts Broker::RecoverSpool() {
 }
 
 grpc::Service* Broker::session_service() { return session_service_.get(); }
+void Broker::set_accepting_sessions(bool accepting) {
+  session_service_->set_accepting(accepting);
+}
 grpc::Service* Broker::admin_service() { return admin_service_.get(); }
 grpc::Service* Broker::content_service() { return content_service_.get(); }
 

@@ -127,8 +127,24 @@ class SessionReactor
   v1::SessionRequest request_;
 };
 
+namespace {
+
+// A stream refused at once (the broker is not ready for sessions yet).
+class RefusedStream
+    : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+ public:
+  RefusedStream() {
+    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "the broker is recovering its spool; try again"));
+  }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>*
 SessionService::Stream(grpc::CallbackServerContext* /*context*/) {
+  if (!accepting_.load()) return new RefusedStream();
   return new SessionReactor(env_);
 }
 
