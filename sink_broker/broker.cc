@@ -33,15 +33,24 @@ Broker::Broker(BrokerOptions options, Config config,
                  *queue_, spool_, messages_, leases_, pool_) {
   session_env_.pool = &pool_;
   session_env_.config = [this] { return bindings_.config(); };
-  session_env_.chain =
-      ChainEnv{.sinks = sinks_.get(),
-               .leases = &leases_,
-               .messages = &messages_,
-               .options = &chain_options_,
-               .finished = [spool = &spool_](const std::string& id,
-                                             const std::string& binding) {
-                 spool->MarkFinished(id, binding);
-               }};
+  session_env_.chain = ChainEnv{
+      .sinks = sinks_.get(),
+      .leases = &leases_,
+      .messages = &messages_,
+      .options = &chain_options_,
+      .finished =
+          [spool = &spool_](const std::string& id, const std::string& binding) {
+            spool->MarkFinished(id, binding);
+          },
+      .quarantined =
+          [spool = &spool_](const std::string& id, const std::string& reason) {
+            if (auto st =
+                    spool->WriteHold(id, v1::MESSAGE_STATE_QUARANTINED, reason);
+                !st.ok()) {
+              spdlog::error("quarantine record for queue_id={}: {}", id,
+                            st.ToString());
+            }
+          }};
   session_env_.commit = CommitContext{.spool = &spool_,
                                       .messages = &messages_,
                                       .broker_id = options_.broker_id};
@@ -69,6 +78,9 @@ RecoveryCounts Broker::RecoverSpool() {
 }
 
 grpc::Service* Broker::session_service() { return session_service_.get(); }
+void Broker::set_accepting_sessions(bool accepting) {
+  session_service_->set_accepting(accepting);
+}
 grpc::Service* Broker::admin_service() { return admin_service_.get(); }
 grpc::Service* Broker::content_service() { return content_service_.get(); }
 

@@ -78,6 +78,9 @@ class Broker {
 
   // The gRPC services.
   grpc::Service* session_service();
+  // Session streams are refused (UNAVAILABLE) while false: main.cc keeps
+  // them out until the spool is recovered.
+  void set_accepting_sessions(bool accepting);
   grpc::Service* admin_service();
   grpc::Service* content_service();
 

@@ -183,6 +183,14 @@ void ChainRun::Finished(const std::shared_ptr<Call>& call,
     Failure(spec, absl::StrCat("invalid verdict: ", st.message()));
     return Step();
   }
+  const bool has_reply = v.has_reply() && v.reply().code() != 0;
+  if (post && v.action() == v1::ACTION_CONSUME && has_reply &&
+      v.reply().code() >= 400) {
+    // The client has its reply: a refusal holds the message instead. The
+    // hold is durable before the binding is marked finished below.
+    Quarantine(absl::StrCat("binding ", spec.name(), " answered ",
+                            v.reply().code(), " after COMMIT"));
+  }
   std::vector<v1::ContentEdit> content(v.content_edits().begin(),
                                        v.content_edits().end());
   std::vector<v1::EnvelopeEdit> envelope(v.envelope_edits().begin(),
@@ -205,7 +213,6 @@ void ChainRun::Finished(const std::shared_ptr<Call>& call,
   if (post && call->token.empty() && message && env_.finished) {
     env_.finished(message->queue_id(), spec.name());
   }
-  const bool has_reply = v.has_reply() && v.reply().code() != 0;
   spdlog::debug("binding={} sink={} event={} action={}", spec.name(),
                 spec.sink(), EventName(event_.type()),
                 v1::Action_Name(v.action()));
@@ -217,14 +224,7 @@ void ChainRun::Finished(const std::shared_ptr<Call>& call,
                          v1::Action_Name(v.action()), "ACTION_")),
                      v.hold_lease() ? " (holds its lease)" : "",
                      redelivery_ ? " (redelivery)" : ""));
-    // The client has its reply: a refusal holds the message instead.
-    if (v.action() == v1::ACTION_CONSUME) {
-      stopped_ = true;
-      if (has_reply && v.reply().code() >= 400) {
-        quarantine_ = absl::StrCat("binding ", spec.name(), " answered ",
-                                   v.reply().code(), " after COMMIT");
-      }
-    }
+    if (v.action() == v1::ACTION_CONSUME) stopped_ = true;
     return Step();
   }
   if (has_reply) {
@@ -265,9 +265,8 @@ void ChainRun::Failure(const v1::Binding& spec, const std::string& why) {
   if (policy == v1::FAILURE_POLICY_CONTINUE) return;
   if (phase_ == Phase::kPost) {
     stopped_ = true;
-    quarantine_ =
-        absl::StrCat("binding ", spec.name(), " failed after COMMIT (",
-                     policy_name, "): ", why);
+    Quarantine(absl::StrCat("binding ", spec.name(), " failed after COMMIT (",
+                            policy_name, "): ", why));
     return;
   }
   reply_ = policy == v1::FAILURE_POLICY_TEMPFAIL
@@ -278,6 +277,13 @@ void ChainRun::Failure(const v1::Binding& spec, const std::string& why) {
   sink_replied_ = true;
   consumed_ = true;
   stopped_ = true;
+}
+
+void ChainRun::Quarantine(std::string reason) {
+  quarantine_ = std::move(reason);
+  if (message && env_.quarantined) {
+    env_.quarantined(message->queue_id(), quarantine_);
+  }
 }
 
 }  // namespace sinkline::broker

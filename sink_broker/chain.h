@@ -48,6 +48,12 @@ struct ChainEnv {
   // restart does not run it again).
   std::function<void(const std::string& queue_id, const std::string& binding)>
       finished;
+  // A sink after COMMIT refused the message (or failed under a tempfail or
+  // reject policy): the quarantine is made durable here, at the verdict and
+  // before the binding counts as finished, so that a restart in between
+  // keeps the message quarantined instead of submitting it.
+  std::function<void(const std::string& queue_id, const std::string& reason)>
+      quarantined;
 };
 
 // What the native handler did.
@@ -98,6 +104,8 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
   void Finished(const std::shared_ptr<Call>& call,
                 absl::StatusOr<v1::Verdict> result);
   void Failure(const v1::Binding& spec, const std::string& why);
+  // Post-COMMIT: the message is to be quarantined (made durable at once).
+  void Quarantine(std::string reason);
 
   const ChainEnv env_;
   Strand strand_;

@@ -59,7 +59,9 @@ class ContentService final : public v1::Content::CallbackService {
   uint64_t SnapshotSize(const std::string& token) {
     auto lease = leases_->Find(token);
     struct stat st {};
-    if (!lease.ok() || ::fstat((*lease)->fd, &st) != 0) return 0;
+    if (!lease.ok()) return 0;
+    auto snapshot = (*lease)->snapshot();
+    if (!snapshot || ::fstat(snapshot->fd(), &st) != 0) return 0;
     return static_cast<uint64_t>(st.st_size);
   }
 
@@ -77,7 +79,14 @@ class ContentService final : public v1::Content::CallbackService {
         return;
       }
       // Our own descriptor on the snapshot: the lease may end meanwhile.
-      fd_ = ::dup((*lease)->fd);
+      // (The lease's reference keeps the snapshot open while we dup it.)
+      auto snapshot = (*lease)->snapshot();
+      if (!snapshot) {
+        Finish(
+            grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "lease ended"));
+        return;
+      }
+      fd_ = ::dup(snapshot->fd());
       struct stat st {};
       ::fstat(fd_, &st);
       size_ = static_cast<uint64_t>(st.st_size);
@@ -151,7 +160,11 @@ class ContentService final : public v1::Content::CallbackService {
     }
     auto lease = leases_->Find(req->token());
     if (!lease.ok()) return Done(ctx, lease.status());
-    auto index = (*lease)->message->HeaderIndex((*lease)->fd);
+    auto snapshot = (*lease)->snapshot();
+    if (!snapshot) {
+      return Done(ctx, absl::FailedPreconditionError("lease ended"));
+    }
+    auto index = (*lease)->message->HeaderIndex(snapshot->fd());
     if (!index.ok()) return Done(ctx, index.status());
     const ParsedHeader& h = **index;
     for (const auto& f : h.fields) {

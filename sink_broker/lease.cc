@@ -48,12 +48,40 @@ void MessageRecord::WhenNoWriter(std::function<void()> go) {
   go();
 }
 
+SnapshotFile::~SnapshotFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
 LeaseTable::~LeaseTable() {
   absl::MutexLock lock(&mu_);
   for (auto& [token, lease] : leases_) {
-    if (lease->fd >= 0) ::close(lease->fd);
-    lease->fd = -1;
+    absl::MutexLock l(&lease->mu);
+    lease->file.reset();
   }
+}
+
+absl::Status LeaseTable::NotActive(Lease::State state) {
+  switch (state) {
+    case Lease::State::kExpired:
+      return absl::FailedPreconditionError("lease expired");
+    case Lease::State::kFailed:
+      return absl::FailedPreconditionError(
+          "lease ended: the sink's call failed");
+    case Lease::State::kReleased:
+      return absl::FailedPreconditionError("lease released");
+    case Lease::State::kActive:
+      break;
+  }
+  return absl::OkStatus();
+}
+
+void LeaseTable::ArmTimer(Lease& lease) {
+  lease.timer->expires_at(std::chrono::steady_clock::now() +
+                          (lease.expires - std::chrono::system_clock::now()));
+  lease.timer->async_wait(
+      [this, token = lease.token](const boost::system::error_code& ec) {
+        if (!ec) Expire(token);
+      });
 }
 
 absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Grant(
@@ -61,9 +89,14 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Grant(
     std::chrono::milliseconds ttl, std::chrono::milliseconds max_ttl) {
   auto lease = std::make_shared<Lease>();
   const std::string path = message->path();
-  lease->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (lease->fd < 0) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
     return absl::UnavailableError(absl::StrCat("cannot open ", path));
+  }
+  {
+    absl::MutexLock l(&lease->mu);
+    lease->file = std::make_shared<SnapshotFile>(fd);
+    lease->timer = std::make_unique<asio::steady_timer>(pool_);
   }
   lease->token = NewToken();
   lease->binding = binding.name();
@@ -81,22 +114,21 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Grant(
     }
     message->tokens_.push_back(lease->token);
   }
-  lease->timer = std::make_unique<asio::steady_timer>(pool_);
-  lease->timer->expires_after(ttl);
-  const std::string token = lease->token;
-  lease->timer->async_wait([this, token](const boost::system::error_code& ec) {
-    if (!ec) Expire(token);
-  });
-  absl::MutexLock lock(&mu_);
-  lease->id = absl::StrCat("L", ++next_id_);
-  leases_[lease->token] = lease;
+  {
+    absl::MutexLock lock(&mu_);
+    lease->id = absl::StrCat("L", ++next_id_);
+    leases_[lease->token] = lease;
+  }
   MetricsRegistry::Default()
       .GetGauge("sinkline_leases_active", "Leases now active.")
       .Add(1);
+  // Armed once the lease is in the table, where its expiry looks for it.
+  absl::MutexLock l(&lease->mu);
+  if (lease->state == Lease::State::kActive) ArmTimer(*lease);
   return lease;
 }
 
-absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Find(
+absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Lookup(
     const std::string& token) {
   absl::MutexLock lock(&mu_);
   if (auto it = leases_.find(token); it != leases_.end()) return it->second;
@@ -106,29 +138,40 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Find(
   return absl::NotFoundError("unknown lease token");
 }
 
+absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Find(
+    const std::string& token) {
+  auto lease = Lookup(token);
+  if (!lease.ok()) return lease.status();
+  // Ending (its state changed, End not done yet): already not active.
+  if (auto st = NotActive((*lease)->current_state()); !st.ok()) return st;
+  return lease;
+}
+
 absl::Status LeaseTable::StageContent(const std::string& token,
                                       v1::ContentEdit edit) {
   if (auto st = ValidateEdit(edit); !st.ok()) return st;
-  auto lease = Find(token);
+  auto lease = Lookup(token);
   if (!lease.ok()) return lease.status();
   if ((*lease)->access != v1::CONTENT_ACCESS_READ_WRITE) {
     return absl::PermissionDeniedError(
         "read lease: writes need content_access read-write");
   }
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock lock(&(*lease)->mu);
+  if (auto st = NotActive((*lease)->state); !st.ok()) return st;
   (*lease)->staged_content.push_back(std::move(edit));
   return absl::OkStatus();
 }
 
 absl::Status LeaseTable::StageEnvelope(const std::string& token,
                                        v1::EnvelopeEdit edit) {
-  auto lease = Find(token);
+  auto lease = Lookup(token);
   if (!lease.ok()) return lease.status();
   if ((*lease)->access != v1::CONTENT_ACCESS_READ_WRITE) {
     return absl::PermissionDeniedError(
         "read lease: envelope edits need content_access read-write");
   }
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock lock(&(*lease)->mu);
+  if (auto st = NotActive((*lease)->state); !st.ok()) return st;
   (*lease)->staged_envelope.push_back(std::move(edit));
   return absl::OkStatus();
 }
@@ -137,79 +180,78 @@ absl::Status LeaseTable::Release(
     const std::string& token, bool discard,
     const std::vector<v1::ContentEdit>& more_content,
     const std::vector<v1::EnvelopeEdit>& more_envelope) {
-  std::shared_ptr<Lease> lease;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = leases_.find(token);
-    if (it == leases_.end()) {
-      if (auto e = ended_.find(token); e != ended_.end()) {
-        return absl::FailedPreconditionError(e->second);
-      }
-      return absl::NotFoundError("unknown lease token");
-    }
-    lease = it->second;
-  }
+  auto found = Lookup(token);
+  if (!found.ok()) return found.status();
+  std::shared_ptr<Lease> lease = std::move(*found);
   absl::Status published;
-  if (!discard) {
-    std::vector<v1::ContentEdit> content;
-    std::vector<v1::EnvelopeEdit> envelope;
-    {
-      absl::MutexLock lock(&mu_);
-      content = lease->staged_content;
-      envelope = lease->staged_envelope;
+  Lease::State how;
+  {
+    // Publication and the end of the lease are one step: an expiry, a
+    // failure or a second release waits for it and then finds the lease
+    // no longer active; one that came first leaves nothing to publish.
+    absl::MutexLock l(&lease->mu);
+    if (auto st = NotActive(lease->state); !st.ok()) return st;
+    if (std::chrono::system_clock::now() >= lease->expires) {
+      // Its time is up even if the timer has not fired yet: the expiry
+      // ends it, and its writes are dropped.
+      return absl::FailedPreconditionError("lease expired");
     }
-    content.insert(content.end(), more_content.begin(), more_content.end());
-    envelope.insert(envelope.end(), more_envelope.begin(), more_envelope.end());
-    MessageRecord& m = *lease->message;
-    absl::MutexLock publish(&m.publish_mu_);
-    if (!content.empty()) published = m.apply_(content);
-    if (published.ok() && !envelope.empty()) {
-      absl::MutexLock lock(&m.mu_);
-      google::protobuf::RepeatedPtrField<v1::EnvelopeEdit> edits(
-          envelope.begin(), envelope.end());
-      if (ApplyEnvelopeEdits(edits, m.envelope_)) m.envelope_edited_ = true;
+    if (!discard) {
+      std::vector<v1::ContentEdit> content = lease->staged_content;
+      std::vector<v1::EnvelopeEdit> envelope = lease->staged_envelope;
+      content.insert(content.end(), more_content.begin(), more_content.end());
+      envelope.insert(envelope.end(), more_envelope.begin(),
+                      more_envelope.end());
+      MessageRecord& m = *lease->message;
+      absl::MutexLock publish(&m.publish_mu_);
+      if (!content.empty()) published = m.apply_(content);
+      if (published.ok() && !envelope.empty()) {
+        absl::MutexLock lock(&m.mu_);
+        google::protobuf::RepeatedPtrField<v1::EnvelopeEdit> edits(
+            envelope.begin(), envelope.end());
+        if (ApplyEnvelopeEdits(edits, m.envelope_)) m.envelope_edited_ = true;
+      }
     }
+    how = published.ok() ? Lease::State::kReleased : Lease::State::kFailed;
+    lease->state = how;
   }
-  End(lease, published.ok() ? Lease::State::kReleased : Lease::State::kFailed);
+  End(lease, how);
   return published;
 }
 
 void LeaseTable::Fail(const std::string& token) {
-  std::shared_ptr<Lease> lease;
+  auto lease = Lookup(token);
+  if (!lease.ok()) return;
   {
-    absl::MutexLock lock(&mu_);
-    auto it = leases_.find(token);
-    if (it == leases_.end()) return;
-    lease = it->second;
+    absl::MutexLock l(&(*lease)->mu);
+    if ((*lease)->state != Lease::State::kActive) return;
+    (*lease)->state = Lease::State::kFailed;
   }
-  End(lease, Lease::State::kFailed);
+  End(*lease, Lease::State::kFailed);
 }
 
 absl::StatusOr<std::chrono::system_clock::time_point> LeaseTable::Renew(
     const std::string& token, std::chrono::milliseconds extend) {
-  auto lease = Find(token);
+  auto lease = Lookup(token);
   if (!lease.ok()) return lease.status();
-  absl::MutexLock lock(&mu_);
   Lease& l = **lease;
+  absl::MutexLock lock(&l.mu);
+  if (auto st = NotActive(l.state); !st.ok()) return st;
   const auto wanted = std::chrono::system_clock::now() + extend;
   l.expires = std::min(wanted, l.max_expires);
-  l.timer->expires_at(std::chrono::steady_clock::now() +
-                      (l.expires - std::chrono::system_clock::now()));
-  const std::string t = token;
-  l.timer->async_wait([this, t](const boost::system::error_code& ec) {
-    if (!ec) Expire(t);
-  });
+  ArmTimer(l);
   return l.expires;
 }
 
 void LeaseTable::Expire(const std::string& token) {
-  std::shared_ptr<Lease> lease;
+  auto found = Lookup(token);
+  if (!found.ok()) return;
+  std::shared_ptr<Lease> lease = std::move(*found);
   {
-    absl::MutexLock lock(&mu_);
-    auto it = leases_.find(token);
-    if (it == leases_.end()) return;
-    lease = it->second;
+    absl::MutexLock l(&lease->mu);
+    if (lease->state != Lease::State::kActive) return;
     if (std::chrono::system_clock::now() < lease->expires) return;  // renewed
+    lease->state = Lease::State::kExpired;
   }
   const bool hold = lease->expiry_policy == v1::EXPIRY_POLICY_HOLD;
   MetricsRegistry::Default()
@@ -232,23 +274,22 @@ void LeaseTable::End(const std::shared_ptr<Lease>& lease, Lease::State how) {
   {
     absl::MutexLock lock(&mu_);
     if (leases_.erase(lease->token) == 0) return;  // already ended
-    lease->state = how;
-    ended_[lease->token] = how == Lease::State::kExpired ? "lease expired"
-                           : how == Lease::State::kFailed
-                               ? "lease ended: the sink's call failed"
-                               : "lease released";
+    ended_[lease->token] = std::string(NotActive(how).message());
     ended_order_.push_back(lease->token);
     while (ended_order_.size() > kMaxEnded) {
       ended_.erase(ended_order_.front());
       ended_order_.pop_front();
     }
+  }
+  {
+    absl::MutexLock l(&lease->mu);
     lease->staged_content.clear();
     lease->staged_envelope.clear();
+    lease->timer->cancel();
+    // Readers that took the snapshot keep it open until they are done.
+    lease->file.reset();
   }
-  lease->timer->cancel();
   if (lease->on_end) lease->on_end(how);
-  if (lease->fd >= 0) ::close(lease->fd);
-  lease->fd = -1;
   MetricsRegistry::Default()
       .GetGauge("sinkline_leases_active", "Leases now active.")
       .Add(-1);
@@ -294,7 +335,10 @@ void LeaseTable::MessageReleased(MessageRecord& message) {
 
 void LeaseTable::CancelTimers() {
   absl::MutexLock lock(&mu_);
-  for (auto& [token, lease] : leases_) lease->timer->cancel();
+  for (auto& [token, lease] : leases_) {
+    absl::MutexLock l(&lease->mu);
+    lease->timer->cancel();
+  }
 }
 
 std::vector<v1::LeaseInfo> LeaseTable::List() {
@@ -306,6 +350,7 @@ std::vector<v1::LeaseInfo> LeaseTable::List() {
     info.set_queue_id(l->message->queue_id());
     info.set_binding(l->binding);
     info.set_access(l->access);
+    absl::MutexLock ll(&l->mu);
     info.mutable_expires()->set_seconds(
         std::chrono::duration_cast<std::chrono::seconds>(
             l->expires.time_since_epoch())

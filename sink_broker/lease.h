@@ -128,7 +128,35 @@ class MessageRecord {
   absl::Mutex publish_mu_;
 };
 
+// An open descriptor that closes when its last holder lets go: a lease's
+// snapshot. Readers keep a reference for as long as they read, so a lease
+// that ends meanwhile never closes a descriptor under them (and its number
+// cannot be reused for another file while they hold it).
+class SnapshotFile {
+ public:
+  explicit SnapshotFile(int fd) : fd_(fd) {}
+  ~SnapshotFile();
+  SnapshotFile(const SnapshotFile&) = delete;
+  SnapshotFile& operator=(const SnapshotFile&) = delete;
+  int fd() const { return fd_; }
+
+ private:
+  const int fd_;
+};
+
 struct Lease {
+  enum class State { kActive, kReleased, kExpired, kFailed };
+
+  // The snapshot, or null once the lease ended.
+  std::shared_ptr<SnapshotFile> snapshot() const {
+    absl::MutexLock lock(&mu);
+    return file;
+  }
+  State current_state() const {
+    absl::MutexLock lock(&mu);
+    return state;
+  }
+
   std::string token;
   std::string id;  // shown to operators instead of the token
   std::string binding;
@@ -137,16 +165,15 @@ struct Lease {
   std::chrono::system_clock::time_point expires;
   std::chrono::system_clock::time_point max_expires;
   std::shared_ptr<MessageRecord> message;
-  int fd = -1;  // the snapshot
-  enum class State {
-    kActive,
-    kReleased,
-    kExpired,
-    kFailed
-  } state = State::kActive;
-  std::vector<v1::ContentEdit> staged_content;
-  std::vector<v1::EnvelopeEdit> staged_envelope;
-  std::unique_ptr<boost::asio::steady_timer> timer;
+  // The lease's own state: every change of it (a write staged, a renewal,
+  // release with its publication, expiry, failure) happens under `mu`, and
+  // only an active lease changes; whoever moves it out of kActive ends it.
+  mutable absl::Mutex mu;
+  std::shared_ptr<SnapshotFile> file ABSL_GUARDED_BY(mu);
+  State state ABSL_GUARDED_BY(mu) = State::kActive;
+  std::vector<v1::ContentEdit> staged_content ABSL_GUARDED_BY(mu);
+  std::vector<v1::EnvelopeEdit> staged_envelope ABSL_GUARDED_BY(mu);
+  std::unique_ptr<boost::asio::steady_timer> timer ABSL_GUARDED_BY(mu);
   // Called once when the lease ends, with how it ended.
   std::function<void(State)> on_end;
 };
@@ -193,8 +220,14 @@ class LeaseTable {
   size_t active() const;
 
  private:
+  // The lease's end after its state left kActive (under its lock, by the
+  // caller): out of the table, snapshot let go, the message told.
   void End(const std::shared_ptr<Lease>& lease, Lease::State how);
   void Expire(const std::string& token);
+  // The active lease for `token`, or why there is none.
+  absl::StatusOr<std::shared_ptr<Lease>> Lookup(const std::string& token);
+  static absl::Status NotActive(Lease::State state);
+  void ArmTimer(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu);
 
   boost::asio::thread_pool& pool_;
   mutable absl::Mutex mu_;

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
@@ -163,6 +164,9 @@ int main(int argc, char** argv) {
   opts.advertise = absl::GetFlag(FLAGS_advertise);
   auto broker =
       std::make_unique<sb::Broker>(opts, std::move(*config), std::move(queue));
+  // Nothing is taken in before the spool is recovered: recovery must see
+  // only what a previous run left, never a message committing now.
+  broker->set_accepting_sessions(false);
   auto server = sinkline::StartGrpcServer(
       absl::GetFlag(FLAGS_listen),
       {broker->session_service(), broker->admin_service(),
@@ -173,6 +177,14 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", server.status().ToString());
     return 1;
   }
+  // NOT_SERVING until recovered (the content service already answers the
+  // sinks that recovery runs again; the edge waits and retries).
+  const std::vector<std::string> served = {"", "sinkline.v1.SessionService",
+                                           "sinkline.v1.Admin",
+                                           "sinkline.v1.Content"};
+  for (const auto& name : served) {
+    server->SetHealth(name, grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  }
   if (opts.advertise.empty()) {
     // Sinks on this machine reach the broker on loopback.
     opts.advertise = absl::StrCat("127.0.0.1:", server->port);
@@ -182,7 +194,21 @@ int main(int argc, char** argv) {
     spdlog::critical("admin bindings refused: {}", st.ToString());
     return 2;
   }
-  broker->RecoverSpool();
+  const auto recovery_start = std::chrono::steady_clock::now();
+  const sb::RecoveryCounts recovered = broker->RecoverSpool();
+  const auto recovery_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - recovery_start)
+          .count();
+  spdlog::info(
+      "spool recovered in {} ms: {} committed messages resumed, {} held, {} "
+      "failed, {} partial files removed",
+      recovery_ms, recovered.resumed, recovered.held, recovered.failed,
+      recovered.partial_files_removed);
+  broker->set_accepting_sessions(true);
+  for (const auto& name : served) {
+    server->SetHealth(name, grpc::health::v1::HealthCheckResponse::SERVING);
+  }
   if (auto st =
           sinkline::WritePortFile(absl::GetFlag(FLAGS_port_file), server->port);
       !st.ok()) {

@@ -53,10 +53,13 @@ class SessionState : public std::enable_shared_from_this<SessionState> {
   // Opens the arriving message of transaction `tx` (its queue id, its trace
   // header, its entry for operators).
   void OpenIncoming(const std::string& tx);
-  // Content of a transaction that did not reach COMMIT goes.
+  // Content of a transaction that did not reach COMMIT goes, and with it
+  // whatever failed while storing it.
   void DiscardIncoming() {
     if (incoming_) env_->chain.messages->Forget(ReceivingKey());
     incoming_.reset();
+    incoming_tx_.clear();
+    incoming_error_ = absl::OkStatus();
   }
   std::string ReceivingKey() const {
     return absl::StrCat(session_id_, "-", incoming_tx_);
@@ -127,8 +130,24 @@ class SessionReactor
   v1::SessionRequest request_;
 };
 
+namespace {
+
+// A stream refused at once (the broker is not ready for sessions yet).
+class RefusedStream
+    : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+ public:
+  RefusedStream() {
+    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "the broker is recovering its spool; try again"));
+  }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>*
 SessionService::Stream(grpc::CallbackServerContext* /*context*/) {
+  if (!accepting_.load()) return new RefusedStream();
   return new SessionReactor(env_);
 }
 
@@ -301,12 +320,18 @@ void SessionState::OpenIncoming(const std::string& tx) {
 }
 
 void SessionState::OnData(const v1::DataChunk& chunk) {
-  if (!incoming_ || incoming_tx_ != chunk.transaction_id()) {
+  // A transaction is opened once, by its first chunk. Should storing fail
+  // (open, write), the error stays with the transaction: later chunks are
+  // not stored either and EOD answers 451, never a shorter message.
+  if (incoming_tx_ != chunk.transaction_id()) {
     OpenIncoming(chunk.transaction_id());
   }
-  if (incoming_ && incoming_error_.ok()) {
-    incoming_error_ = incoming_->Append(chunk.data());
+  if (!incoming_error_.ok()) return;
+  if (!incoming_) {
+    incoming_error_ = absl::InternalError("no spool file for the content");
+    return;
   }
+  incoming_error_ = incoming_->Append(chunk.data());
 }
 
 void SessionState::HandleEvent(const v1::SessionRequest& req) {
@@ -347,13 +372,23 @@ void SessionState::HandleEvent(const v1::SessionRequest& req) {
 
 void SessionState::HandleEod(v1::Event event) {
   auto self = shared_from_this();
-  if (!incoming_ || incoming_tx_ != event.transaction_id()) {
+  if (incoming_tx_ != event.transaction_id()) {
     // No content arrived (an empty message): spool an empty file.
     OpenIncoming(event.transaction_id());
   }
+  if (incoming_error_.ok() && !incoming_) {
+    incoming_error_ = absl::InternalError("no spool file for the content");
+  }
   if (!incoming_error_.ok()) {
-    spdlog::error("session {}: spool failed: {}", session_id_,
-                  incoming_error_.ToString());
+    spdlog::error(
+        "session {} transaction {}: content could not be stored, answering "
+        "451: {}",
+        session_id_, event.transaction_id(), incoming_error_.ToString());
+    MetricsRegistry::Default()
+        .GetCounter("sinkline_broker_spool_write_errors_total",
+                    "Transactions answered 451 because their content could "
+                    "not be stored.")
+        .Inc();
     v1::SessionResponse resp;
     resp.mutable_result()->set_sequence(event.sequence());
     *resp.mutable_result()->mutable_reply() = MakeReply(
@@ -402,6 +437,8 @@ void SessionState::HandleEod(v1::Event event) {
              env->submitter->ChainOver(committed, record,
                                        r.quarantine_reason());
            });
+  // The transaction is over; the next one opens its own file.
+  incoming_tx_.clear();
 }
 
 }  // namespace sinkline::broker

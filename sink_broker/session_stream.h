@@ -3,6 +3,7 @@
 // chain, and EOD through COMMIT (commit.h) to the submitter.
 #pragma once
 
+#include <atomic>
 #include <boost/asio/thread_pool.hpp>
 #include <functional>
 #include <map>
@@ -53,8 +54,13 @@ class SessionService final : public v1::SessionService::CallbackService {
   grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Stream(
       grpc::CallbackServerContext* context) override;
 
+  // While false (the spool being recovered at start), streams are refused
+  // with UNAVAILABLE and the edge tries again later.
+  void set_accepting(bool accepting) { accepting_.store(accepting); }
+
  private:
   const SessionEnv* const env_;
+  std::atomic<bool> accepting_{true};
 };
 
 }  // namespace sinkline::broker

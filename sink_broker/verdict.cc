@@ -74,6 +74,14 @@ absl::Status ValidateVerdict(const v1::Event& event, const v1::Binding& binding,
   if (has_reply) {
     if (auto st = ValidateReply(verdict.reply()); !st.ok()) return st;
   }
+  if (event.type() == v1::EVENT_TYPE_EOD && !after_commit &&
+      verdict.action() == v1::ACTION_CONSUME && has_reply &&
+      verdict.reply().code() / 100 == 2) {
+    // The client would hear 2xx for a message that is never committed.
+    return absl::InvalidArgumentError(
+        "CONSUME with a 2xx reply at EOD before COMMIT would accept a message "
+        "and drop it");
+  }
   if (verdict.hold_lease()) {
     if (binding.content_access() == v1::CONTENT_ACCESS_NONE) {
       return absl::InvalidArgumentError("hold_lease without content access");

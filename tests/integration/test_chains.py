@@ -1,6 +1,7 @@
 """Chains with real sink processes: five sinks at mixed priorities on EOD
 append a trace header each and the queued message shows the exact order;
-CONSUME stops the chain and skips the native handler (no COMMIT)."""
+CONSUME stops the chain and skips the native handler (no COMMIT); a 2xx
+CONSUME at EOD before COMMIT is an invalid verdict."""
 
 import smtplib
 import unittest
@@ -61,8 +62,15 @@ class ChainOrderTest(StackTestCase):
             s.mail("alice@example.net")
             s.rcpt("bob@example.test")
             code, resp = s.data(b"Subject: taken\r\n\r\nbody\r\n")
-        self.assertEqual((code, resp), (250, b"2.0.0 Taken by the fault sink"))
+        # A 2xx CONSUME at EOD before COMMIT would acknowledge a message that
+        # is never committed: an invalid verdict, failed under the binding's
+        # policy (tempfail by default), and logged.
+        self.assertEqual((code, resp),
+                         (451, b"4.3.0 Temporary failure in message "
+                          b"processing, try again later"))
         self.assertEqual(self.stack.queue_ids(), [])
+        self.assertIn("invalid verdict: CONSUME with a 2xx reply at EOD",
+                      self.stack.broker.log())
         # The fault sink logs every call it gets: "after" got none.
         self.assertNotIn("call after", self.stack.sinks["after"].log())
         self.assertIn("call taker", self.stack.sinks["taker"].log())

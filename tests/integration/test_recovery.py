@@ -7,12 +7,19 @@ import json
 import os
 import re
 import smtplib
+import socket
+import threading
+import time
 import unittest
 
-from harness import PYTHON_DIR, ROOT, Process, StackTestCase, wait_for
+from harness import (PYTHON_DIR, ROOT, Process, StackTestCase, binary,
+                     wait_for)
 
 QUEUED = re.compile(rb"queued as (\S+)")
 MESSAGES = 5
+LEFT_IN_SPOOL = 5000
+SESSIONS = 20
+SENDS_PER_SESSION = 3
 
 
 class RecoveryTest(StackTestCase):
@@ -74,6 +81,118 @@ class RecoveryTest(StackTestCase):
         self.assertEqual(final["released"], MESSAGES)
         self.assertIn("recovered committed queue_id=",
                       self.stack.broker.log())
+
+    def test_recovers_a_large_spool_before_serving(self):
+        # What a previous run left: many committed messages, laid out as
+        # COMMIT writes them (content, then the binary QueueEntry record).
+        from sinkline.v1 import types_pb2
+        committed = os.path.join(self.stack.spool_dir, "committed")
+        os.makedirs(committed, exist_ok=True)
+        left = {}
+        for i in range(LEFT_IN_SPOOL):
+            qid = f"0REC{i:012d}"
+            body = f"Subject: left {i}\r\n\r\nleft over {i}\r\n".encode()
+            entry = types_pb2.QueueEntry(queue_id=qid, transaction_id="T1",
+                                         broker_id="broker-1", size=len(body))
+            entry.envelope.mail_from = "alice@example.net"
+            entry.envelope.recipients.add().address = "bob@example.test"
+            with open(os.path.join(committed, qid + ".msg"), "wb") as f:
+                f.write(body)
+            with open(os.path.join(committed, qid + ".env"), "wb") as f:
+                f.write(entry.SerializeToString())
+            left[qid] = body
+        self.stack.write_config([])
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        broker = Process("broker", [
+            binary("sinkline-broker"),
+            f"--listen=127.0.0.1:{port}",
+            f"--config={self.stack.config_path}",
+            f"--spool-dir={self.stack.spool_dir}",
+            f"--queue-dir={self.stack.queue_dir}"], self.workdir)
+        self.stack.processes.append(broker)
+        self.stack.broker = broker
+        starting = threading.Thread(target=broker.start)
+        starting.start()
+
+        # Health, watched from the start: it may say SERVING only once the
+        # broker logged that its spool was recovered.
+        import grpc
+        from health_pb2 import HealthCheckRequest, HealthCheckResponse
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=HealthCheckRequest.SerializeToString,
+            response_deserializer=HealthCheckResponse.FromString)
+        seen = {"not_serving": 0, "serving_early": None}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                status = check(HealthCheckRequest(service=""),
+                               timeout=1).status
+            except grpc.RpcError:
+                status = None
+            if status == HealthCheckResponse.SERVING:
+                if "spool recovered in" not in broker.log():
+                    seen["serving_early"] = broker.log()[-2000:]
+                break
+            seen["not_serving"] += 1
+            time.sleep(0.005)
+        channel.close()
+        self.assertIsNone(seen["serving_early"],
+                          "health SERVING before the spool was recovered")
+        self.assertGreater(seen["not_serving"], 0)
+        starting.join()
+        self.assertRegex(broker.log(),
+                         rf"spool recovered in \d+ ms: {LEFT_IN_SPOOL} "
+                         "committed messages resumed")
+
+        # New sessions send while the recovered messages are submitted.
+        self.stack.start_edge()
+        sent, errors = {}, []
+
+        def sender(n):
+            for i in range(SENDS_PER_SESSION):
+                body = f"Subject: new {n}.{i}\r\n\r\nnew {n}.{i}\r\n"
+                try:
+                    with smtplib.SMTP("127.0.0.1", self.stack.edge.port,
+                                      timeout=30) as s:
+                        s.ehlo("client.example.net")
+                        s.mail("alice@example.net")
+                        s.rcpt("bob@example.test")
+                        code, resp = s.data(body.encode())
+                    if code != 250:
+                        errors.append((code, resp))
+                        continue
+                    sent[QUEUED.search(resp).group(1).decode()] = body.encode()
+                except (smtplib.SMTPException, OSError) as e:
+                    errors.append(e)
+
+        threads = [threading.Thread(target=sender, args=(n,))
+                   for n in range(SESSIONS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        self.assertEqual(len(sent), SESSIONS * SENDS_PER_SESSION)
+        wait_for(lambda: len(self.stack.queue_ids()) == len(left) + len(sent),
+                 180, "every message in the queue")
+        for qid, body in list(left.items())[::97] + list(sent.items()):
+            _, queued = self.stack.queued(qid, timeout_s=1)
+            self.assertTrue(queued.endswith(body), (qid, queued))
+        self.assertEqual(set(self.stack.queue_ids()),
+                         set(left) | set(sent))
+        # Each left-over message recovered once, no new one taken for one.
+        log = broker.log()
+        recovered = re.findall(r"recovered committed queue_id=(\w+)", log)
+        self.assertEqual(len(recovered), len(left))
+        self.assertEqual(set(recovered), set(left))
+        self.assertNotIn("No such file", log)
+        self.assertEqual(os.listdir(committed), [])
+
 
     def test_partial_commits_removed_at_start(self):
         # What a kill in the middle of COMMIT or of a write leaves behind:

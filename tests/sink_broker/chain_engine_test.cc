@@ -117,15 +117,16 @@ class ChainEngineTest : public ::testing::Test {
   }
 
   ChainEnv Env() {
-    return ChainEnv{
-        .sinks = &sinks_,
-        .leases = &leases_,
-        .messages = &messages_,
-        .options = &options_,
-        .finished = [this](const std::string& id, const std::string& b) {
-          absl::MutexLock lock(&mu_);
-          finished_.insert(id + ":" + b);
-        }};
+    return ChainEnv{.sinks = &sinks_,
+                    .leases = &leases_,
+                    .messages = &messages_,
+                    .options = &options_,
+                    .finished =
+                        [this](const std::string& id, const std::string& b) {
+                          absl::MutexLock lock(&mu_);
+                          finished_.insert(id + ":" + b);
+                        },
+                    .quarantined = nullptr};
   }
 
   static v1::Event Ev(v1::EventType type) {
@@ -281,6 +282,25 @@ TEST_F(ChainEngineTest, InvalidVerdictIsAFailure) {
   EXPECT_EQ(Run(Ev(v1::EVENT_TYPE_MAIL)).reply.code(), 451u);
   sinks_.Set("bad", Verdict(v1::ACTION_CONSUME));
   EXPECT_EQ(Run(Ev(v1::EVENT_TYPE_MAIL)).reply.code(), 451u);
+}
+
+TEST_F(ChainEngineTest, AcceptingEodBeforeCommitIsAnInvalidVerdict) {
+  // A 2xx CONSUME before COMMIT would tell the client 250 for a message
+  // that is never committed: it is a failure, and its policy applies.
+  Configure(Binding("early", "EOD", 100, "    failure_policy: tempfail\n"));
+  sinks_.Set("early", Verdict(v1::ACTION_CONSUME, 250, "2.0.0", "taken"));
+  const Outcome o = Run(Ev(v1::EVENT_TYPE_EOD));
+  EXPECT_EQ(o.reply.code(), 451u);
+  EXPECT_EQ(o.reply.enhanced_code(), "4.3.0");
+  EXPECT_FALSE(o.native_ran);
+  // With failure_policy continue the chain goes on to COMMIT.
+  Configure(Binding("early", "EOD", 100, "    failure_policy: continue\n"));
+  const Outcome c = Run(Ev(v1::EVENT_TYPE_EOD), nullptr, "Q1");
+  EXPECT_TRUE(c.native_ran);
+  EXPECT_EQ(c.reply.lines(0), "queued as Q1");
+  // A refusal (4xx/5xx) before COMMIT stays a valid CONSUME.
+  sinks_.Set("early", Verdict(v1::ACTION_CONSUME, 550, "5.7.1", "no"));
+  EXPECT_EQ(Run(Ev(v1::EVENT_TYPE_EOD)).reply.code(), 550u);
 }
 
 TEST_F(ChainEngineTest, DeadlinesBoundEachCallAndTheChain) {

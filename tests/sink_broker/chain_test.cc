@@ -353,6 +353,52 @@ TEST_F(ChainTest, LateRejectionQuarantinesInsteadOfDropping) {
       fs::exists(Spool((dir_ / "spool").string()).ContentPath(r.queue_id())));
 }
 
+TEST_F(ChainTest, ChunkThatCouldNotBeStoredFailsTheTransaction) {
+  StartBroker(Binding("late", "EOD", 30000));
+  // incoming/ is not a directory: the first chunk cannot be stored.
+  const fs::path incoming = dir_ / "spool" / "incoming";
+  fs::remove_all(incoming);
+  { std::ofstream(incoming) << "not a directory"; }
+  SendData("T1", "Subject: lost\r\n\r\n");
+  // A reply on the same stream: the chunk before it has been handled.
+  EXPECT_EQ(Send(Ev(v1::EVENT_TYPE_RCPT)).reply().code(), 250u);
+  fs::remove(incoming);
+  fs::create_directory(incoming);
+  SendData("T1", "body\r\n");
+  auto r = Send(Ev(v1::EVENT_TYPE_EOD));
+  EXPECT_EQ(r.reply().code(), 451u);
+  EXPECT_EQ(r.reply().enhanced_code(), "4.3.0");
+  EXPECT_TRUE(r.queue_id().empty());
+  EXPECT_TRUE(fs::is_empty(dir_ / "spool" / "committed"));
+  EXPECT_TRUE(fake_.Calls().empty());
+}
+
+TEST_F(ChainTest, LateRefusalIsDurableBeforeTheBindingCountsAsFinished) {
+  // "holder" keeps its lease, so the chain is over but the message waits:
+  // a crash now must find the refusal in the spool, not only the .done.
+  StartBroker(Binding("holder", "EOD", 25000, "    content_access: read\n") +
+              Binding("late", "EOD", 30000, "    failure_policy: reject\n"));
+  fake_.Set("holder", [](const v1::SinkRequest&, v1::Verdict* v) {
+    v->set_hold_lease(true);
+    return grpc::Status::OK;
+  });
+  fake_.Set("late", Reply(v1::ACTION_CONSUME, R(550, "5.7.1", "virus found")));
+  SendData("T1", "Subject: x\r\n\r\nbody\r\n");
+  auto r = Send(Ev(v1::EVENT_TYPE_EOD));
+  ASSERT_EQ(r.reply().code(), 250u);
+  const Spool spool((dir_ / "spool").string());
+  for (int i = 0; i < 200 && !spool.Finished(r.queue_id()).count("late"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(spool.Finished(r.queue_id()).count("late"));
+  auto hold = spool.ReadHold(r.queue_id());
+  ASSERT_TRUE(hold.has_value()) << "refused, finished, and not quarantined";
+  EXPECT_EQ(hold->state, v1::MESSAGE_STATE_QUARANTINED);
+  EXPECT_NE(hold->reason.find("late answered 550"), std::string::npos)
+      << hold->reason;
+  EXPECT_FALSE(fs::exists(dir_ / "queue" / "new" / r.queue_id()));
+}
+
 TEST(ValidateReply, Table) {
   EXPECT_TRUE(ValidateReply(R(250, "2.0.0", "ok")).ok());
   EXPECT_TRUE(ValidateReply(R(451, "4.7.1", "later")).ok());

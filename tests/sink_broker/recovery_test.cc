@@ -100,10 +100,12 @@ TEST(RecoveryTest, TakesOverWhatAPreviousRunLeft) {
                .leases = &leases,
                .messages = &messages,
                .options = &options,
-               .finished = [&](const std::string& id, const std::string& b) {
-                 absl::MutexLock lock(&mu);
-                 finished.push_back(id + ":" + b);
-               }};
+               .finished =
+                   [&](const std::string& id, const std::string& b) {
+                     absl::MutexLock lock(&mu);
+                     finished.push_back(id + ":" + b);
+                   },
+               .quarantined = nullptr};
   Submitter submitter(SubmitOptions{.workers = 1}, backend, spool, messages,
                       leases, pool);
   const RecoveryCounts counts = RecoverSpool(
