@@ -236,6 +236,22 @@ void ChainRun::Finished(const std::shared_ptr<Call>& call,
     if (!has_reply) reply_ = MakeReply(421, "4.7.0", "Closing connection");
   }
   if (v.action() == v1::ACTION_CONSUME) {
+    if (event_.type() == v1::EVENT_TYPE_EOD && has_reply &&
+        v.reply().code() / 100 == 2) {
+      // Only a binding with discard: true gets here (verdict.cc).
+      discarded_by_ = spec.name();
+      MetricsRegistry::Default()
+          .GetCounter("sinkline_broker_messages_total",
+                      "Messages by what happened to them (committed, "
+                      "submitted, quarantined).",
+                      {{"what", "discarded"}})
+          .Inc();
+      spdlog::warn(
+          "binding={} discarded the message of session {} at EOD "
+          "before COMMIT ({} {})",
+          spec.name(), event_.session().session_id(), v.reply().code(),
+          v.reply().lines_size() > 0 ? v.reply().lines(0) : "");
+    }
     consumed_ = true;
     stopped_ = true;
   }

@@ -93,6 +93,9 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
   bool after_commit() const { return phase_ == Phase::kPost; }
   // Post-commit: why the message must be held, if a sink said so.
   const std::string& quarantine_reason() const { return quarantine_; }
+  // EOD before COMMIT: the binding (discard: true) that discarded the
+  // message with its 2xx, if one did.
+  const std::string& discarded_by() const { return discarded_by_; }
 
  private:
   enum class Phase { kPre, kNative, kPost, kDone };
@@ -125,6 +128,7 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
   v1::Envelope envelope_;
   bool envelope_changed_ = false;
   std::string quarantine_;
+  std::string discarded_by_;
   std::function<NativeResult(ChainRun&)> native_;
   std::function<void(ChainRun&)> after_native_;
   Done done_;

@@ -171,12 +171,12 @@ absl::StatusOr<Config> ParseConfig(const std::string& text,
       return ctx.Error(bindings, "'bindings' must be a list");
     }
     for (const auto& b : bindings) {
-      if (auto st =
-              CheckKeys(ctx, b,
-                        {"name", "sink", "event", "priority", "rule",
-                         "deadline_ms", "failure_policy", "content_access",
-                         "enabled", "expiry_policy", "session_affinity"},
-                        "a binding");
+      if (auto st = CheckKeys(
+              ctx, b,
+              {"name", "sink", "event", "priority", "rule", "deadline_ms",
+               "failure_policy", "content_access", "enabled", "expiry_policy",
+               "session_affinity", "discard"},
+              "a binding");
           !st.ok()) {
         return st;
       }
@@ -257,6 +257,9 @@ absl::StatusOr<Config> ParseConfig(const std::string& text,
       auto affinity = Bool(ctx, b, "session_affinity", false);
       if (!affinity.ok()) return affinity.status();
       spec.set_session_affinity(*affinity);
+      auto discard = Bool(ctx, b, "discard", false);
+      if (!discard.ok()) return discard.status();
+      spec.set_discard(*discard);
       spec.set_origin("file");
       config.bindings.push_back(std::move(bc));
     }
@@ -346,6 +349,7 @@ std::string BindingsToYaml(const std::vector<BindingConfig>& bindings) {
     out << YAML::Key << "expiry_policy" << YAML::Value
         << (s.expiry_policy() == v1::EXPIRY_POLICY_HOLD ? "hold" : "release");
     out << YAML::Key << "enabled" << YAML::Value << s.enabled();
+    if (s.discard()) out << YAML::Key << "discard" << YAML::Value << true;
     if (s.session_affinity()) {
       out << YAML::Key << "session_affinity" << YAML::Value << true;
     }

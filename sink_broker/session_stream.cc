@@ -428,15 +428,26 @@ void SessionState::HandleEod(v1::Event event) {
     self->Send(std::move(resp));
     self->ReadNext();
   };
-  run->Run(native, after_native,
-           [env, committed, record, key = ReceivingKey()](ChainRun& r) {
-             if (committed->queue_id().empty()) {  // refused before COMMIT
-               env->chain.messages->Forget(key);
-               return;
-             }
-             env->submitter->ChainOver(committed, record,
-                                       r.quarantine_reason());
-           });
+  run->Run(
+      native, after_native,
+      [env, committed, record, message, key = ReceivingKey(),
+       qid = incoming_qid_](ChainRun& r) {
+        if (committed->queue_id().empty()) {  // refused before COMMIT
+          env->chain.messages->Forget(key);
+          if (!r.discarded_by().empty()) {
+            // A deliberate discard stays visible to operators.
+            const std::string why = "discarded by binding " + r.discarded_by() +
+                                    " at EOD before COMMIT";
+            env->chain.messages->Track(qid, v1::MESSAGE_STATE_DELETED,
+                                       record->envelope(), message->size(),
+                                       why);
+            env->chain.messages->SetState(qid, v1::MESSAGE_STATE_DELETED, why,
+                                          why);
+          }
+          return;
+        }
+        env->submitter->ChainOver(committed, record, r.quarantine_reason());
+      });
   // The transaction is over; the next one opens its own file.
   incoming_tx_.clear();
 }

@@ -76,11 +76,11 @@ absl::Status ValidateVerdict(const v1::Event& event, const v1::Binding& binding,
   }
   if (event.type() == v1::EVENT_TYPE_EOD && !after_commit &&
       verdict.action() == v1::ACTION_CONSUME && has_reply &&
-      verdict.reply().code() / 100 == 2) {
+      verdict.reply().code() / 100 == 2 && !binding.discard()) {
     // The client would hear 2xx for a message that is never committed.
     return absl::InvalidArgumentError(
         "CONSUME with a 2xx reply at EOD before COMMIT would accept a message "
-        "and drop it");
+        "and drop it (a binding with discard: true may)");
   }
   if (verdict.hold_lease()) {
     if (binding.content_access() == v1::CONTENT_ACCESS_NONE) {

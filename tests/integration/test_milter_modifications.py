@@ -41,7 +41,8 @@ class MilterModificationsTest(StackTestCase):
         self.stack.write_config([
             {"name": "mod-milter", "sink": "milter", "event": "EOD",
              "priority": 20000, "content_access": "read-write",
-             "deadline_ms": 10000, "failure_policy": "tempfail"},
+             "deadline_ms": 10000, "failure_policy": "tempfail",
+             "discard": True},
         ])
         self.stack.start_broker()
         self.stack.start_edge(
@@ -131,6 +132,8 @@ class MilterModificationsTest(StackTestCase):
         self.queued(after)
         self.assertEqual(sorted(set(self.stack.queue_ids()) - set(before)),
                          [after])
+        # The binding says discard: true; the broker logged and counted it.
+        self.assertIn("discarded the message", self.stack.broker.log())
 
     def test_quarantine_before_commit_is_a_header(self):
         code, resp, qid = self.send("quarantine")

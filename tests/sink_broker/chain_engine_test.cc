@@ -448,5 +448,16 @@ TEST_F(ChainEngineTest, SessionAffinityKeepsASessionOnOneReplica) {
   EXPECT_GT(used.size(), 1u);  // and the sessions spread over replicas
 }
 
+TEST_F(ChainEngineTest, ADiscardBindingMayAcceptAndDropAtEod) {
+  Configure(Binding("drop", "EOD", 10,
+                    "    discard: true\n    failure_policy: tempfail\n") +
+            Binding("after", "EOD", 20));
+  sinks_.Set("drop", Verdict(v1::ACTION_CONSUME, 250, "2.0.0", "discarded"));
+  const Outcome o = Run(Ev(v1::EVENT_TYPE_EOD));
+  EXPECT_EQ(o.reply.code(), 250u);
+  EXPECT_FALSE(o.native_ran);  // never committed
+  EXPECT_EQ(sinks_.Calls(), (std::vector<std::string>{"drop"}));
+}
+
 }  // namespace
 }  // namespace sinkline::broker
