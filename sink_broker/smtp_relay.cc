@@ -7,11 +7,14 @@
 #include <optional>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "sink_broker/message_edit.h"
+#include "sinkline/common/address.h"
 
 namespace sinkline::broker {
 
@@ -116,6 +119,14 @@ class Client {
   }
 
   absl::StatusOr<Reply> Command(const std::string& line) {
+    // Defence in depth: envelope edits are checked where they are made, but
+    // a line with CR or LF in it would be two commands to the next hop.
+    if (line.find_first_of("\r\n") != std::string::npos) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("refusing to send the next hop a command with CR or LF "
+                       "in it: ",
+                       absl::CEscape(line.substr(0, 200))));
+    }
     if (auto st = Write(line + "\r\n"); !st.ok()) return st;
     return ReadReply();
   }
@@ -198,6 +209,22 @@ absl::StatusOr<SubmitOutcome> SmtpRelayBackend::Submit(
     int fd;
     ~FdCloser() { ::close(fd); }
   } closer{fd};
+
+  // Nothing that is not a mailbox goes into MAIL FROM / RCPT TO, whatever
+  // wrote the envelope (the edits were checked; a spool file may be old).
+  const bool utf8 = EnvelopeIsUtf8(entry.envelope());
+  if (auto st =
+          ValidateEnvelopeAddress(entry.envelope().mail_from(), true, utf8);
+      !st.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("sender: ", st.message()));
+  }
+  for (const auto& r : entry.envelope().recipients()) {
+    if (auto st = ValidateEnvelopeAddress(r.address(), false, utf8); !st.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("recipient: ", st.message()));
+    }
+  }
 
   Client c(options_);
   if (auto st = c.Connect(); !st.ok()) return st;
