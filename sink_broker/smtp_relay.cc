@@ -21,13 +21,15 @@ namespace sinkline::broker {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
-std::string DotStuff(absl::string_view data, bool& at_line_start) {
+std::string DotStuff(absl::string_view data, DotStuffState& state) {
   std::string out;
   out.reserve(data.size() + 16);
   for (char c : data) {
-    if (at_line_start && c == '.') out.push_back('.');
+    if (c == '\n' && !state.after_cr) out.push_back('\r');
+    if (state.at_line_start && c == '.') out.push_back('.');
     out.push_back(c);
-    at_line_start = c == '\n';
+    state.at_line_start = c == '\n';
+    state.after_cr = c == '\r';
   }
   return out;
 }
@@ -78,6 +80,9 @@ class Client {
         !st.ok()) {
       return st;
     }
+    // Each command is a small write that waits for its reply: without
+    // TCP_NODELAY, Nagle holds it back behind the previous delayed ACK.
+    socket_.set_option(tcp::no_delay(true), ec);
     return absl::OkStatus();
   }
 
@@ -286,8 +291,7 @@ absl::StatusOr<SubmitOutcome> SmtpRelayBackend::Submit(
   auto data = c.Command("DATA");
   if (!data.ok()) return data.status();
   if (data->code != 354) return Refusal("DATA", *data);
-  bool at_line_start = true;
-  char last = '\n';
+  DotStuffState stuff;
   char buf[65536];
   for (;;) {
     ssize_t n = ::read(fd, buf, sizeof buf);
@@ -297,13 +301,17 @@ absl::StatusOr<SubmitOutcome> SmtpRelayBackend::Submit(
           absl::StrCat("read ", content_path, ": ", strerror(errno)));
     }
     if (n == 0) break;
-    last = buf[n - 1];
-    if (auto st = c.Write(DotStuff(absl::string_view(buf, n), at_line_start));
+    if (auto st = c.Write(DotStuff(absl::string_view(buf, n), stuff));
         !st.ok()) {
       return st;
     }
   }
-  auto end = c.Command(last == '\n' ? "." : "\r\n.");
+  // The body ends in CRLF (bare LFs became CRLF) or gets one.
+  if (auto st = c.Write(stuff.at_line_start ? ".\r\n" : "\r\n.\r\n");
+      !st.ok()) {
+    return st;
+  }
+  auto end = c.ReadReply();
   if (!end.ok()) return end.status();
   if (end->code != 250) return Refusal("the end of DATA", *end);
   (void)c.Command("QUIT");

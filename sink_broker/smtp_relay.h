@@ -38,8 +38,15 @@ class SmtpRelayBackend : public QueueBackend {
   const SmtpRelayOptions options_;
 };
 
+// What dot-stuffing carries from one chunk to the next.
+struct DotStuffState {
+  bool at_line_start = true;
+  bool after_cr = false;
+};
+
 // Dot-stuffs `data` for DATA (RFC 5321 §4.5.2): a '.' that starts a line
-// gets another. `at_line_start` carries the state across chunks.
-std::string DotStuff(absl::string_view data, bool& at_line_start);
+// gets another, and a bare LF becomes CRLF (a next hop must never see a
+// bare LF: it would end the message early on some servers).
+std::string DotStuff(absl::string_view data, DotStuffState& state);
 
 }  // namespace sinkline::broker
