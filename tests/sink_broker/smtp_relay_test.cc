@@ -213,6 +213,49 @@ TEST_F(SmtpRelayTest, CommandsWithCrOrLfAreNeverWritten) {
   EXPECT_EQ(hop.Received().find("injected"), std::string::npos);
 }
 
+TEST_F(SmtpRelayTest, ConnectionsAreReusedWithRsetAndPipelined) {
+  FakeNextHop hop(true);
+  WriteMessage("Subject: x\r\n\r\nbody\r\n");
+  SmtpRelayBackend relay(Options(hop));
+  for (int i = 0; i < 5; ++i) {
+    auto r = relay.Submit(Entry(), path_);
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  EXPECT_EQ(hop.connections(), 1);
+  const std::string got = hop.Received();
+  size_t rsets = 0;
+  for (size_t at = got.find("RSET\r\n"); at != std::string::npos;
+       at = got.find("RSET\r\n", at + 1)) {
+    ++rsets;
+  }
+  EXPECT_EQ(rsets, 4u) << got;
+  // MAIL, both RCPTs and DATA went in one write.
+  bool batched = false;
+  for (const auto& c : hop.Chunks()) {
+    batched |= absl::StrContains(c, "MAIL FROM:<a@example.test>") &&
+               absl::StrContains(c, "RCPT TO:<c@example.test>\r\nDATA\r\n");
+  }
+  EXPECT_TRUE(batched) << got;
+}
+
+TEST_F(SmtpRelayTest, WithoutPipeliningOneCommandAtATimeAndTheReuseLimit) {
+  FakeNextHop hop(false);
+  WriteMessage("Subject: x\r\n\r\nbody\r\n");
+  SmtpRelayOptions o = Options(hop);
+  o.reuse_limit = 2;
+  SmtpRelayBackend relay(o);
+  for (int i = 0; i < 4; ++i) {
+    auto r = relay.Submit(Entry(), path_);
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  EXPECT_EQ(hop.connections(), 2);
+  for (const auto& c : hop.Chunks()) {
+    EXPECT_FALSE(absl::StrContains(c, "MAIL FROM") &&
+                 absl::StrContains(c, "RCPT TO"))
+        << c;
+  }
+}
+
 TEST(SmtpRelay, UnreachableNextHopDefers) {
   SmtpRelayOptions o;
   o.next_hop = "127.0.0.1:1";  // nothing listens on port 1
