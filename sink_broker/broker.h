@@ -49,7 +49,7 @@ struct BrokerOptions {
   int workers = 4;
   // Threads that hand messages to the queue backend (a relay blocks on the
   // network while it talks to the next hop).
-  int submit_workers = 2;
+  int submit_workers = 20;
   // Backoff between submission attempts while the backend defers: from the
   // minimum, doubling up to the maximum.
   std::chrono::milliseconds submit_retry_min{1000};

@@ -170,6 +170,12 @@ absl::Status LeaseTable::StageEnvelope(const std::string& token,
     return absl::PermissionDeniedError(
         "read lease: envelope edits need content_access read-write");
   }
+  // The same grammar as verdict edits and the edge (message_edit.h).
+  if (auto st = ValidateEnvelopeEdit(
+          edit, EnvelopeIsUtf8((*lease)->message->envelope()));
+      !st.ok()) {
+    return st;
+  }
   absl::MutexLock lock(&(*lease)->mu);
   if (auto st = NotActive((*lease)->state); !st.ok()) return st;
   (*lease)->staged_envelope.push_back(std::move(edit));

@@ -40,7 +40,19 @@ ABSL_FLAG(int, relay_connect_timeout_ms, 30000,
           "bound on connecting to the next hop");
 ABSL_FLAG(int, relay_timeout_ms, 300000,
           "bound on each of the next hop's replies");
-ABSL_FLAG(int, submit_workers, 2, "threads that hand messages to the queue");
+ABSL_FLAG(int, relay_cache_idle_ms, 2000,
+          "keep an idle connection to the next hop this long for the next "
+          "message (0: no connection cache)");
+ABSL_FLAG(int, relay_reuse_limit, 100,
+          "transactions on one cached connection before it is closed (0: no "
+          "limit)");
+ABSL_FLAG(int, relay_destination_concurrency, 20,
+          "messages in flight to the next hop at once");
+ABSL_FLAG(bool, relay_pipelining, true,
+          "pipeline MAIL, RCPT and DATA when the next hop offers PIPELINING");
+ABSL_FLAG(int, submit_workers, 20,
+          "threads that hand messages to the queue (the relay blocks one per "
+          "message in flight)");
 ABSL_FLAG(int, submit_retry_min_ms, 1000,
           "first delay before a deferred submission is tried again");
 ABSL_FLAG(int, submit_retry_max_ms, 300000,
@@ -129,6 +141,12 @@ int main(int argc, char** argv) {
         absl::GetFlag(FLAGS_relay_connect_timeout_ms));
     relay.command_timeout =
         std::chrono::milliseconds(absl::GetFlag(FLAGS_relay_timeout_ms));
+    relay.cache_idle =
+        std::chrono::milliseconds(absl::GetFlag(FLAGS_relay_cache_idle_ms));
+    relay.reuse_limit = absl::GetFlag(FLAGS_relay_reuse_limit);
+    relay.destination_concurrency =
+        absl::GetFlag(FLAGS_relay_destination_concurrency);
+    relay.pipelining = absl::GetFlag(FLAGS_relay_pipelining);
     queue = std::make_unique<sb::SmtpRelayBackend>(std::move(relay));
   } else {
     auto dir = sb::QueueDirBackend::Create(queue_dir);

@@ -9,6 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "sinkline/common/address.h"
 #include "sinkline/common/durable_file.h"
 
 namespace sinkline::broker {
@@ -347,6 +348,38 @@ absl::StatusOr<uint64_t> RewriteMessage(
     i = j;
   } while (i < edits.size());
   return size;
+}
+
+absl::Status ValidateEnvelopeEdit(const v1::EnvelopeEdit& e, bool utf8) {
+  switch (e.edit_case()) {
+    case v1::EnvelopeEdit::kSetSender:
+      return ValidateEnvelopeAddress(e.set_sender(), /*null_allowed=*/true,
+                                     utf8);
+    case v1::EnvelopeEdit::kAddRecipient:
+      if (auto st = ValidateEnvelopeAddress(e.add_recipient().address(),
+                                            /*null_allowed=*/false, utf8);
+          !st.ok()) {
+        return st;
+      }
+      for (const auto& p : e.add_recipient().params()) {
+        if (auto st = ValidateEsmtpParam(p.key(), p.value(), utf8); !st.ok()) {
+          return st;
+        }
+      }
+      return absl::OkStatus();
+    case v1::EnvelopeEdit::kRemoveRecipient:
+      return ValidateEnvelopeAddress(e.remove_recipient(),
+                                     /*null_allowed=*/false, utf8);
+    default:
+      return absl::InvalidArgumentError("empty envelope edit");
+  }
+}
+
+bool EnvelopeIsUtf8(const v1::Envelope& envelope) {
+  for (const auto& p : envelope.mail_params()) {
+    if (absl::EqualsIgnoreCase(p.key(), "SMTPUTF8")) return true;
+  }
+  return false;
 }
 
 bool ApplyEnvelopeEdits(

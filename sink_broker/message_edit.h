@@ -49,6 +49,16 @@ absl::StatusOr<uint64_t> RewriteMessage(
     const std::vector<sinkline::v1::ContentEdit>& edits,
     size_t max_header_bytes = 1 << 20);
 
+// The one check every envelope edit passes, whoever asks for it (a verdict,
+// the Content service, an operator): set_sender a mailbox or "" (the null
+// sender), add_recipient and remove_recipient mailboxes, recipient
+// parameters ESMTP keyword=value; UTF-8 only when the transaction has
+// SMTPUTF8 (`utf8`). Anything else is INVALID_ARGUMENT. The grammar is the
+// edge's (sinkline/common/address.h).
+absl::Status ValidateEnvelopeEdit(const v1::EnvelopeEdit& edit, bool utf8);
+// Whether `envelope` was given with SMTPUTF8 (RFC 6531).
+bool EnvelopeIsUtf8(const v1::Envelope& envelope);
+
 // Applies envelope edits; returns whether anything changed.
 bool ApplyEnvelopeEdits(
     const google::protobuf::RepeatedPtrField<v1::EnvelopeEdit>& edits,

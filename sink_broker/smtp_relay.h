@@ -1,12 +1,20 @@
 // A queue backend that relays each released message to a next-hop MTA over
 // SMTP (RFC 5321): EHLO, MAIL FROM with SIZE and BODY when the next hop
-// offers them, one RCPT per recipient, DATA with dot-stuffing, QUIT. A 4xx
-// or an unreachable next hop defers (the broker retries with backoff); a 5xx
+// offers them, one RCPT per recipient, DATA with dot-stuffing. A 4xx or an
+// unreachable next hop defers (the broker retries with backoff); a 5xx
 // refuses for good, per recipient where the next hop answered per
 // recipient.
+//
+// Connections are cached: after a transaction the connection waits idle for
+// the next message (RSET first), for a bounded time and a bounded number of
+// transactions, as Postfix's smtp_connection_cache_* do. MAIL, RCPT and
+// DATA go in one write when the next hop offers PIPELINING (RFC 2920). At
+// most `destination_concurrency` messages are in flight at once; Submit
+// blocks per call, so concurrency comes from the submitter's threads.
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
 
 #include "sink_broker/queue_backend.h"
@@ -22,12 +30,24 @@ struct SmtpRelayOptions {
   // Bound on each command's reply (RFC 5321 §4.5.3.2 suggests minutes; a
   // next hop on the same network answers far sooner).
   std::chrono::milliseconds command_timeout{300000};
+  // How long an idle connection waits for the next message (Postfix's
+  // smtp_connection_cache_time_limit); 0 turns the cache off.
+  std::chrono::milliseconds cache_idle{2000};
+  // Transactions on one connection before it is closed (Postfix's
+  // smtp_connection_reuse_count_limit); 0: no limit.
+  int reuse_limit = 100;
+  // Messages in flight to the next hop at once (Postfix's
+  // default_destination_concurrency_limit).
+  int destination_concurrency = 20;
+  // Send MAIL, RCPT and DATA in one write when the next hop offers
+  // PIPELINING.
+  bool pipelining = true;
 };
 
 class SmtpRelayBackend : public QueueBackend {
  public:
-  explicit SmtpRelayBackend(SmtpRelayOptions options)
-      : options_(std::move(options)) {}
+  explicit SmtpRelayBackend(SmtpRelayOptions options);
+  ~SmtpRelayBackend() override;
   absl::StatusOr<SubmitOutcome> Submit(
       const v1::QueueEntry& entry, const std::string& content_path) override;
   std::string Describe() const override {
@@ -35,11 +55,20 @@ class SmtpRelayBackend : public QueueBackend {
   }
 
  private:
+  class Cache;
   const SmtpRelayOptions options_;
+  std::unique_ptr<Cache> cache_;
+};
+
+// What dot-stuffing carries from one chunk to the next.
+struct DotStuffState {
+  bool at_line_start = true;
+  bool after_cr = false;
 };
 
 // Dot-stuffs `data` for DATA (RFC 5321 §4.5.2): a '.' that starts a line
-// gets another. `at_line_start` carries the state across chunks.
-std::string DotStuff(absl::string_view data, bool& at_line_start);
+// gets another, and a bare LF becomes CRLF (a next hop must never see a
+// bare LF: it would end the message early on some servers).
+std::string DotStuff(absl::string_view data, DotStuffState& state);
 
 }  // namespace sinkline::broker

@@ -26,7 +26,7 @@ namespace sinkline::broker {
 struct SubmitOptions {
   // Threads that hand messages to the queue backend (a relay blocks on the
   // network while it talks to the next hop).
-  int workers = 2;
+  int workers = 20;
   // Backoff between attempts while the backend defers: from the minimum,
   // doubling up to the maximum.
   std::chrono::milliseconds retry_min{1000};

@@ -112,29 +112,9 @@ absl::Status ValidateVerdict(const v1::Event& event, const v1::Binding& binding,
       return absl::PermissionDeniedError(
           "envelope edits need content_access read-write");
     }
+    const bool utf8 = EnvelopeIsUtf8(event.envelope());
     for (const auto& e : verdict.envelope_edits()) {
-      std::string addr;
-      switch (e.edit_case()) {
-        case v1::EnvelopeEdit::kSetSender:
-          addr = e.set_sender();
-          break;
-        case v1::EnvelopeEdit::kAddRecipient:
-          addr = e.add_recipient().address();
-          if (addr.empty()) {
-            return absl::InvalidArgumentError("empty recipient");
-          }
-          break;
-        case v1::EnvelopeEdit::kRemoveRecipient:
-          addr = e.remove_recipient();
-          break;
-        default:
-          return absl::InvalidArgumentError("empty envelope edit");
-      }
-      if (addr.find_first_of("\r\n <>\t") != std::string::npos ||
-          addr.size() > 256) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("bad address '", absl::CEscape(addr), "'"));
-      }
+      if (auto st = ValidateEnvelopeEdit(e, utf8); !st.ok()) return st;
     }
   }
   return absl::OkStatus();

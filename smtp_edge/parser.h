@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "sinkline/common/address.h"
 
 namespace sinkline::edge {
 
@@ -32,13 +33,10 @@ absl::StatusOr<PathArgument> ParsePathArgument(absl::string_view arg,
                                                absl::string_view prefix,
                                                bool allow_null);
 
-// A syntactically acceptable mailbox: local@domain, printable ASCII (or
-// well-formed UTF-8 when `utf8`, RFC 6531), no spaces or brackets, at most
-// 254 octets.
-bool ValidMailbox(absl::string_view address, bool utf8);
-
-// Well-formed UTF-8 (no overlong forms, no surrogates).
-bool ValidUtf8(absl::string_view text);
+// The mailbox grammar lives in common/ so the broker checks envelope
+// edits with the same rules.
+using ::sinkline::ValidMailbox;
+using ::sinkline::ValidUtf8;
 
 // DSN parameter values (RFC 3461): xtext (ENVID, ORCPT's address);
 // NOTIFY=NEVER or a list of SUCCESS, FAILURE, DELAY; ORCPT=type;xtext;

@@ -12,10 +12,12 @@ import smtplib
 import time
 import unittest
 
+import grpc
+
 from harness import (PYTHON_DIR, ROOT, AdminClient, Process, StackTestCase,
                      wait_for)
 
-from sinkline.v1 import types_pb2  # noqa: E402  (PYTHONPATH)
+from sinkline.v1 import content_pb2, types_pb2  # noqa: E402  (PYTHONPATH)
 
 QUEUED = re.compile(rb"queued as (\S+)")
 BODY = (b"Subject: relay test\r\nFrom: a@example.test\r\n\r\n"
@@ -68,8 +70,8 @@ class NextHop:
 
 class RelayTest(StackTestCase):
 
-    def start(self, next_hop):
-        self.stack.write_config([])
+    def start(self, next_hop, bindings=()):
+        self.stack.write_config(list(bindings))
         self.broker_args = [f"--relay-host=127.0.0.1:{next_hop.port}",
                             "--relay-helo=broker.example.test",
                             "--relay-connect-timeout-ms=2000",
@@ -190,6 +192,76 @@ class RelayTest(StackTestCase):
             self.admin.message("NOSUCHMESSAGE")
         self.assertEqual(ctx.exception.code(),
                          self.admin.grpc.StatusCode.NOT_FOUND)
+
+    def test_envelope_injection_through_content_is_refused(self):
+        """A sink holding a read-write lease tries to smuggle commands into
+        the relay's MAIL FROM / RCPT TO through the Content service: every
+        such edit is INVALID_ARGUMENT, and the next hop gets the message
+        once, with the envelope the client gave, and no smuggled command."""
+        hop = NextHop(self.workdir)
+        self.stack.processes.append(hop.start())
+        tokens = os.path.join(self.workdir, "tokens.jsonl")
+        keeper = Process("keeper",
+                         ["/usr/bin/python3",
+                          os.path.join(ROOT, "tests", "integration",
+                                       "token_keeper_sink.py"),
+                          "--listen=127.0.0.1:0", f"--out={tokens}"],
+                         self.workdir, env=dict(os.environ,
+                                                PYTHONPATH=PYTHON_DIR))
+        self.stack.processes.append(keeper)
+        self.stack.sinks["keeper"] = keeper.start()
+        self.start(hop, [{"name": "writer", "sink": "keeper", "event": "EOD",
+                          "priority": 30000, "content_access": "read-write",
+                          "deadline_ms": 30000,
+                          "failure_policy": "continue"}])
+        qid = self.send(["x@example.test"])
+
+        def lease():
+            if not os.path.exists(tokens):
+                return None
+            with open(tokens) as f:
+                lines = [json.loads(x) for x in f if x.strip()]
+            return lines[0] if lines else None
+        token = wait_for(lease, 15, "the writer's lease")["token"]
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.stack.broker.port}")
+        self.addCleanup(channel.close)
+
+        def call(method, request, response_type):
+            return channel.unary_unary(
+                f"/sinkline.v1.Content/{method}",
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=response_type.FromString)(
+                    request, timeout=10)
+
+        smuggle = ("evil@example.test>\r\nRCPT TO:<injected@example.org>\r\n"
+                   "DATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
+                   "MAIL FROM:<evil@example.test")
+        edits = [
+            ("SetSender", content_pb2.SetSenderRequest(
+                token=token, mail_from=smuggle)),
+            ("AddRecipient", content_pb2.AddRecipientRequest(
+                token=token, recipient=types_pb2.Recipient(address=smuggle))),
+            ("AddRecipient", content_pb2.AddRecipientRequest(
+                token=token,
+                recipient=types_pb2.Recipient(address="no-domain"))),
+            ("RemoveRecipient", content_pb2.RemoveRecipientRequest(
+                token=token, address=smuggle)),
+        ]
+        for method, request in edits:
+            with self.assertRaises(grpc.RpcError) as ctx:
+                call(method, request, content_pb2.EditResponse)
+            self.assertEqual(ctx.exception.code(),
+                             grpc.StatusCode.INVALID_ARGUMENT,
+                             (method, ctx.exception.details()))
+        call("Release", content_pb2.ReleaseRequest(token=token),
+             content_pb2.ReleaseResponse)
+        wait_for(lambda: self.state(qid) == types_pb2.MESSAGE_STATE_SUBMITTED,
+                 15, "state submitted")
+        time.sleep(0.5)  # a smuggled second message would have arrived
+        [(env, data)] = hop.delivered()
+        self.assertEqual(env["mail_from"], "sender@example.test")
+        self.assertEqual(env["rcpt_tos"], ["x@example.test"])
+        self.assertNotIn(b"smuggled", data)
 
     def test_sender_refused_fails_whole_message(self):
         hop = NextHop(self.workdir)

@@ -358,6 +358,48 @@ TEST_F(ChainEngineTest, EnvelopeEditsWithoutALeaseChangeTheEnvelope) {
   EXPECT_EQ(sinks_.Requests()[1].event().envelope().recipients_size(), 2);
 }
 
+// A verdict's envelope edits get the same mailbox grammar as the Content
+// service and the edge: anything that is not a mailbox makes the verdict a
+// failure and the envelope stays as it was.
+TEST_F(ChainEngineTest, EnvelopeEditsInAVerdictAreMailboxes) {
+  for (const std::string& bad :
+       {std::string("no-domain"), std::string("a\0b@example.test", 16),
+        std::string("a@example.test\x0b"
+                    "DATA"),
+        std::string("(c)a@example.test"),
+        std::string("caf\xc3\xa9@example.test")}) {
+    SCOPED_TRACE(bad);
+    Configure(Binding("rw", "RCPT", 10,
+                      "    content_access: read-write\n"
+                      "    failure_policy: continue\n"));
+    sinks_.Set("rw", [bad](const v1::SinkRequest&, auto) {
+      v1::Verdict v;
+      v.set_action(v1::ACTION_CONTINUE);
+      v.add_envelope_edits()->mutable_add_recipient()->set_address(bad);
+      v.add_envelope_edits()->set_set_sender(bad);
+      return absl::StatusOr<v1::Verdict>(v);
+    });
+    const Outcome o = Run(Ev(v1::EVENT_TYPE_RCPT));
+    EXPECT_FALSE(o.envelope_changed);
+    EXPECT_EQ(o.envelope.mail_from(), "a@example.net");
+    EXPECT_EQ(o.envelope.recipients_size(), 1);
+  }
+  // With SMTPUTF8 in the transaction a UTF-8 mailbox is fine.
+  Configure(Binding("rw", "RCPT", 10, "    content_access: read-write\n"));
+  sinks_.Set("rw", [](const v1::SinkRequest&, auto) {
+    v1::Verdict v;
+    v.set_action(v1::ACTION_CONTINUE);
+    v.add_envelope_edits()->mutable_add_recipient()->set_address(
+        "caf\xc3\xa9@example.test");
+    return absl::StatusOr<v1::Verdict>(v);
+  });
+  v1::Event e = Ev(v1::EVENT_TYPE_RCPT);
+  e.mutable_envelope()->add_mail_params()->set_key("SMTPUTF8");
+  const Outcome o = Run(e);
+  EXPECT_TRUE(o.envelope_changed);
+  EXPECT_EQ(o.envelope.recipients_size(), 2);
+}
+
 TEST_F(ChainEngineTest, SinksWithContentAccessGetALeaseAndTheContent) {
   Configure(Binding("reader", "EOD", 10, "    content_access: read\n") +
             Binding("writer", "EOD", 20, "    content_access: read-write\n"));

@@ -161,5 +161,79 @@ TEST_F(ContentServiceTest, EndedLeasesSayWhy) {
   EXPECT_NE(gone.error_message().find("message released"), std::string::npos);
 }
 
+// Envelope edits through the Content service get the grammar the edge
+// enforces: an address that would smuggle a command into the relay's
+// MAIL FROM / RCPT TO lines (or is simply not a mailbox) is INVALID_ARGUMENT
+// and changes nothing.
+TEST_F(ContentServiceTest, EnvelopeEditsAreMailboxes) {
+  v1::Envelope env;
+  env.set_mail_from("a@example.net");
+  env.add_recipients()->set_address("b@example.test");
+  record_->set_envelope(env);
+  const std::string token = Grant("writer", v1::CONTENT_ACCESS_READ_WRITE);
+  auto set_sender = [&](const std::string& from) {
+    grpc::ClientContext ctx;
+    v1::SetSenderRequest req;
+    req.set_token(token);
+    req.set_mail_from(from);
+    v1::EditResponse resp;
+    return stub_->SetSender(&ctx, req, &resp).error_code();
+  };
+  auto add = [&](const std::string& to, const std::string& param = "") {
+    grpc::ClientContext ctx;
+    v1::AddRecipientRequest req;
+    req.set_token(token);
+    req.mutable_recipient()->set_address(to);
+    if (!param.empty()) {
+      auto* p = req.mutable_recipient()->add_params();
+      p->set_key("NOTIFY");
+      p->set_value(param);
+    }
+    v1::EditResponse resp;
+    return stub_->AddRecipient(&ctx, req, &resp).error_code();
+  };
+  auto remove = [&](const std::string& to) {
+    grpc::ClientContext ctx;
+    v1::RemoveRecipientRequest req;
+    req.set_token(token);
+    req.set_address(to);
+    v1::EditResponse resp;
+    return stub_->RemoveRecipient(&ctx, req, &resp).error_code();
+  };
+  const std::string injected =
+      "x@example.test>\r\nRCPT TO:<injected@example.org>\r\nDATA\r\n"
+      "smuggled\r\n.\r\nRSET\r\nMAIL FROM:<x@example.test";
+  for (const std::string& bad :
+       {injected, std::string("no-domain"), std::string("a@"),
+        std::string("@example.test"), std::string("a b@example.test"),
+        std::string("a@example.test\tDATA"),
+        std::string("a\0b@example.test", 16), std::string("a,b@example.test"),
+        std::string("caf\xc3\xa9@example.test"),
+        std::string(300, 'a') + "@example.test"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_EQ(set_sender(bad), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(add(bad), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(remove(bad), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  EXPECT_EQ(add("c@example.test", "SUCCESS\r\nDATA"),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(add(""), grpc::StatusCode::INVALID_ARGUMENT);
+  // Good edits still work, the null sender included.
+  EXPECT_EQ(add("c@example.test", "SUCCESS,FAILURE"), grpc::StatusCode::OK);
+  EXPECT_EQ(set_sender(""), grpc::StatusCode::OK);
+  {
+    grpc::ClientContext ctx;
+    v1::ReleaseRequest req;
+    req.set_token(token);
+    v1::ReleaseResponse resp;
+    ASSERT_TRUE(stub_->Release(&ctx, req, &resp).ok());
+  }
+  const v1::Envelope after = record_->envelope();
+  EXPECT_EQ(after.mail_from(), "");
+  ASSERT_EQ(after.recipients_size(), 2);
+  EXPECT_EQ(after.recipients(0).address(), "b@example.test");
+  EXPECT_EQ(after.recipients(1).address(), "c@example.test");
+}
+
 }  // namespace
 }  // namespace sinkline::broker

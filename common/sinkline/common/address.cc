@@ -1,0 +1,89 @@
+#include "sinkline/common/address.h"
+
+#include <cstdint>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+
+namespace sinkline {
+
+bool ValidMailbox(absl::string_view a, bool utf8) {
+  if (a.empty() || a.size() > 254) return false;
+  const size_t at = a.rfind('@');
+  if (at == absl::string_view::npos || at == 0 || at + 1 == a.size()) {
+    return false;
+  }
+  for (unsigned char c : a) {
+    if (c <= 32 || c == 127 || c == '<' || c == '>' || c == '(' || c == ')' ||
+        c == ',' || c == ';' || c == '\\') {
+      return false;
+    }
+    if (c >= 128 && !utf8) return false;
+  }
+  return !utf8 || ValidUtf8(a);
+}
+
+bool ValidUtf8(absl::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const unsigned char c = text[i];
+    int extra = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+      extra = 1;
+      cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      extra = 2;
+      cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      extra = 3;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + extra >= text.size()) return false;
+    for (int k = 1; k <= extra; ++k) {
+      const unsigned char cc = text[i + k];
+      if ((cc & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    if ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (extra == 3 && (cp < 0x10000 || cp > 0x10ffff))) {
+      return false;
+    }
+    i += extra + 1;
+  }
+  return true;
+}
+
+absl::Status ValidateEnvelopeAddress(absl::string_view address,
+                                     bool null_allowed, bool utf8) {
+  if (address.empty() && null_allowed) return absl::OkStatus();
+  if (ValidMailbox(address, utf8)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "bad address '", absl::CEscape(address.substr(0, 300)),
+      "': not a mailbox (local@domain, RFC 5321 §4.1.2",
+      utf8 ? ", UTF-8 allowed" : ", ASCII only without SMTPUTF8", ")"));
+}
+
+absl::Status ValidateEsmtpParam(absl::string_view key, absl::string_view value,
+                                bool utf8) {
+  bool ok = !key.empty() && key.size() <= 64 && absl::ascii_isalnum(key[0]);
+  for (char c : key) ok = ok && (absl::ascii_isalnum(c) || c == '-');
+  for (unsigned char c : value) {
+    ok = ok && ((c >= 33 && c <= 126 && c != '=') || (c >= 128 && utf8));
+  }
+  if (ok && utf8) ok = ValidUtf8(value);
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad ESMTP parameter '", absl::CEscape(key.substr(0, 100)),
+                     "=", absl::CEscape(value.substr(0, 200)), "'"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sinkline

@@ -1,0 +1,32 @@
+// The mailbox grammar every Sinkline part applies to an envelope address
+// (RFC 5321 §4.1.2, RFC 6531 for UTF-8): the edge to what a client sends,
+// the broker to every envelope edit a sink asks for, so that nothing that
+// reaches the relay's MAIL FROM / RCPT TO lines was not checked.
+#pragma once
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace sinkline {
+
+// A syntactically acceptable mailbox: local@domain, printable ASCII (or
+// well-formed UTF-8 when `utf8`, RFC 6531), no spaces, controls or
+// brackets, at most 254 octets.
+bool ValidMailbox(absl::string_view address, bool utf8);
+
+// Well-formed UTF-8 (no overlong forms, no surrogates).
+bool ValidUtf8(absl::string_view text);
+
+// An address an envelope edit sets, adds or removes: a valid mailbox, or
+// the null reverse-path "" where `null_allowed` (a new sender). Anything
+// else is INVALID_ARGUMENT with the address escaped in the message.
+absl::Status ValidateEnvelopeAddress(absl::string_view address,
+                                     bool null_allowed, bool utf8);
+
+// An ESMTP parameter as MAIL or RCPT carries it (RFC 5321 §4.1.2):
+// keyword of letters, digits and '-'; value of printable ASCII without
+// '=' or space (UTF-8 too when `utf8`).
+absl::Status ValidateEsmtpParam(absl::string_view key, absl::string_view value,
+                                bool utf8);
+
+}  // namespace sinkline
