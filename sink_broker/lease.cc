@@ -37,6 +37,17 @@ void MessageRecord::ChainDone(std::function<void()> ready) {
   ready();
 }
 
+void MessageRecord::DropWaiters() {
+  std::function<void()> ready;
+  std::deque<std::function<void()>> writers;
+  {
+    absl::MutexLock lock(&mu_);
+    ready.swap(ready_);
+    writers.swap(writer_waiters_);
+  }
+  // Destroyed outside the lock: they may hold the last reference to this.
+}
+
 void MessageRecord::WhenNoWriter(std::function<void()> go) {
   {
     absl::MutexLock lock(&mu_);
@@ -53,11 +64,19 @@ SnapshotFile::~SnapshotFile() {
 }
 
 LeaseTable::~LeaseTable() {
-  absl::MutexLock lock(&mu_);
-  for (auto& [token, lease] : leases_) {
-    absl::MutexLock l(&lease->mu);
-    lease->file.reset();
+  // Shutdown with leases still active: their messages stay in the spool for
+  // the next start, and what waits on them (the submission, writers taking
+  // turns, which hold the message themselves) is dropped with them.
+  std::vector<std::shared_ptr<MessageRecord>> messages;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [token, lease] : leases_) {
+      absl::MutexLock l(&lease->mu);
+      lease->file.reset();
+      if (lease->message) messages.push_back(lease->message);
+    }
   }
+  for (auto& m : messages) m->DropWaiters();
 }
 
 absl::Status LeaseTable::NotActive(Lease::State state) {

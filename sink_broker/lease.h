@@ -86,6 +86,9 @@ class MessageRecord {
   // Runs `go` when no read-write lease is active (maybe now): writers take
   // turns in priority order.
   void WhenNoWriter(std::function<void()> go);
+  // Shutdown: forgets what waits for the leases to end (it may hold this
+  // record, a cycle that would outlive the broker).
+  void DropWaiters();
 
   // The index of the header block (fields, their raw bytes, where the body
   // starts) of the content version open as `fd`, a lease's snapshot. Parsed
