@@ -56,7 +56,6 @@ Broker::Broker(BrokerOptions options, Config config,
                                       .broker_id = options_.broker_id};
   session_env_.submitter = &submitter_;
   session_env_.hub = &hub_;
-  session_env_.spool_dir = options_.spool_dir;
   session_env_.received_header = options_.received_header;
   session_service_ = std::make_unique<SessionService>(&session_env_);
   admin_service_ = std::make_unique<AdminService>(

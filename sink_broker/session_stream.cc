@@ -303,7 +303,7 @@ void SessionState::OpenIncoming(const std::string& tx) {
   incoming_tx_ = tx;
   // The broker's own id names the file, never what the edge sent.
   incoming_qid_ = NewQueueId();
-  auto m = IncomingMessage::Create(env_->spool_dir, incoming_qid_);
+  auto m = IncomingMessage::Create(env_->commit.spool->dir(), incoming_qid_);
   if (!m.ok()) {
     incoming_error_ = m.status();
     return;

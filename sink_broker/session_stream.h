@@ -43,7 +43,6 @@ struct SessionEnv {
   CommitContext commit;
   Submitter* submitter = nullptr;
   SessionHub* hub = nullptr;
-  std::string spool_dir;
   // Add a Received: trace header (RFC 5321 §4.4) to every message.
   bool received_header = true;
 };
