@@ -22,6 +22,11 @@ SESSIONS = 20
 SENDS_PER_SESSION = 3
 
 
+def read_stats(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 class RecoveryTest(StackTestCase):
 
     def test_restart_reruns_unfinished_sinks_and_submits(self):
@@ -59,7 +64,7 @@ class RecoveryTest(StackTestCase):
                 self.assertEqual(code, 250, resp)
                 sent.append((QUEUED.search(resp).group(1).decode(), body))
         # Every message holds a lease now; nothing may be in the queue.
-        wait_for(lambda: json.load(open(stats))["held"] == MESSAGES, 10,
+        wait_for(lambda: read_stats(stats)["held"] == MESSAGES, 10,
                  "leases held")
         self.assertEqual(self.stack.queue_ids(), [])
         port = self.stack.broker.port
@@ -76,7 +81,11 @@ class RecoveryTest(StackTestCase):
             self.assertEqual(queued.count(b"X-Sinkline-Stamp: "), 1, queued)
             self.assertEqual(queued.count(b"X-Sinkline-Read: "), 1, queued)
             self.assertTrue(queued.endswith(body))
-        final = json.load(open(stats))
+        # The reader saves its counts only after its check that a read
+        # after the release is refused, a moment after the message moved on.
+        wait_for(lambda: read_stats(stats)["released"] == MESSAGES, 10,
+                 "leases released")
+        final = read_stats(stats)
         self.assertEqual(final["redelivered"], MESSAGES)
         self.assertEqual(final["released"], MESSAGES)
         self.assertIn("recovered committed queue_id=",
