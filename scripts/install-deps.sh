@@ -21,6 +21,9 @@ packages=(
   # Postfix as a client of the edge and as the relay's next hop (private
   # instances under each test's directory; the system one is not set up)
   postfix
+  # the fault suite (scripts/faults.sh) cuts loopback links with iptables
+  # and measures memory with heaptrack
+  iptables heaptrack
   # promtool checks the metrics output (the package's server is never started)
   prometheus
   # (swaks --tls needs these)
