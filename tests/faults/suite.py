@@ -35,6 +35,13 @@ MODES = {
 DRAIN_S = 120
 
 
+def failed(row):
+    """A row fails when an acknowledged message was lost, a process died
+    unplanned, or 250s never came back after the fault was undone."""
+    return (row.get("lost", 1) > 0 or not row["healthy"]
+            or row.get("recover") is None)
+
+
 def mount_tmpfs(mb):
     d = tempfile.mkdtemp(prefix="sinkline-faults-spool-")
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", d],
@@ -50,6 +57,18 @@ def mount_tmpfs(mb):
 def first_250_after(attempts, t):
     starts = [a.end for a in attempts if a.code == 250 and a.start >= t]
     return (min(starts) - t) if starts else None
+
+
+def longest_gap(attempts, t0, t1):
+    """The longest stretch without a 250 reply from the fault's start to
+    the first 250 after it was undone."""
+    ends = sorted(a.end for a in attempts if a.code == 250 and a.end >= t0)
+    after = [e for e in ends if e >= t1]
+    if not after:
+        return None
+    marks = [t0] + [e for e in ends if e <= after[0]]
+    return max(b - a for a, b in zip(marks, marks[1:])) if len(marks) > 1 \
+        else 0.0
 
 
 def classify(code):
@@ -104,7 +123,7 @@ def run_row(number, name, inject, opts, mode, rng, keep):
         if unmount:
             unmount()
             F.CLEANUPS.remove(unmount)
-    bad = row.get("lost", 1) > 0 or not row["healthy"]
+    bad = failed(row)
     if bad:
         print(f"--- row {number} ({mode}) failed; logs ---\n{stack.logs()}",
               file=sys.stderr)
@@ -136,14 +155,19 @@ def count(row, attempts, held, delivered, t0, t1):
         extra=sum(1 for m in delivered if m in not_acked),
         lost=len(lost), lost_ids=lost[:5],
         recover=first_250_after(attempts, t1),
+        gap=longest_gap(attempts, t0, t1),
         answers=", ".join(f"{k} x{v}" for k, v in window.most_common(3)))
+
+
+def fmt(seconds):
+    return "never" if seconds is None else f"{seconds:.1f}"
 
 
 def table(rows):
     head = ("| # | fault | mode | attempts | 250 | 4xx | 5xx | client errors "
-            "| queued | dup (had 250 / no 250) | lost | s to 250 after "
-            "| processes | answers during the fault |")
-    out = [head, "|" + "---|" * 14]
+            "| queued | dup (had 250 / no 250) | lost | longest s without 250 "
+            "| s to 250 after undo | processes | answers during the fault |")
+    out = [head, "|" + "---|" * 15]
     for r in rows:
         rec = r.get("recover")
         out.append(
@@ -156,7 +180,7 @@ def table(rows):
             + f" | {r.get('dup_acked', '-')} / {r.get('dup_unacked', '-')} "
             f"| **{r.get('lost', '-')}**"
             + (f" {r['lost_ids']}" if r.get("lost") else "")
-            + f" | {'-' if rec is None else f'{rec:.1f}'} "
+            + f" | {fmt(r.get('gap'))} | {fmt(rec)} "
             f"| {r.get('health', '-')} | {r.get('answers', '') or '-'} |")
     return "\n".join(out)
 
@@ -204,9 +228,9 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             f.write(header + "\n\n" + text + "\n")
-    failed = [r for r in rows if r.get("lost", 1) > 0 or not r["healthy"]]
-    print(f"\nfaults: {len(rows) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed or not rows else 0
+    bad = [r for r in rows if failed(r)]
+    print(f"\nfaults: {len(rows) - len(bad)} passed, {len(bad)} failed")
+    return 1 if bad or not rows else 0
 
 
 if __name__ == "__main__":
