@@ -104,10 +104,10 @@ class Service:
 
 class FaultStack:
 
-    def __init__(self, workdir, loaded, brokers=1, post="stamp",
+    def __init__(self, workdir, backlog, brokers=1, post="stamp",
                  spool_root=None):
         self.workdir = workdir
-        self.loaded = loaded
+        self.backlog = backlog
         self.config = os.path.join(workdir, "bindings.yaml")
         self.rules = os.path.join(workdir, "next-hop-rules.json")
         self.mode_file = os.path.join(workdir, "pre-mode")
@@ -115,7 +115,7 @@ class FaultStack:
         self.spool_root = spool_root or workdir
         self.services = {}
         self.brokers = []
-        self.set_next_hop_delay(200 if loaded else 0)
+        self.set_next_hop_delay(200 if backlog else 0)
         self.set_pre_mode("ok")
         env = dict(os.environ, PYTHONPATH=PYTHON_DIR)
 
@@ -158,7 +158,7 @@ class FaultStack:
                     "--relay-connect-timeout-ms=2000",
                     "--relay-timeout-ms=20000",
                     "--relay-destination-concurrency="
-                    + ("2" if self.loaded else "10"),
+                    + ("1" if self.backlog else "10"),
                     "--submit-retry-min-ms=500",
                     "--submit-retry-max-ms=4000",
                     f"--broker-id=broker-{n}", "--admin-allow-loopback"]

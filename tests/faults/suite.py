@@ -28,9 +28,15 @@ from stack import FaultStack
 MODES = {
     # sessions, messages a second (0: as fast as it goes), warm-up acks,
     # acks wanted after the fault, seconds of traffic after it at most
-    "gentle": dict(sessions=2, rate=10.0, warm=30, after=60, after_s=40),
-    "load": dict(sessions=20, rate=0.0, warm=300, after=300, after_s=60),
-    "ci": dict(sessions=2, rate=10.0, warm=10, after=15, after_s=30),
+    # seconds of traffic after it at most, a slow next hop (a backlog)
+    "gentle": dict(sessions=2, rate=10.0, warm=30, after=60, after_s=40,
+                   backlog=False),
+    "load": dict(sessions=20, rate=0.0, warm=300, after=300, after_s=60,
+                 backlog=True),
+    # CI: few messages, but a backlog, so that a broker kill finds
+    # committed messages not yet at the next hop
+    "ci": dict(sessions=2, rate=10.0, warm=20, after=20, after_s=30,
+               backlog=True),
 }
 DRAIN_S = 120
 
@@ -85,7 +91,7 @@ def run_row(number, name, inject, opts, mode, rng, keep):
     spool_root, unmount = None, None
     if opts.get("tmpfs_mb"):
         spool_root, unmount = mount_tmpfs(opts["tmpfs_mb"])
-    stack = FaultStack(workdir, loaded=(mode == "load"),
+    stack = FaultStack(workdir, backlog=p["backlog"],
                        brokers=opts.get("brokers", 1),
                        post=opts.get("post", "stamp"), spool_root=spool_root)
     load = Load(stack.edge_port, p["sessions"], p["rate"],
@@ -106,6 +112,9 @@ def run_row(number, name, inject, opts, mode, rng, keep):
                and time.monotonic() < deadline):
             time.sleep(0.1)
         load.stop()
+        held = stack.held()
+        row["backlog"] = (None if held is None else
+                          sum(1 for st in held.values() if st in (1, 2, 3)))
         row["drained"] = stack.drain(DRAIN_S)
         held = stack.held() or {}
         delivered = stack.delivered()  # after `held`: nothing slips between
@@ -175,6 +184,7 @@ def table(rows):
             f"| {r.get('attempts', '-')} | {r.get('ok', '-')} "
             f"| {r.get('t4', '-')} | {r.get('t5', '-')} "
             f"| {r.get('errors', '-')} | {r.get('queued', '-')}"
+            + (f" (backlog {r['backlog']})" if r.get("backlog") else "")
             + (f" ({r['stuck']} stuck)" if r.get("stuck") else "")
             + ("" if r.get("drained", True) else " not drained")
             + f" | {r.get('dup_acked', '-')} / {r.get('dup_unacked', '-')} "
