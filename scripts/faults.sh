@@ -6,6 +6,7 @@
 #   scripts/faults.sh                 both modes, every fault (about 20 min)
 #   scripts/faults.sh --ci            the quick faults at a gentle rate
 #   scripts/faults.sh --mode load --only 5,8 --out /tmp/table.md
+#   scripts/faults.sh --memory        10,000 sessions x 4 rounds, RSS each
 # Needs root (a tmpfs for the full spool, iptables on lo for the cut links).
 # SINKLINE_BIN_DIR: use these binaries instead of building preset dev.
 set -euo pipefail
@@ -17,5 +18,9 @@ if [[ -z "${SINKLINE_BIN_DIR:-}" ]]; then
   export SINKLINE_BIN_DIR="$PWD/build/dev/bin"
 fi
 export SINKLINE_PYTHON_DIR="${SINKLINE_PYTHON_DIR:-$(dirname "$SINKLINE_BIN_DIR")/python}"
-ulimit -n 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [[ "${1:-}" == --memory ]]; then
+  shift
+  exec /usr/bin/python3 tests/faults/memory_churn.py "$@"
+fi
 exec /usr/bin/python3 tests/faults/suite.py "$@"

@@ -69,6 +69,22 @@ async def round_(port, sessions):
     return tasks, release, opened, failures
 
 
+def settle(edge, broker, timeout_s=30.0, quiet_s=7.0):
+    """Resident memory of both once it stopped falling: no sample lower
+    than 1% under the others for quiet_s (longer than the trimmer's 5 s
+    period), or after timeout_s."""
+    samples = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        samples.append((time.monotonic(), rss_mb(edge), rss_mb(broker)))
+        recent = [x for x in samples if x[0] >= samples[-1][0] - quiet_s]
+        if (samples[-1][0] - samples[0][0] >= quiet_s and all(
+                min(x[i] for x in recent) >= max(x[i] for x in recent) * 0.99
+                for i in (1, 2))) or time.monotonic() > deadline:
+            return samples[-1][1], samples[-1][2]
+        time.sleep(0.5)
+
+
 def open_sessions(stack):
     """The edge's open sessions gauge, from its metrics page."""
     import urllib.request
@@ -88,11 +104,15 @@ def main():
     ap.add_argument("--edge-args", default="")
     ap.add_argument("--broker-args", default="")
     args = ap.parse_args()
-    need = args.sessions * 2 + 1000
+    # This client and the edge (which inherits the limit) each hold one
+    # descriptor per session.
+    need = args.sessions + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE,
-                           (max(need, soft), max(need, hard)))
+        if hard != resource.RLIM_INFINITY and hard < need:
+            sys.exit(f"{args.sessions} sessions need {need} descriptors; the "
+                     f"hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
     workdir = tempfile.mkdtemp(prefix="sinkline-churn-")
     stack = Stack(workdir)
     stack.write_config([])
@@ -122,8 +142,7 @@ def main():
             opened, failures, peak = asyncio.run(go())
             wait_for(lambda: open_sessions(stack) == 0, 120,
                      "the edge to count no open session")
-            time.sleep(2.0)  # let both settle before reading memory
-            end = (rss_mb(edge), rss_mb(broker))
+            end = settle(edge, broker)
             ends.append(end)
             print(f"round {n}: {opened} sessions greeted and EHLO'd "
                   f"({len(failures)} failed{': ' + failures[0] if failures else ''}) "

@@ -39,6 +39,7 @@ int StartProcess(ProcessServices& services) {
     services.metrics = std::move(*m);
     spdlog::info("metrics on port {}", services.metrics->port());
   }
+  services.trimmer = MemoryTrimmer::Start(MemoryTrimmer::FromFlags());
   return 0;
 }
 

@@ -1,7 +1,8 @@
 // The start every Sinkline process shares. The flags it reads are defined
 // here once, for every binary:
 //   --log-level, --log-json  logging (common/logging.h);
-//   --metrics-listen         Prometheus metrics over HTTP (off if empty).
+//   --metrics-listen         Prometheus metrics over HTTP (off if empty);
+//   --memory-trim-*          freed memory given back (common/memory_trim.h).
 // A main calls InitProcess() first, reads its own flags, then calls
 // StartProcess() and keeps what it returns until it exits.
 #pragma once
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "sinkline/common/memory_trim.h"
 #include "sinkline/common/metrics_http.h"
 
 namespace sinkline {
@@ -24,12 +26,13 @@ std::vector<std::string> InitProcess(int argc, char** argv,
 // What StartProcess brought up.
 struct ProcessServices {
   std::unique_ptr<MetricsHttpServer> metrics;  // null without the flag
+  std::unique_ptr<MemoryTrimmer> trimmer;      // null with interval 0
 };
 
 // Loads the gRPC TLS files (LoadGrpcTls) and serves the metrics registry on
-// --metrics-listen. On failure it logs why and returns the exit code: 2 for
-// unusable gRPC TLS flags or files, 1 for a metrics address that cannot be
-// served. 0 when all is up.
+// --metrics-listen, and starts the memory trimmer. On failure it logs why and
+// returns the exit code: 2 for unusable gRPC TLS flags or files, 1 for a
+// metrics address that cannot be served. 0 when all is up.
 int StartProcess(ProcessServices& services);
 
 }  // namespace sinkline
