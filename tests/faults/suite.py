@@ -13,6 +13,7 @@ import argparse
 import os
 import platform
 import random
+import signal
 import shutil
 import subprocess
 import sys
@@ -207,6 +208,8 @@ def main():
     ap.add_argument("--keep", action="store_true",
                     help="keep the directory of a failed row")
     args = ap.parse_args()
+    # SIGTERM too runs the cleanups (firewall rules, mounts) in `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rng = random.Random(args.seed)
     only = {int(x) for x in args.only.split(",") if x}
     modes = (["ci"] if args.ci else
