@@ -22,8 +22,7 @@ packages=(
   # instances under each test's directory; the system one is not set up)
   postfix
   # the fault suite (scripts/faults.sh) cuts loopback links with iptables
-  # and measures memory with heaptrack
-  iptables heaptrack
+  iptables
   # promtool checks the metrics output (the package's server is never started)
   prometheus
   # (swaks --tls needs these)

@@ -13,7 +13,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
-from harness import PYTHON_DIR, ROOT, Process, binary, wait_for  # noqa: E402
+from harness import (PYTHON_DIR, ROOT, SANITIZER_REPORT, Process,  # noqa
+                     binary, wait_for)
 
 PRE_DEADLINE_MS = 2000
 LEASE_MS = 2000
@@ -230,6 +231,14 @@ class FaultStack:
         self.check()
         died = [f"{s.name} died ({s.died})" for s in self.services.values()
                 if s.died]
+        for s in self.services.values():  # asan builds: a report is a death
+            try:
+                with open(os.path.join(self.workdir, f"{s.name}.log"),
+                          errors="replace") as f:
+                    if any(SANITIZER_REPORT.search(line) for line in f):
+                        died.append(f"{s.name}: sanitizer report")
+            except FileNotFoundError:
+                pass
         planned = [f"{s.name} x{s.planned_restarts}"
                    for s in self.services.values() if s.planned_restarts]
         text = "; ".join(died) if died else "all alive"
