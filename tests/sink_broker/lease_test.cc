@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <thread>
 
 namespace sinkline::broker {
@@ -100,15 +101,17 @@ TEST_F(LeaseTest, LateReleaseAfterExpiryIsRefusedAndPublishesNothing) {
   const std::string token = (*lease)->token;
   ASSERT_TRUE(table_.StageContent(token, AddHeader()).ok());
   // Keep the pool busy so that the expiry timer cannot run on time.
-  std::atomic<bool> go{false};
+  // The flag is shared: a busy task may start only after the test body
+  // returned, and must still find it set.
+  auto go = std::make_shared<std::atomic<bool>>(false);
   for (int i = 0; i < 2; ++i) {
-    boost::asio::post(pool_, [&] {
-      while (!go) std::this_thread::sleep_for(1ms);
+    boost::asio::post(pool_, [go] {
+      while (!*go) std::this_thread::sleep_for(1ms);
     });
   }
   std::this_thread::sleep_for(60ms);  // past its expiry
   const absl::Status st = table_.Release(token, false);
-  go = true;
+  *go = true;
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
   EXPECT_EQ(published_.load(), 0);
   for (int i = 0; i < 100 && table_.active() > 0; ++i) {
