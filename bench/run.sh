@@ -3,12 +3,19 @@
 #   bench/run.sh            all benchmarks
 #   bench/run.sh broker     the broker's cost per event only
 #   bench/run.sh stack      the whole stack with smtp-source only
+#   bench/run.sh compare    Sinkline against Postfix + OpenDKIM (bench/compare.py;
+#                           extra arguments go to it, e.g. --messages 300)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/install-deps.sh"
 cd "$root"
 which=${1:-all}
+[[ $# -gt 0 ]] && shift
 cmake --preset release >/dev/null
+if [[ "$which" == compare ]]; then
+  cmake --build --preset release >/dev/null
+  exec /usr/bin/python3 "$root/bench/compare.py" --bin build/release/bin "$@"
+fi
 if [[ "$which" == stack ]]; then
   cmake --build --preset release >/dev/null
   exec /usr/bin/python3 "$root/bench/stack_bench.py" --bin build/release/bin
