@@ -3,6 +3,9 @@
 #   bench/run.sh            all benchmarks
 #   bench/run.sh broker     the broker's cost per event only
 #   bench/run.sh stack      the whole stack with smtp-source only
+#   bench/run.sh micro      micro-benchmarks (parser, session, rules, chain,
+#                           commit, header edits)
+#   bench/run.sh scale      the memory probes (bench/scale.py)
 #   bench/run.sh compare    Sinkline against Postfix + OpenDKIM (bench/compare.py;
 #                           extra arguments go to it, e.g. --messages 300)
 set -euo pipefail
@@ -12,6 +15,28 @@ cd "$root"
 which=${1:-all}
 [[ $# -gt 0 ]] && shift
 cmake --preset release >/dev/null
+if [[ "$which" == scale ]]; then
+  cmake --build --preset release >/dev/null
+  exec /usr/bin/python3 "$root/bench/scale.py" --bin build/release/bin "$@"
+fi
+if [[ "$which" == micro ]]; then
+  cmake --build --preset release --target micro_bench >/dev/null
+  out=$(mktemp)
+  trap 'rm -f "$out"' EXIT
+  build/release/bench/micro_bench --benchmark_format=json "$@" >"$out" \
+    2>/dev/null
+  /usr/bin/python3 - "$out" <<'PY'
+import json, sys
+runs = json.load(open(sys.argv[1]))["benchmarks"]
+print("| benchmark | wall µs | CPU µs | iterations |")
+print("|---|---:|---:|---:|")
+for r in runs:
+    scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3}[r["time_unit"]]
+    print(f"| {r['name']} | {r['real_time'] * scale:.2f} | "
+          f"{r['cpu_time'] * scale:.2f} | {r['iterations']} |")
+PY
+  exit 0
+fi
 if [[ "$which" == compare ]]; then
   cmake --build --preset release >/dev/null
   exec /usr/bin/python3 "$root/bench/compare.py" --bin build/release/bin "$@"
