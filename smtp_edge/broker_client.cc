@@ -17,6 +17,13 @@ std::shared_ptr<grpc::Channel> MakeBrokerChannel(const std::string& target) {
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  // No retry filter on the session streams: a stream that fails is opened
+  // again by the connection (until --broker-connect-timeout-ms) or ends the
+  // session with 4xx, never replayed by gRPC. Without it each stream's call
+  // arena is about half the size (the filter's per-call state and its
+  // buffer of sent messages), which is most of an idle session's memory,
+  // and every write skips a filter.
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
   sinkline::AddGrpcTlsChannelArgs(args);
   return grpc::CreateCustomChannel(target, sinkline::GrpcChannelCredentials(),
                                    args);
@@ -90,10 +97,14 @@ void BrokerStream::WriteNextLocked() {
 }
 
 void BrokerStream::OnWriteDone(bool ok) {
+  bool wake = !ok || handler_.wake_below == 0;
   {
     absl::MutexLock lock(&mu_);
     writing_ = false;
-    if (!out_.empty()) out_.pop_front();
+    if (!out_.empty()) {
+      if (out_.size() == handler_.wake_below) wake = true;
+      out_.pop_front();
+    }
     if (!ok) {
       failed_ = true;
       out_.clear();
@@ -102,7 +113,7 @@ void BrokerStream::OnWriteDone(bool ok) {
     }
   }
   if (!ok) ReleaseHold();  // broken: OnDone may come
-  if (handler_.on_writable) handler_.on_writable();
+  if (wake && handler_.on_writable) handler_.on_writable();
 }
 
 void BrokerStream::OnWritesDoneDone(bool) {
