@@ -26,12 +26,8 @@ class BrokerStream
   struct Handler {
     // A response from the broker.
     std::function<void(v1::SessionResponse)> on_response;
-    // A queued write went out (the outbound queue shrank), or writing
-    // failed. With `wake_below` n > 0, only when the queue drops below n
-    // from n or more: each call is a hand-off to the owner's thread, and an
-    // owner that waits only on a full queue needs no other.
+    // A queued write went out (the outbound queue shrank).
     std::function<void()> on_writable;
-    size_t wake_below = 0;
     // The stream ended (broken, refused, or closed); called once.
     std::function<void(grpc::Status)> on_done;
   };

@@ -58,9 +58,6 @@ Counter& SessionsCounter() {
 // Pause between attempts to reach a broker while a session waits at
 // connect.
 constexpr auto kRetryDelay = std::chrono::milliseconds(100);
-// Requests queued on the broker stream past which the session stops reading
-// from the client until the stream drains.
-constexpr size_t kMaxQueued = 32;
 
 WatchdogLimits LimitsOf(const EdgeOptions& opts) {
   WatchdogLimits l;
@@ -211,8 +208,7 @@ class AsioConnection final
         if (!co_await Handshake()) break;
         continue;
       }
-      if (session_->waiting() ||
-          (stream_ && stream_->queued() > kMaxQueued)) {
+      if (session_->waiting() || (stream_ && stream_->queued() > 32)) {
         // The client cannot send while the edge waits: the clocks stop.
         clocks_.Pause(Clock::now());
         const bool woke = co_await WaitWake(Clock::now() + opts.broker_timeout);
@@ -427,9 +423,6 @@ class AsioConnection final
     h.on_writable = [weak] {
       if (auto c = weak.lock()) asio::post(c->strand_, [c] { c->Wake(); });
     };
-    // Run() waits on the stream only while more than kMaxQueued requests
-    // are queued.
-    h.wake_below = kMaxQueued + 1;
     h.on_done = [weak, gen](grpc::Status status) {
       if (auto c = weak.lock()) {
         asio::post(c->strand_, [c, gen, status] {

@@ -203,46 +203,5 @@ TEST_F(BrokerStreamTest, CloseDeliversEveryQueuedRequestThenEnds) {
   EXPECT_EQ(broker.requests.load(), 51);
 }
 
-// on_writable is a hand-off to the session's thread: by default after every
-// write; with wake_below only when the queue drops below it (the session
-// waits on nothing else), and always when writing fails.
-TEST_F(BrokerStreamTest, OnWritableOnlyWhenTheQueueDropsBelowTheMark) {
-  EchoBroker broker;
-  Serve(&broker);
-  for (size_t wake_below : {size_t{0}, size_t{10}}) {
-    auto seen = std::make_shared<Seen>();
-    auto writable = std::make_shared<std::atomic<int>>(0);
-    BrokerStream::Handler h;
-    h.on_response = [seen](v1::SessionResponse) {
-      absl::MutexLock lock(&seen->mu);
-      ++seen->responses;
-    };
-    h.on_writable = [writable] { ++*writable; };
-    h.on_done = [seen](grpc::Status st) {
-      absl::MutexLock lock(&seen->mu);
-      ++seen->done;
-      seen->status = st;
-    };
-    h.wake_below = wake_below;
-    const int before = broker.requests.load();
-    auto stream = BrokerStream::Open(stub_.get(), std::move(h));
-    stream->Send(Start());
-    for (int i = 0; i < 50; ++i) {
-      v1::SessionRequest r;
-      r.mutable_data()->set_transaction_id("t");
-      r.mutable_data()->set_data(std::string(1000, 'x'));
-      stream->Send(std::move(r));
-    }
-    stream->Close();
-    ASSERT_TRUE(WaitFor([&] { return seen->Done(); }));
-    EXPECT_EQ(broker.requests.load() - before, 51);
-    if (wake_below == 0) {
-      EXPECT_EQ(writable->load(), 51);  // every write
-    } else {
-      EXPECT_LE(writable->load(), 1);  // at most the one drop below 10
-    }
-  }
-}
-
 }  // namespace
 }  // namespace sinkline::edge
