@@ -45,7 +45,8 @@ std::string Body(size_t size) {
 // ---- SMTP parser -----------------------------------------------------------
 
 void BM_ParseMailCommand(benchmark::State& state) {
-  const std::string line = "MAIL FROM:<bench@example.test> SIZE=5000 BODY=8BITMIME";
+  const std::string line =
+      "MAIL FROM:<bench@example.test> SIZE=5000 BODY=8BITMIME";
   for (auto _ : state) {
     se::Command c = se::ParseCommand(line);
     auto path = se::ParsePathArgument(c.argument, "FROM:", true);
@@ -91,9 +92,9 @@ void BM_SessionTransaction(benchmark::State& state) {
       Body(5000) + ".\r\nQUIT\r\n";
   v1::BindingMap map;
   if (state.range(0) != 0) {
-    for (auto e : {v1::EVENT_TYPE_CONNECT, v1::EVENT_TYPE_HELO,
-                   v1::EVENT_TYPE_MAIL, v1::EVENT_TYPE_RCPT,
-                   v1::EVENT_TYPE_DATA}) {
+    for (auto e :
+         {v1::EVENT_TYPE_CONNECT, v1::EVENT_TYPE_HELO, v1::EVENT_TYPE_MAIL,
+          v1::EVENT_TYPE_RCPT, v1::EVENT_TYPE_DATA}) {
       map.add_events(e);
     }
   }
@@ -181,8 +182,8 @@ void BM_ChainDispatch(benchmark::State& state) {
     std::promise<void> done;
     auto run = std::make_shared<sb::ChainRun>(env, strand, config, event);
     asio::post(strand, [run, &done] {
-      run->Run([](sb::ChainRun&) { return sb::NativeResult::kReply; },
-               nullptr, [&done](sb::ChainRun&) { done.set_value(); });
+      run->Run([](sb::ChainRun&) { return sb::NativeResult::kReply; }, nullptr,
+               [&done](sb::ChainRun&) { done.set_value(); });
     });
     done.get_future().wait();
   }
