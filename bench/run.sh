@@ -6,6 +6,8 @@
 #   bench/run.sh micro      micro-benchmarks (parser, session, rules, chain,
 #                           commit, header edits)
 #   bench/run.sh scale      the memory probes (bench/scale.py)
+#   bench/run.sh profile    perf and strace of broker and edge under the
+#                           comparison (bench/profile.sh; dev build)
 #   bench/run.sh compare    Sinkline against Postfix + OpenDKIM (bench/compare.py;
 #                           extra arguments go to it, e.g. --messages 300)
 set -euo pipefail
@@ -15,6 +17,11 @@ cd "$root"
 which=${1:-all}
 [[ $# -gt 0 ]] && shift
 cmake --preset release >/dev/null
+if [[ "$which" == profile ]]; then
+  cmake --preset dev >/dev/null
+  cmake --build --preset dev >/dev/null
+  exec "$root/bench/profile.sh" "${1:-bare}" "$root/build/dev/bin" "${@:2}"
+fi
 if [[ "$which" == scale ]]; then
   cmake --build --preset release >/dev/null
   exec /usr/bin/python3 "$root/bench/scale.py" --bin build/release/bin "$@"
