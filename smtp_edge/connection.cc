@@ -3,6 +3,7 @@
 #include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -12,6 +13,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <random>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "sinkline/common/metrics.h"
@@ -58,6 +60,9 @@ Counter& SessionsCounter() {
 // Pause between attempts to reach a broker while a session waits at
 // connect.
 constexpr auto kRetryDelay = std::chrono::milliseconds(100);
+// A session's read buffer starts small and grows while reads fill it.
+constexpr size_t kFirstReadBuffer = 1024;
+constexpr size_t kMaxReadBuffer = 16384;
 
 WatchdogLimits LimitsOf(const EdgeOptions& opts) {
   WatchdogLimits l;
@@ -194,12 +199,11 @@ class AsioConnection final
     }
     if (socket_.is_open() && socket_.available(ec) > 0 && !ec) {
       size_t n = socket_.read_some(asio::buffer(buf_), ec);
-      if (!ec) session_->Feed(absl::string_view(buf_, n));
+      if (!ec) session_->Feed(absl::string_view(buf_.data(), n));
     }
     if (draining_) session_->SetDraining();
     session_->Start();
     asio::co_spawn(strand_, Watchdog(shared_from_this()), asio::detached);
-    char* buf = buf_;
     for (;;) {
       co_await Flush();
       if (session_->closed() || !socket_.is_open()) break;
@@ -222,7 +226,7 @@ class AsioConnection final
       }
       clocks_.Activity(Clock::now());
       reading_ = true;
-      size_t n = co_await ReadSome(asio::buffer(buf, sizeof buf_), ec);
+      size_t n = co_await ReadSome(asio::buffer(buf_), ec);
       reading_ = false;
       if (ec == asio::error::operation_aborted && session_->closed() &&
           socket_.is_open()) {
@@ -230,8 +234,13 @@ class AsioConnection final
       }
       if (ec) break;
       clocks_.Activity(Clock::now());
-      session_->Feed(absl::string_view(buf, n));
+      session_->Feed(absl::string_view(buf_.data(), n));
       Progress(n);
+      // Commands fit the first buffer; content that fills it gets a
+      // larger one, up to kMaxReadBuffer.
+      if (n == buf_.size() && buf_.size() < kMaxReadBuffer) {
+        buf_.resize(std::min(buf_.size() * 4, kMaxReadBuffer));
+      }
     }
     Finish();
   }
@@ -317,7 +326,7 @@ class AsioConnection final
                                    : "closed before the PROXY header";
         break;
       }
-      in.append(buf_, n);
+      in.append(buf_.data(), n);
       p = ParseProxyHeader(in, *opts.proxy_protocol);
     }
     proxy_read_ = true;
@@ -587,7 +596,8 @@ class AsioConnection final
   bool flushing_ = false;
   bool draining_ = false;
   const Clock::time_point started_at_ = Clock::now();
-  char buf_[16384];
+  // Sized on demand: an idle session keeps kFirstReadBuffer octets.
+  std::vector<char> buf_ = std::vector<char>(kFirstReadBuffer);
   asio::steady_timer wake_;
   asio::steady_timer idle_;
   bool woken_ = false;
