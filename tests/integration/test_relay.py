@@ -26,8 +26,9 @@ BODY = (b"Subject: relay test\r\nFrom: a@example.test\r\n\r\n"
 
 
 class NextHop:
-    def __init__(self, workdir, name="next-hop"):
+    def __init__(self, workdir, name="next-hop", extra=()):
         self.workdir = workdir
+        self.extra = list(extra)
         self.out = os.path.join(workdir, name)
         self.rules_path = os.path.join(workdir, name + "-rules.json")
         self.name = name
@@ -47,7 +48,7 @@ class NextHop:
             ["/usr/bin/python3",
              os.path.join(ROOT, "tests", "integration", "next_hop.py"),
              f"--out={self.out}", f"--rules={self.rules_path}",
-             f"--port={self.port}"],
+             f"--port={self.port}"] + self.extra,
             self.workdir)
         self.process.start()
         self.port = self.process.port
