@@ -331,6 +331,7 @@ TransactionResult Transaction(Connection& c, bool reused,
           absl::StrCat("<", rcpt.address(), ">: ", r->ToString()));
     } else {
       outcome.deferred.push_back(rcpt);
+      outcome.deferrals.push_back(r->ToString());
       deferrals.push_back(
           absl::StrCat("<", rcpt.address(), ">: ", r->ToString()));
     }

@@ -187,6 +187,11 @@ class Postfix:
     def kill(self):
         self.stop(signal.SIGKILL)
 
+    def reload(self):
+        """`postfix reload`: daemons start again and read their tables."""
+        subprocess.run([POSTFIX, "-c", self.etc, "reload"], check=True,
+                       capture_output=True, timeout=60)
+
     def log(self):
         text = ""
         for path in (self.log_path, self.log_path + ".stdout"):
