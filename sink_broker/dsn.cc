@@ -65,9 +65,11 @@ std::string RfcDate(absl::Time t) {
 // from the reply code, or 5.0.0, when it carries none.
 std::string StatusOf(const RecipientRecord& r) {
   if (absl::StartsWith(r.reply, kExpired)) return "4.4.7";
-  static const std::regex code(R"(\b([245])\.(\d{1,3})\.(\d{1,3})\b)");
+  // Not a part of something longer, such as an IPv4 address.
+  static const std::regex code(
+      R"((?:^|[^\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.]))");
   std::smatch m;
-  if (std::regex_search(r.reply, m, code)) return m.str(0);
+  if (std::regex_search(r.reply, m, code)) return m.str(1);
   return "5.0.0";
 }
 
