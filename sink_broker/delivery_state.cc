@@ -3,12 +3,17 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <map>
+
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "sinkline/common/durable_file.h"
+#include "sinkline/common/metrics.h"
 
 namespace sinkline::broker {
 
@@ -32,6 +37,44 @@ std::string ReplyOf(const std::string& refusal, const std::string& address) {
   if (absl::StartsWith(refusal, prefix)) return refusal.substr(prefix.size());
   return refusal;
 }
+
+// Messages whose last attempt deferred someone, by queue id: their COMMIT
+// time (unix seconds).
+class DeferredMessages {
+ public:
+  static DeferredMessages& Get() {
+    static auto* d = new DeferredMessages;
+    return *d;
+  }
+  void Set(const std::string& id, int64_t committed_s, bool deferred) {
+    absl::MutexLock lock(&mu_);
+    if (deferred) {
+      by_id_[id] = committed_s;
+    } else if (by_id_.erase(id) == 0) {
+      return;
+    }
+    int64_t oldest = 0;
+    for (const auto& [_, t] : by_id_) {
+      if (oldest == 0 || t < oldest) oldest = t;
+    }
+    auto& m = MetricsRegistry::Default();
+    m.GetGauge("sinkline_broker_deferred_messages",
+               "Messages whose last attempt left recipients deferred.")
+        .Set(by_id_.size());
+    m.GetGauge("sinkline_broker_oldest_deferred_commit_timestamp_seconds",
+               "COMMIT time (unix seconds) of the oldest deferred message; "
+               "0 when none. Its age is now minus this.")
+        .Set(oldest);
+    m.GetGauge("sinkline_broker_oldest_deferred_age_seconds",
+               "Age of the oldest deferred message when a deferral last "
+               "began or ended; 0 when none.")
+        .Set(oldest == 0 ? 0 : absl::ToUnixSeconds(absl::Now()) - oldest);
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, int64_t> by_id_ ABSL_GUARDED_BY(mu_);
+};
 
 }  // namespace
 
@@ -91,8 +134,12 @@ absl::StatusOr<std::vector<RecipientRecord>> ParseDeliveryState(
   return out;
 }
 
-DeliveryTracker::DeliveryTracker(const Spool& spool, const std::string& id)
-    : path_(DeliveryStatePath(spool, id)) {
+DeliveryTracker::DeliveryTracker(const Spool& spool,
+                                 const v1::QueueEntry& entry)
+    : queue_id_(entry.queue_id()),
+      committed_s_(entry.has_committed() ? entry.committed().seconds()
+                                         : absl::ToUnixSeconds(absl::Now())),
+      path_(DeliveryStatePath(spool, entry.queue_id())) {
   if (::access(path_.c_str(), F_OK) != 0) return;
   auto records = ParseDeliveryState(ReadWholeFile(path_));
   if (records.ok()) {
@@ -100,6 +147,12 @@ DeliveryTracker::DeliveryTracker(const Spool& spool, const std::string& id)
   } else {
     spdlog::error("{}: {}", path_, records.status().ToString());
   }
+}
+
+DeliveryTracker::~DeliveryTracker() { SetDeferred(false); }
+
+void DeliveryTracker::SetDeferred(bool deferred) const {
+  DeferredMessages::Get().Set(queue_id_, committed_s_, deferred);
 }
 
 RecipientRecord& DeliveryTracker::Find(const v1::Recipient& r) {
@@ -139,6 +192,11 @@ absl::Status DeliveryTracker::Record(
                                                : result->deferred_reason;
     }
   }
+  bool deferred = false;
+  for (const auto& rec : records_) {
+    deferred = deferred || rec.result == RecipientResult::kDeferred;
+  }
+  SetDeferred(deferred);
   return WriteFileDurably(path_, FormatDeliveryState(records_));
 }
 
@@ -158,6 +216,9 @@ std::vector<RecipientRecord> DeliveryTracker::Failed() const {
   return out;
 }
 
-void DeliveryTracker::Remove() const { ::unlink(path_.c_str()); }
+void DeliveryTracker::Remove() const {
+  SetDeferred(false);
+  ::unlink(path_.c_str());
+}
 
 }  // namespace sinkline::broker

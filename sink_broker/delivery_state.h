@@ -36,11 +36,19 @@ std::string FormatDeliveryState(const std::vector<RecipientRecord>& records);
 absl::StatusOr<std::vector<RecipientRecord>> ParseDeliveryState(
     const std::string& text);
 
-// A message's delivery state across attempts and restarts.
+// A message's delivery state across attempts and restarts. While its last
+// attempt left recipients deferred, the message counts in
+// sinkline_broker_deferred_messages and, by its COMMIT time, in
+// sinkline_broker_oldest_deferred_commit_timestamp_seconds (now minus it is
+// the age of the oldest deferred message) and _age_seconds (as of the last
+// change).
 class DeliveryTracker {
  public:
   // Reads the record a previous attempt (or run) left, if any.
-  DeliveryTracker(const Spool& spool, const std::string& queue_id);
+  DeliveryTracker(const Spool& spool, const v1::QueueEntry& entry);
+  ~DeliveryTracker();
+  DeliveryTracker(const DeliveryTracker&) = delete;
+  DeliveryTracker& operator=(const DeliveryTracker&) = delete;
 
   // One attempt at the recipients in `tried`, and what came of it, written
   // durably before the caller rewrites the envelope record.
@@ -57,6 +65,9 @@ class DeliveryTracker {
 
  private:
   RecipientRecord& Find(const v1::Recipient& r);
+  void SetDeferred(bool deferred) const;
+  const std::string queue_id_;
+  const int64_t committed_s_;
   const std::string path_;
   std::vector<RecipientRecord> records_;
 };

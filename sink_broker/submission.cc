@@ -42,7 +42,7 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
         record_(std::move(record)),
         timer_(std::make_shared<asio::steady_timer>(s->timers_)),
         recipients_(entry_.envelope().recipients_size()),
-        tracker_(s->spool_, entry_.queue_id()) {
+        tracker_(s->spool_, entry_) {
     // Refusals an earlier run recorded are still to be reported.
     for (const auto& f : tracker_.Failed()) {
       refused_.push_back(f.recipient);

@@ -19,6 +19,7 @@ import unittest
 
 from harness import AdminClient, StackTestCase, wait_for
 from postfix import Postfix
+from test_relay import NextHop
 
 from sinkline.v1 import types_pb2  # noqa: E402  (PYTHONPATH)
 
@@ -171,6 +172,58 @@ class RelayDsnTest(StackTestCase):
                          ["later@example.test", "now@example.test"])
         self.assertFalse(os.path.exists(record))
         self.assertNotIn(DSN_COUNTER, self.admin.counters())
+
+
+class RelayExpiryTest(StackTestCase):
+
+    def test_expired_recipient_gets_a_dsn(self):
+        hop = NextHop(self.workdir)
+        hop.set_rules({"defer": ["later@example.test"]})
+        self.stack.processes.append(hop.start())
+        self.stack.write_config([])
+        self.stack.start_broker(extra=[
+            f"--relay-host=[127.0.0.1]:{hop.port}",
+            "--relay-helo=broker.example.test",
+            "--relay-connect-timeout-ms=2000",
+            "--relay-timeout-ms=10000",
+            "--submit-retry-min-ms=300",
+            "--submit-retry-max-ms=600",
+            "--max-queue-age-s=3"], queue_dir=False)
+        self.stack.start_edge()
+        admin = AdminClient(self.stack.broker.port)
+        self.addCleanup(admin.close)
+        with smtplib.SMTP("127.0.0.1", self.stack.edge.port, timeout=30) as s:
+            s.ehlo("client.example.net")
+            s.mail("sender@example.test")
+            self.assertEqual(s.rcpt("now@example.test")[0], 250)
+            self.assertEqual(s.rcpt("later@example.test")[0], 250)
+            code, resp = s.data(body(4))
+            self.assertEqual(code, 250, resp)
+            qid = QUEUED.search(resp).group(1).decode()
+        # While it waits: one deferred message, and when it was committed.
+        counters = wait_for(lambda: (lambda c: c if c.get(
+            "sinkline_broker_deferred_messages") == 1 else None)(
+                admin.counters()), 20, "one deferred message counted")
+        self.assertGreater(counters[
+            "sinkline_broker_oldest_deferred_commit_timestamp_seconds"], 0)
+        wait_for(lambda: admin.message(qid).state ==
+                 types_pb2.MESSAGE_STATE_FAILED, 30, "expired")
+        wait_for(lambda: len(hop.delivered()) == 2, 20, "the DSN")
+        (first, _), (dsn_env, dsn) = hop.delivered()
+        self.assertEqual(first["rcpt_tos"], ["now@example.test"])
+        self.assertEqual(dsn_env["mail_from"], "<>")  # the null sender
+        self.assertEqual(dsn_env["rcpt_tos"], ["sender@example.test"])
+        report = email.message_from_bytes(dsn, policy=email.policy.compat32)
+        [rcpt] = report.get_payload()[1].get_payload()[1:]
+        self.assertEqual(rcpt["Final-Recipient"],
+                         "rfc822; later@example.test")
+        self.assertEqual(rcpt["Action"], "failed")
+        self.assertEqual(rcpt["Status"], "4.4.7")
+        self.assertEqual(rcpt["Diagnostic-Code"],
+                         "smtp; 451 4.2.0 Mailbox busy, try later")
+        counters = admin.counters()
+        self.assertEqual(counters["sinkline_broker_deferred_messages"], 0)
+        self.assertEqual(counters[DSN_COUNTER], 1)
 
 
 if __name__ == "__main__":
