@@ -100,8 +100,7 @@ std::string FormatDeliveryState(const std::vector<RecipientRecord>& records) {
 absl::StatusOr<std::vector<RecipientRecord>> ParseDeliveryState(
     const std::string& text) {
   std::vector<RecipientRecord> out;
-  for (absl::string_view line :
-       absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
     std::vector<std::string> f = absl::StrSplit(line, '\t');
     RecipientRecord r;
     std::string address, params;
@@ -169,10 +168,10 @@ absl::Status DeliveryTracker::Record(
     auto& rec = Find(r);
     rec.recipient = r;
     if (!result.ok()) {
-      rec.result = result.status().code() ==
-                           absl::StatusCode::kFailedPrecondition
-                       ? RecipientResult::kFailed
-                       : RecipientResult::kDeferred;
+      rec.result =
+          result.status().code() == absl::StatusCode::kFailedPrecondition
+              ? RecipientResult::kFailed
+              : RecipientResult::kDeferred;
       rec.reply = std::string(result.status().message());
       continue;
     }
@@ -197,6 +196,10 @@ absl::Status DeliveryTracker::Record(
     deferred = deferred || rec.result == RecipientResult::kDeferred;
   }
   SetDeferred(deferred);
+  // Without a deferral the message is done at once (submitted, or failed
+  // with its DSN): nothing is left to remember across a restart, so the
+  // common case costs no write.
+  if (!deferred) return absl::OkStatus();
   return WriteFileDurably(path_, FormatDeliveryState(records_));
 }
 

@@ -51,7 +51,8 @@ class DeliveryTracker {
   DeliveryTracker& operator=(const DeliveryTracker&) = delete;
 
   // One attempt at the recipients in `tried`, and what came of it, written
-  // durably before the caller rewrites the envelope record.
+  // durably (when someone is left deferred) before the caller rewrites the
+  // envelope record.
   absl::Status Record(const v1::Envelope& tried,
                       const absl::StatusOr<SubmitOutcome>& result);
   // Deferred recipients fail (the message is too old): their last reply

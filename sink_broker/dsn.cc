@@ -130,23 +130,23 @@ std::string BuildDsn(const v1::QueueEntry& original,
   absl::StrAppend(
       &out, "From: Mail Delivery System <MAILER-DAEMON@", reporting_mta,
       ">\r\n", "To: <", env.mail_from(), ">\r\n",
-      "Subject: Undelivered Mail Returned to Sender\r\n", "Date: ",
-      RfcDate(now), "\r\n", "Message-ID: <", message_id, "@", reporting_mta,
-      ">\r\n", "Auto-Submitted: auto-replied\r\n", "MIME-Version: 1.0\r\n",
+      "Subject: Undelivered Mail Returned to Sender\r\n",
+      "Date: ", RfcDate(now), "\r\n", "Message-ID: <", message_id, "@",
+      reporting_mta, ">\r\n", "Auto-Submitted: auto-replied\r\n",
+      "MIME-Version: 1.0\r\n",
       "Content-Type: multipart/report; report-type=delivery-status;\r\n",
       "\tboundary=\"", boundary, "\"\r\n\r\n",
       "This is a MIME-encapsulated message.\r\n\r\n");
 
   // 1: for a person.
-  absl::StrAppend(&out, "--", boundary, "\r\n",
-                  "Content-Description: Notification\r\n",
-                  "Content-Type: text/plain; charset=",
-                  utf8 ? "utf-8" : "us-ascii", "\r\n\r\n",
-                  "This is the mail system at host ", reporting_mta,
-                  ".\r\n\r\n",
-                  "Your message could not be delivered to one or more "
-                  "recipients.\r\n",
-                  "The next hop's reply for each is below.\r\n\r\n");
+  absl::StrAppend(
+      &out, "--", boundary, "\r\n", "Content-Description: Notification\r\n",
+      "Content-Type: text/plain; charset=", utf8 ? "utf-8" : "us-ascii",
+      "\r\n\r\n", "This is the mail system at host ", reporting_mta,
+      ".\r\n\r\n",
+      "Your message could not be delivered to one or more "
+      "recipients.\r\n",
+      "The next hop's reply for each is below.\r\n\r\n");
   for (const auto& r : recipients) {
     absl::StrAppend(&out, "<", r.recipient.address(),
                     ">: ", FieldValue(r.reply), "\r\n");
@@ -163,8 +163,8 @@ std::string BuildDsn(const v1::QueueEntry& original,
                   "X-Sinkline-Queue-ID: ", original.queue_id(), "\r\n");
   if (const std::string envid = Param(env.mail_params(), "ENVID");
       !envid.empty()) {
-    absl::StrAppend(&out, "Original-Envelope-Id: ",
-                    FieldValue(DecodeXtext(envid)), "\r\n");
+    absl::StrAppend(
+        &out, "Original-Envelope-Id: ", FieldValue(DecodeXtext(envid)), "\r\n");
   }
   if (original.has_committed()) {
     absl::StrAppend(
@@ -177,8 +177,8 @@ std::string BuildDsn(const v1::QueueEntry& original,
     absl::StrAppend(&out, "\r\n");
     if (const std::string orcpt = Param(r.recipient.params(), "ORCPT");
         !orcpt.empty()) {
-      absl::StrAppend(&out, "Original-Recipient: ",
-                      FieldValue(DecodeXtext(orcpt)), "\r\n");
+      absl::StrAppend(
+          &out, "Original-Recipient: ", FieldValue(DecodeXtext(orcpt)), "\r\n");
     }
     absl::StrAppend(&out, "Final-Recipient: ", addr_type, "; ",
                     r.recipient.address(), "\r\n", "Action: failed\r\n",
@@ -189,12 +189,11 @@ std::string BuildDsn(const v1::QueueEntry& original,
   absl::StrAppend(&out, "\r\n");
 
   // 3: what was sent, its header only.
-  absl::StrAppend(&out, "--", boundary, "\r\n",
-                  "Content-Description: Undelivered Message Headers\r\n",
-                  "Content-Type: ",
-                  utf8 ? "message/global-headers" : "text/rfc822-headers",
-                  "\r\n\r\n", original_header, "\r\n", "--", boundary,
-                  "--\r\n");
+  absl::StrAppend(
+      &out, "--", boundary, "\r\n",
+      "Content-Description: Undelivered Message Headers\r\n",
+      "Content-Type: ", utf8 ? "message/global-headers" : "text/rfc822-headers",
+      "\r\n\r\n", original_header, "\r\n", "--", boundary, "--\r\n");
   return out;
 }
 
@@ -212,8 +211,8 @@ absl::StatusOr<std::optional<v1::QueueEntry>> CommitDsn(
   if (header.empty()) {
     header = ReadHeader(spool.FailedContentPath(original.queue_id()));
   }
-  const std::string bytes = BuildDsn(original, recipients, header, mta,
-                                     dsn.queue_id(), absl::Now());
+  const std::string bytes =
+      BuildDsn(original, recipients, header, mta, dsn.queue_id(), absl::Now());
   auto* env = dsn.mutable_envelope();
   env->set_mail_from("");  // a DSN never causes another
   env->add_recipients()->set_address(original.envelope().mail_from());

@@ -68,9 +68,8 @@ absl::StatusOr<std::unique_ptr<ssl::context>> MakeTlsContext(
     if (!options.tls_ca_file.empty()) {
       ctx->load_verify_file(options.tls_ca_file, ec);
       if (ec) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--relay-tls-ca-file ", options.tls_ca_file, ": ",
-                         ec.message()));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--relay-tls-ca-file ", options.tls_ca_file, ": ", ec.message()));
       }
     } else {
       ctx->set_default_verify_paths(ec);
@@ -144,9 +143,9 @@ absl::Status Connection::Open(const std::vector<RelayTarget>& targets) {
     }
     TlsCounter("required").Inc();
     Quit();
-    return absl::UnavailableError(absl::StrCat(
-        What(), " does not offer STARTTLS, which --relay-tls=",
-        RelayTlsName(options_.tls), " requires"));
+    return absl::UnavailableError(
+        absl::StrCat(What(), " does not offer STARTTLS, which --relay-tls=",
+                     RelayTlsName(options_.tls), " requires"));
   }
   if (auto st = StartTls(); !st.ok()) {
     TlsCounter("failed").Inc();
@@ -163,9 +162,9 @@ absl::Status Connection::StartTls() {
   if (r->code != 220) {
     // Offered, then refused: never carry on in plaintext on this
     // connection (a man in the middle would do exactly that).
-    return absl::UnavailableError(absl::StrCat(
-        What(), " answered STARTTLS with ", r->ToString(),
-        "; not going on in plaintext"));
+    return absl::UnavailableError(
+        absl::StrCat(What(), " answered STARTTLS with ", r->ToString(),
+                     "; not going on in plaintext"));
   }
   if (!buffer_.empty()) {
     // Plaintext after the 220 would be read as if it came over TLS.
@@ -199,9 +198,9 @@ absl::Status Connection::StartTls() {
       !st.ok()) {
     const long v = SSL_get_verify_result(ssl);
     if (verify && v != X509_V_OK) {
-      return absl::UnavailableError(absl::StrCat(
-          What(), ": TLS certificate not verified for ", name, ": ",
-          X509_verify_cert_error_string(v)));
+      return absl::UnavailableError(
+          absl::StrCat(What(), ": TLS certificate not verified for ", name,
+                       ": ", X509_verify_cert_error_string(v)));
     }
     return st;
   }
@@ -239,9 +238,7 @@ absl::StatusOr<Reply> Connection::ReadReply() {
   Reply reply;
   for (;;) {
     std::optional<boost::system::error_code> result;
-    auto done = [&](const boost::system::error_code& e, size_t) {
-      result = e;
-    };
+    auto done = [&](const boost::system::error_code& e, size_t) { result = e; };
     auto buf = asio::dynamic_buffer(buffer_, 1 << 16);
     if (tls_) {
       asio::async_read_until(*tls_, buf, "\r\n", done);

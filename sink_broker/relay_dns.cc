@@ -61,8 +61,8 @@ class Lookup {
     int mask = ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_LOOKUPS;
     // Each try gets a part of the deadline, so a lost datagram is sent
     // again before the deadline ends the lookup.
-    opts.timeout = static_cast<int>(
-        std::max<int64_t>(50, options.timeout.count() / 3));
+    opts.timeout =
+        static_cast<int>(std::max<int64_t>(50, options.timeout.count() / 3));
     opts.tries = 3;
     char lookups[] = "fb";  // the hosts file, then DNS
     opts.lookups = lookups;
@@ -166,8 +166,7 @@ class Lookup {
     AddrResult* out;
   };
 
-  static void OnMx(void* arg, int status, int, unsigned char* abuf,
-                   int alen) {
+  static void OnMx(void* arg, int status, int, unsigned char* abuf, int alen) {
     auto* call = static_cast<MxCall*>(arg);
     auto* out = call->out;
     out->status = status;
@@ -285,10 +284,9 @@ absl::StatusOr<std::vector<RelayTarget>> ResolveNextHop(
     lookup.QueryMx(hop.host, &mx);
     if (!lookup.Run()) return timed_out("MX lookup");
     if (mx.status == ARES_SUCCESS) {
-      std::stable_sort(mx.hosts.begin(), mx.hosts.end(),
-                       [](const auto& a, const auto& b) {
-                         return a.first < b.first;
-                       });
+      std::stable_sort(
+          mx.hosts.begin(), mx.hosts.end(),
+          [](const auto& a, const auto& b) { return a.first < b.first; });
       for (const auto& [pref, name] : mx.hosts) {
         // RFC 7505's null MX ("." or empty) says the domain takes no mail.
         if (!name.empty() && name != ".") names.push_back(name);
@@ -319,10 +317,10 @@ absl::StatusOr<std::vector<RelayTarget>> ResolveNextHop(
     if (addrs[i].status == ARES_SUCCESS && !addrs[i].endpoints.empty()) {
       out.push_back({names[i], std::move(addrs[i].endpoints)});
     } else {
-      errors.push_back(absl::StrCat(
-          names[i], ": ",
-          addrs[i].status == ARES_SUCCESS ? "no address"
-                                          : AresError(addrs[i].status)));
+      errors.push_back(absl::StrCat(names[i], ": ",
+                                    addrs[i].status == ARES_SUCCESS
+                                        ? "no address"
+                                        : AresError(addrs[i].status)));
     }
   }
   if (out.empty()) {

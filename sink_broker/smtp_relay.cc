@@ -207,9 +207,9 @@ absl::StatusOr<std::string> MailParams(const v1::QueueEntry& entry,
   if (c.Offers("SIZE")) {
     const uint64_t limit = c.SizeLimit();
     if (limit > 0 && entry.size() > limit) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "5.3.4 message size ", entry.size(),
-          " exceeds the next hop's SIZE limit ", limit));
+      return absl::FailedPreconditionError(
+          absl::StrCat("5.3.4 message size ", entry.size(),
+                       " exceeds the next hop's SIZE limit ", limit));
     }
     absl::StrAppend(&out, " SIZE=", entry.size());
   }
@@ -235,8 +235,9 @@ absl::StatusOr<std::string> MailParams(const v1::QueueEntry& entry,
     }
     if (!need.empty() && !c.Offers(need)) {
       return absl::FailedPreconditionError(absl::StrCat(
-          need == "SMTPUTF8" ? "5.6.7" : "5.6.3", " the next hop does not offer ",
-          need, ", which the message needs (", key, "=", p.value(), ")"));
+          need == "SMTPUTF8" ? "5.6.7" : "5.6.3",
+          " the next hop does not offer ", need, ", which the message needs (",
+          key, "=", p.value(), ")"));
     }
     absl::StrAppend(&out, " ", key);
     if (!p.value().empty()) absl::StrAppend(&out, "=", p.value());

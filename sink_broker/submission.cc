@@ -143,8 +143,8 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
       const auto age = TimeUtil::DurationToMilliseconds(
           sinkline::NowTimestamp() - entry_.committed());
       if (age > opts.max_queue_age.count()) {
-        tracker_.Expire(absl::StrCat("delivery time expired after ",
-                                     age / 1000, " s in the queue"));
+        tracker_.Expire(absl::StrCat("delivery time expired after ", age / 1000,
+                                     " s in the queue"));
         return Fail(absl::StrCat("gave up after ", age / 1000,
                                  " s in the queue: ", reason));
       }
@@ -195,13 +195,12 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
     }
     if (!*dsn) return;
     const std::string& id = (*dsn)->queue_id();
-    s_->messages_.Track(id, v1::MESSAGE_STATE_RELEASING, (*dsn)->envelope(),
-                        (*dsn)->size(),
-                        "delivery status notification for " +
-                            entry_.queue_id());
-    s_->messages_.Note(entry_.queue_id(),
-                       absl::StrCat("DSN ", id, " to <",
-                                    entry_.envelope().mail_from(), ">"));
+    s_->messages_.Track(
+        id, v1::MESSAGE_STATE_RELEASING, (*dsn)->envelope(), (*dsn)->size(),
+        "delivery status notification for " + entry_.queue_id());
+    s_->messages_.Note(
+        entry_.queue_id(),
+        absl::StrCat("DSN ", id, " to <", entry_.envelope().mail_from(), ">"));
     spdlog::info("queue_id={}: DSN queue_id={} to <{}>", entry_.queue_id(), id,
                  entry_.envelope().mail_from());
     s_->Submit(std::move(**dsn));

@@ -60,11 +60,11 @@ TEST(Dsn, NoneForTheNullSenderOrNotifyWithoutFailure) {
   EXPECT_TRUE(
       DsnRecipients(Original(), {Failed("a@example.test", "550", "NEVER")})
           .empty());
-  EXPECT_TRUE(DsnRecipients(Original(), {Failed("a@example.test", "550",
-                                                "SUCCESS,DELAY")})
+  EXPECT_TRUE(DsnRecipients(Original(),
+                            {Failed("a@example.test", "550", "SUCCESS,DELAY")})
                   .empty());
-  EXPECT_EQ(DsnRecipients(Original(), {Failed("a@example.test", "550",
-                                              "SUCCESS,FAILURE")})
+  EXPECT_EQ(DsnRecipients(Original(),
+                          {Failed("a@example.test", "550", "SUCCESS,FAILURE")})
                 .size(),
             1u);
 }

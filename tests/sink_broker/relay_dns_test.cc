@@ -19,8 +19,8 @@ TEST(ParseNextHop, RelayhostForms) {
       {"example.test", "example.test", "25", true},
       {"dns:example.test:2525", "example.test", "2525", true},
       {"dns:example.test", "example.test", "25", true},
-      {"127.0.0.1:25", "127.0.0.1", "25", false},  // an IP is never an MX
-      {"localhost:2525", "localhost", "2525", false},   // RFC 6761
+      {"127.0.0.1:25", "127.0.0.1", "25", false},      // an IP is never an MX
+      {"localhost:2525", "localhost", "2525", false},  // RFC 6761
       {"a.localhost", "a.localhost", "25", false},
   };
   for (const auto& c : cases) {
