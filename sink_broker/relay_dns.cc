@@ -67,13 +67,14 @@ class Lookup {
     char lookups[] = "fb";  // the hosts file, then DNS
     opts.lookups = lookups;
     status_ = ares_init_options(&channel_, &opts, mask);
+    initialized_ = status_ == ARES_SUCCESS;
     if (status_ == ARES_SUCCESS && !options.servers.empty()) {
       status_ = ares_set_servers_ports_csv(
           channel_, absl::StrJoin(options.servers, ",").c_str());
     }
   }
   ~Lookup() {
-    if (channel_) ares_destroy(channel_);
+    if (initialized_) ares_destroy(channel_);
   }
   Lookup(const Lookup&) = delete;
   Lookup& operator=(const Lookup&) = delete;
@@ -202,6 +203,7 @@ class Lookup {
 
   const Clock::time_point deadline_;
   ares_channel channel_ = nullptr;
+  bool initialized_ = false;
   int status_ = ARES_SUCCESS;
   int pending_ = 0;
 };
