@@ -58,12 +58,21 @@ class RelayEsmtpTest(StackTestCase):
         [(env, data)] = self.hop.delivered()
         return env, data
 
-    def failed(self, qid):
+    def failed(self, qid, dsn_delivered=True):
+        """The message fails; its DSN (from <>) goes to the same next hop,
+        where it needs none of what was missing, or fails there too."""
         info = wait_for(
             lambda: (lambda m: m if m.state == types_pb2.MESSAGE_STATE_FAILED
                      else None)(self.admin.message(qid)),
             20, f"{qid} failed")
-        self.assertEqual(self.hop.delivered(), [])
+        [dsn_id] = [h.what.split()[1] for h in info.history
+                    if h.what.startswith("DSN ")]
+        final = (types_pb2.MESSAGE_STATE_SUBMITTED if dsn_delivered
+                 else types_pb2.MESSAGE_STATE_FAILED)
+        wait_for(lambda: self.admin.message(dsn_id).state == final, 20,
+                 f"the DSN {dsn_id} done")
+        self.assertEqual([env["mail_from"] for env, _ in self.hop.delivered()],
+                         ["<>"] * dsn_delivered)
         return info.reason
 
     def test_dsn_8bitmime_and_size_passed_when_offered(self):
@@ -101,7 +110,8 @@ class RelayEsmtpTest(StackTestCase):
         self.start({"ehlo_drop": ["SMTPUTF8"]})
         qid = self.send(["SMTPUTF8", "BODY=8BITMIME"],
                         sender="j\u00f6rg@example.net")
-        reason = self.failed(qid)
+        # The DSN to j\u00f6rg@ needs SMTPUTF8 too: it fails, silently.
+        reason = self.failed(qid, dsn_delivered=False)
         self.assertIn("5.6.7 the next hop does not offer SMTPUTF8", reason)
 
     def test_smtputf8_passed_when_offered(self):
@@ -115,7 +125,8 @@ class RelayEsmtpTest(StackTestCase):
     def test_message_over_the_next_hops_size_fails(self):
         self.start({"size": 100})
         qid = self.send()
-        reason = self.failed(qid)
+        # The DSN is over 100 octets too.
+        reason = self.failed(qid, dsn_delivered=False)
         self.assertRegex(reason, r"5\.3\.4 message size \d+ exceeds the next "
                                  r"hop's SIZE limit 100")
 
