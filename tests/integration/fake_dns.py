@@ -91,13 +91,26 @@ def serve_tcp_client(conn):
                 conn.sendall(struct.pack("!H", len(out)) + out)
 
 
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-udp.bind(("127.0.0.1", 0))
-port = udp.getsockname()[1]
-tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-tcp.bind(("127.0.0.1", port))
-tcp.listen(16)
+def bind_pair(attempts=50):
+    """A TCP listener on a port the kernel picks, and UDP on the same port
+    (another process may hold that UDP port: then another pair)."""
+    for _ in range(attempts):
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.bind(("127.0.0.1", 0))
+        port = tcp.getsockname()[1]
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.bind(("127.0.0.1", port))
+        except OSError:
+            tcp.close()
+            udp.close()
+            continue
+        tcp.listen(16)
+        return tcp, udp, port
+    raise SystemExit("no free TCP and UDP port pair")
+
+
+tcp, udp, port = bind_pair()
 threading.Thread(target=serve_udp, args=(udp,), daemon=True).start()
 tmp = args.port_file + ".tmp"
 with open(tmp, "w") as f:
