@@ -10,11 +10,15 @@ packages=(
   libabsl-dev libboost-dev libboost-system-dev libssl-dev libcrypt-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
   libbenchmark-dev libopendkim-dev
+  # the relay's next-hop lookups with a deadline (gRPC pulls it in too)
+  libc-ares-dev
   # stack
   openssl ca-certificates procps
   # tests and first steps
   python3 python3-grpcio python3-protobuf python3-aiosmtpd swaks
   python3-dkim python3-nacl
+  # the relay tests' DNS server (tests/integration/fake_dns.py)
+  python3-dnspython
   # real milters behind sinkline-sink-milter (private instances under each
   # test's directory; the system services are not set up)
   opendkim opendkim-tools rspamd python3-milter

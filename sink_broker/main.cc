@@ -14,6 +14,7 @@
 #include "sink_broker/broker.h"
 #include "sink_broker/queue_dir.h"
 #include "sink_broker/smtp_relay.h"
+#include "sink_broker/smtp_relay_flags.h"
 #include "sink_broker/spool.h"
 #include "sinkline/common/file_stamp.h"
 #include "sinkline/common/grpc_security.h"
@@ -31,25 +32,6 @@ ABSL_FLAG(std::string, spool_dir, "", "durable spool directory; required");
 ABSL_FLAG(std::string, queue_dir, "",
           "spool queue directory messages are submitted to (this or "
           "--relay-host is required)");
-ABSL_FLAG(std::string, relay_host, "",
-          "submit by SMTP to this next hop (host:port) instead of a queue "
-          "directory");
-ABSL_FLAG(std::string, relay_helo, "",
-          "name sent in EHLO to the next hop (default: the host name)");
-ABSL_FLAG(int, relay_connect_timeout_ms, 30000,
-          "bound on connecting to the next hop");
-ABSL_FLAG(int, relay_timeout_ms, 300000,
-          "bound on each of the next hop's replies");
-ABSL_FLAG(int, relay_cache_idle_ms, 2000,
-          "keep an idle connection to the next hop this long for the next "
-          "message (0: no connection cache)");
-ABSL_FLAG(int, relay_reuse_limit, 100,
-          "transactions on one cached connection before it is closed (0: no "
-          "limit)");
-ABSL_FLAG(int, relay_destination_concurrency, 20,
-          "messages in flight to the next hop at once");
-ABSL_FLAG(bool, relay_pipelining, true,
-          "pipeline MAIL, RCPT and DATA when the next hop offers PIPELINING");
 ABSL_FLAG(int, submit_workers, 20,
           "threads that hand messages to the queue (the relay blocks one per "
           "message in flight)");
@@ -129,25 +111,14 @@ int main(int argc, char** argv) {
   }
   std::unique_ptr<sb::QueueBackend> queue;
   if (!relay_host.empty()) {
-    sb::SmtpRelayOptions relay;
-    relay.next_hop = relay_host;
-    relay.helo_name = absl::GetFlag(FLAGS_relay_helo);
-    if (relay.helo_name.empty()) {
-      char host[256] = {};
-      ::gethostname(host, sizeof host - 1);
-      relay.helo_name = host[0] ? host : "localhost";
+    auto relay = sb::RelayOptionsFromFlags();
+    auto backend = relay.ok() ? sb::SmtpRelayBackend::Create(std::move(*relay))
+                              : relay.status();
+    if (!backend.ok()) {
+      spdlog::critical("{}", backend.status().ToString());
+      return 2;
     }
-    relay.connect_timeout = std::chrono::milliseconds(
-        absl::GetFlag(FLAGS_relay_connect_timeout_ms));
-    relay.command_timeout =
-        std::chrono::milliseconds(absl::GetFlag(FLAGS_relay_timeout_ms));
-    relay.cache_idle =
-        std::chrono::milliseconds(absl::GetFlag(FLAGS_relay_cache_idle_ms));
-    relay.reuse_limit = absl::GetFlag(FLAGS_relay_reuse_limit);
-    relay.destination_concurrency =
-        absl::GetFlag(FLAGS_relay_destination_concurrency);
-    relay.pipelining = absl::GetFlag(FLAGS_relay_pipelining);
-    queue = std::make_unique<sb::SmtpRelayBackend>(std::move(relay));
+    queue = std::move(*backend);
   } else {
     auto dir = sb::QueueDirBackend::Create(queue_dir);
     if (!dir.ok()) {

@@ -16,6 +16,9 @@ struct SubmitOutcome {
   // empty when the backend is done with the message.
   std::vector<v1::Recipient> deferred;
   std::string deferred_reason;
+  // The next hop's reply for each deferred recipient, in the same order
+  // (empty when the backend does not say per recipient).
+  std::vector<std::string> deferrals;
   // Recipients refused for good (5xx), each with the next hop's reply.
   std::vector<v1::Recipient> refused;
   std::vector<std::string> refusals;

@@ -1,30 +1,49 @@
 #include "sink_broker/smtp_relay.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
-#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <cstring>
 #include <deque>
 #include <optional>
 #include <thread>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "sink_broker/message_edit.h"
+#include "sink_broker/relay_connection.h"
 #include "sinkline/common/address.h"
 #include "sinkline/common/metrics.h"
 
 namespace sinkline::broker {
 
-namespace asio = boost::asio;
-using tcp = asio::ip::tcp;
+absl::StatusOr<RelayTls> ParseRelayTls(absl::string_view name) {
+  if (name == "none") return RelayTls::kNone;
+  if (name == "may") return RelayTls::kMay;
+  if (name == "encrypt") return RelayTls::kEncrypt;
+  if (name == "verify") return RelayTls::kVerify;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--relay-tls=", name, ": none, may, encrypt or verify expected"));
+}
+
+const char* RelayTlsName(RelayTls tls) {
+  switch (tls) {
+    case RelayTls::kNone:
+      return "none";
+    case RelayTls::kMay:
+      return "may";
+    case RelayTls::kEncrypt:
+      return "encrypt";
+    case RelayTls::kVerify:
+      return "verify";
+  }
+  return "?";
+}
 
 std::string DotStuff(absl::string_view data, DotStuffState& state) {
   std::string out;
@@ -62,204 +81,11 @@ Gauge& InFlightGauge() {
       "Messages being handed to the next hop now.");
 }
 
-// One reply of the next hop: its code and its text lines joined.
-struct Reply {
-  int code = 0;
-  std::string text;
-  std::string ToString() const { return absl::StrCat(code, " ", text); }
-};
-
-absl::Status RefuseCrLf(absl::string_view line) {
-  // Defence in depth: envelope edits are checked where they are made, but
-  // a line with CR or LF in it would be two commands to the next hop.
-  if (line.find_first_of("\r\n") == absl::string_view::npos) {
-    return absl::OkStatus();
-  }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "refusing to send the next hop a command with CR or LF in it: ",
-      absl::CEscape(line.substr(0, 200))));
-}
-
 }  // namespace
 
-namespace relay {
-
-// A blocking SMTP client connection with a deadline on each step: every
-// operation runs the private io_context until it completes or its time is up
-// (then the socket is closed and the step fails).
-class Connection {
- public:
-  explicit Connection(const SmtpRelayOptions& options) : options_(options) {}
-
-  absl::Status Connect() {
-    std::string host = options_.next_hop, port = "25";
-    if (!host.empty() && host.front() == '[') {
-      const auto close = host.find(']');
-      if (close == std::string::npos) {
-        return absl::InvalidArgumentError("bad next hop " + options_.next_hop);
-      }
-      if (close + 1 < host.size() && host[close + 1] == ':') {
-        port = host.substr(close + 2);
-      }
-      host = host.substr(1, close - 1);
-    } else if (auto colon = host.rfind(':'); colon != std::string::npos) {
-      port = host.substr(colon + 1);
-      host = host.substr(0, colon);
-    }
-    tcp::resolver resolver(io_);
-    boost::system::error_code ec;
-    auto endpoints = resolver.resolve(host, port, ec);
-    if (ec) {
-      return absl::UnavailableError(absl::StrCat(
-          "next hop ", options_.next_hop, ": cannot resolve: ", ec.message()));
-    }
-    std::optional<boost::system::error_code> result;
-    asio::async_connect(socket_, endpoints,
-                        [&](const boost::system::error_code& e,
-                            const tcp::endpoint&) { result = e; });
-    if (auto st = RunUntil(result, options_.connect_timeout, "connect");
-        !st.ok()) {
-      return st;
-    }
-    // Each command is a small write that waits for its reply: without
-    // TCP_NODELAY, Nagle holds it back behind the previous delayed ACK.
-    socket_.set_option(tcp::no_delay(true), ec);
-    return absl::OkStatus();
-  }
-
-  // Connect, greeting, EHLO (or HELO); remembers the EHLO keywords.
-  absl::Status Open() {
-    if (auto st = Connect(); !st.ok()) return st;
-    auto greeting = ReadReply();
-    if (!greeting.ok()) return greeting.status();
-    if (greeting->code != 220) return Refusal("the greeting", *greeting);
-    auto ehlo = Command("EHLO " + options_.helo_name);
-    if (!ehlo.ok()) return ehlo.status();
-    if (ehlo->code != 250) {
-      auto helo = Command("HELO " + options_.helo_name);
-      if (!helo.ok()) return helo.status();
-      if (helo->code != 250) return Refusal("HELO", *helo);
-    } else {
-      std::vector<std::string> lines = absl::StrSplit(ehlo->text, " / ");
-      keywords_.assign(lines.begin() + (lines.empty() ? 0 : 1), lines.end());
-    }
-    return absl::OkStatus();
-  }
-
-  bool Offers(absl::string_view kw) const {
-    for (const auto& k : keywords_) {
-      if (absl::StartsWithIgnoreCase(k, kw) &&
-          (k.size() == kw.size() || k[kw.size()] == ' ')) {
-        return true;
-      }
-    }
-    return false;
-  }
-
-  absl::StatusOr<Reply> ReadReply() {
-    Reply reply;
-    for (;;) {
-      std::optional<boost::system::error_code> result;
-      asio::async_read_until(
-          socket_, asio::dynamic_buffer(buffer_, 1 << 16), "\r\n",
-          [&](const boost::system::error_code& e, size_t) { result = e; });
-      if (auto st = RunUntil(result, options_.command_timeout, "reply");
-          !st.ok()) {
-        return st;
-      }
-      const auto end = buffer_.find("\r\n");
-      std::string line = buffer_.substr(0, end);
-      buffer_.erase(0, end + 2);
-      int code = 0;
-      if (line.size() < 3 || !absl::SimpleAtoi(line.substr(0, 3), &code) ||
-          code < 200 || code > 599 ||
-          (line.size() > 3 && line[3] != ' ' && line[3] != '-')) {
-        Close();
-        return absl::UnavailableError(
-            absl::StrCat("next hop ", options_.next_hop,
-                         " sent a malformed reply: ", line.substr(0, 200)));
-      }
-      reply.code = code;
-      if (!reply.text.empty()) reply.text += " / ";
-      reply.text += line.size() > 4 ? line.substr(4) : "";
-      if (line.size() == 3 || line[3] == ' ') return reply;
-    }
-  }
-
-  absl::Status Write(const std::string& data,
-                     std::optional<std::chrono::milliseconds> timeout = {}) {
-    std::optional<boost::system::error_code> result;
-    asio::async_write(
-        socket_, asio::buffer(data),
-        [&](const boost::system::error_code& e, size_t) { result = e; });
-    return RunUntil(result, timeout.value_or(options_.command_timeout),
-                    "write");
-  }
-
-  // One command line (refused if it holds CR or LF) and its reply.
-  absl::StatusOr<Reply> Command(const std::string& line) {
-    if (auto st = RefuseCrLf(line); !st.ok()) return st;
-    if (auto st = Write(line + "\r\n"); !st.ok()) return st;
-    return ReadReply();
-  }
-
-  // Polite close of a connection nobody waits on: QUIT without waiting for
-  // the reply.
-  void Quit() {
-    if (socket_.is_open()) {
-      (void)Write("QUIT\r\n", std::chrono::milliseconds(1000));
-    }
-    Close();
-  }
-
-  void Close() {
-    boost::system::error_code ec;
-    socket_.close(ec);
-  }
-
-  bool open() const { return socket_.is_open(); }
-  bool pipelining_allowed() const { return options_.pipelining; }
-  int transactions = 0;
-  std::chrono::steady_clock::time_point idle_since;
-
-  // A reply that ends the attempt for the whole message.
-  static absl::Status Refusal(const std::string& step, const Reply& r) {
-    const std::string what =
-        absl::StrCat("next hop answered ", step, " with ", r.ToString());
-    if (r.code >= 500) return absl::FailedPreconditionError(what);
-    return absl::UnavailableError(what);
-  }
-
- private:
-  absl::Status RunUntil(std::optional<boost::system::error_code>& result,
-                        std::chrono::milliseconds timeout, const char* what) {
-    io_.restart();
-    io_.run_for(timeout);
-    if (!result) {
-      Close();
-      io_.restart();
-      io_.run();  // lets the cancelled operation finish
-      return absl::UnavailableError(absl::StrCat("next hop ", options_.next_hop,
-                                                 ": timed out (", what, ")"));
-    }
-    if (*result) {
-      Close();
-      return absl::UnavailableError(absl::StrCat(
-          "next hop ", options_.next_hop, ": ", what, ": ", result->message()));
-    }
-    return absl::OkStatus();
-  }
-
-  const SmtpRelayOptions& options_;
-  asio::io_context io_;
-  tcp::socket socket_{io_};
-  std::string buffer_;
-  std::vector<std::string> keywords_;
-};
-
-}  // namespace relay
-
 using relay::Connection;
+using relay::RefuseCrLf;
+using relay::Reply;
 
 // Idle connections to the next hop, newest last, and the bound on messages
 // in flight. A reaper closes connections idle longer than `cache_idle`.
@@ -371,18 +197,62 @@ class SmtpRelayBackend::Cache {
 
 namespace {
 
-std::string EsmtpParams(const v1::Envelope& envelope, const Connection& c,
-                        uint64_t size) {
+// MAIL's parameters for this next hop, or why the message cannot go to it
+// without a downgrade (FAILED_PRECONDITION: refused for good, with the
+// enhanced status code a DSN would carry).
+absl::StatusOr<std::string> MailParams(const v1::QueueEntry& entry,
+                                       const Connection& c) {
+  const v1::Envelope& env = entry.envelope();
   std::string out;
-  if (c.Offers("SIZE")) absl::StrAppend(&out, " SIZE=", size);
-  for (const auto& p : envelope.mail_params()) {
-    const std::string key = absl::AsciiStrToUpper(p.key());
-    if ((key == "BODY" && c.Offers("8BITMIME")) ||
-        (key == "SMTPUTF8" && c.Offers("SMTPUTF8")) ||
-        ((key == "RET" || key == "ENVID") && c.Offers("DSN"))) {
-      absl::StrAppend(&out, " ", key);
-      if (!p.value().empty()) absl::StrAppend(&out, "=", p.value());
+  if (c.Offers("SIZE")) {
+    const uint64_t limit = c.SizeLimit();
+    if (limit > 0 && entry.size() > limit) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("5.3.4 message size ", entry.size(),
+                       " exceeds the next hop's SIZE limit ", limit));
     }
+    absl::StrAppend(&out, " SIZE=", entry.size());
+  }
+  for (const auto& p : env.mail_params()) {
+    const std::string key = absl::AsciiStrToUpper(p.key());
+    const std::string value = absl::AsciiStrToUpper(p.value());
+    std::string need;
+    if (key == "BODY") {
+      if (value == "8BITMIME") need = "8BITMIME";
+      if (value == "BINARYMIME") need = "BINARYMIME";
+      // BODY=7BIT is the default: sent only where it means something.
+      if (value == "7BIT" && !c.Offers("8BITMIME")) continue;
+    } else if (key == "SMTPUTF8") {
+      need = "SMTPUTF8";
+    } else if (key == "RET" || key == "ENVID") {
+      // DSN requests: without DSN the next hop's own defaults apply, which
+      // is what RFC 3461 §4.3 (relay to a non-DSN server) describes.
+      if (!c.Offers("DSN")) continue;
+    } else if (key == "SIZE") {
+      continue;  // ours, above
+    } else {
+      continue;  // not ours to pass on (AUTH and the like end at the edge)
+    }
+    if (!need.empty() && !c.Offers(need)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          need == "SMTPUTF8" ? "5.6.7" : "5.6.3",
+          " the next hop does not offer ", need, ", which the message needs (",
+          key, "=", p.value(), ")"));
+    }
+    absl::StrAppend(&out, " ", key);
+    if (!p.value().empty()) absl::StrAppend(&out, "=", p.value());
+  }
+  return out;
+}
+
+// RCPT's parameters: DSN's NOTIFY and ORCPT when the next hop offers DSN.
+std::string RcptParams(const v1::Recipient& rcpt, const Connection& c) {
+  std::string out;
+  if (!c.Offers("DSN")) return out;
+  for (const auto& p : rcpt.params()) {
+    const std::string key = absl::AsciiStrToUpper(p.key());
+    if (key != "NOTIFY" && key != "ORCPT") continue;
+    absl::StrAppend(&out, " ", key, "=", p.value());
   }
   return out;
 }
@@ -399,18 +269,13 @@ TransactionResult Transaction(Connection& c, bool reused,
                               const v1::QueueEntry& entry, int fd,
                               const std::string& content_path) {
   const v1::Envelope& env = entry.envelope();
-  for (const auto& p : env.mail_params()) {
-    if (absl::EqualsIgnoreCase(p.key(), "SMTPUTF8") && !c.Offers("SMTPUTF8")) {
-      return {absl::FailedPreconditionError(
-          "the next hop does not offer SMTPUTF8, which the message needs "
-          "(5.6.7)")};
-    }
-  }
+  auto params = MailParams(entry, c);
+  if (!params.ok()) return {params.status()};
   std::vector<std::string> lines;
-  lines.push_back(absl::StrCat("MAIL FROM:<", env.mail_from(), ">",
-                               EsmtpParams(env, c, entry.size())));
+  lines.push_back(absl::StrCat("MAIL FROM:<", env.mail_from(), ">", *params));
   for (const auto& rcpt : env.recipients()) {
-    lines.push_back(absl::StrCat("RCPT TO:<", rcpt.address(), ">"));
+    lines.push_back(
+        absl::StrCat("RCPT TO:<", rcpt.address(), ">", RcptParams(rcpt, c)));
   }
   for (const auto& l : lines) {
     if (auto st = RefuseCrLf(l); !st.ok()) return {st};
@@ -467,6 +332,7 @@ TransactionResult Transaction(Connection& c, bool reused,
           absl::StrCat("<", rcpt.address(), ">: ", r->ToString()));
     } else {
       outcome.deferred.push_back(rcpt);
+      outcome.deferrals.push_back(r->ToString());
       deferrals.push_back(
           absl::StrCat("<", rcpt.address(), ">: ", r->ToString()));
     }
@@ -522,7 +388,26 @@ TransactionResult Transaction(Connection& c, bool reused,
 }  // namespace
 
 SmtpRelayBackend::SmtpRelayBackend(SmtpRelayOptions options)
-    : options_(std::move(options)), cache_(std::make_unique<Cache>(options_)) {}
+    : options_(std::move(options)),
+      hop_(ParseNextHop(options_.next_hop)),
+      cache_(std::make_unique<Cache>(options_)) {
+  init_ = hop_.status();
+  if (options_.tls != RelayTls::kNone) {
+    auto ctx = relay::MakeTlsContext(options_);
+    if (ctx.ok()) {
+      tls_ = std::move(*ctx);
+    } else if (init_.ok()) {
+      init_ = ctx.status();
+    }
+  }
+}
+
+absl::StatusOr<std::unique_ptr<SmtpRelayBackend>> SmtpRelayBackend::Create(
+    SmtpRelayOptions options) {
+  auto backend = std::make_unique<SmtpRelayBackend>(std::move(options));
+  if (!backend->init_.ok()) return backend->init_;
+  return backend;
+}
 
 SmtpRelayBackend::~SmtpRelayBackend() = default;
 
@@ -566,9 +451,18 @@ absl::StatusOr<SubmitOutcome> SmtpRelayBackend::Submit(
     if (reused) {
       ConnectionsCounter("reused").Inc();
     } else {
-      c = std::make_unique<Connection>(options_);
+      if (!init_.ok()) {
+        result = absl::UnavailableError(init_.message());
+        break;
+      }
+      auto targets = ResolveNextHop(*hop_, options_.dns);
+      if (!targets.ok()) {
+        result = targets.status();
+        break;
+      }
+      c = std::make_unique<Connection>(options_, tls_.get());
       ConnectionsCounter("opened").Inc();
-      if (auto st = c->Open(); !st.ok()) {
+      if (auto st = c->Open(*targets); !st.ok()) {
         result = st;
         break;
       }

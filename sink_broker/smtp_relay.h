@@ -11,18 +11,43 @@
 // DATA go in one write when the next hop offers PIPELINING (RFC 2920). At
 // most `destination_concurrency` messages are in flight at once; Submit
 // blocks per call, so concurrency comes from the submitter's threads.
+//
+// The next hop is found as Postfix's relayhost is (relay_dns.h: MX or
+// [host]:port, with a DNS deadline) and reached over STARTTLS as --relay-tls
+// says (relay_connection.h). MAIL and RCPT parameters (SIZE, BODY,
+// SMTPUTF8, DSN's RET, ENVID, NOTIFY, ORCPT) go on only when the next hop
+// offers their extension; a message that needs one it lacks is refused for
+// good (never silently downgraded).
 #pragma once
 
 #include <chrono>
 #include <memory>
 #include <string>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "sink_broker/queue_backend.h"
+#include "sink_broker/relay_dns.h"
+
+namespace boost::asio::ssl {
+class context;
+}
 
 namespace sinkline::broker {
 
+// STARTTLS towards the next hop (Postfix's smtp_tls_security_level):
+// none: never; may: when offered, plaintext only when not offered (a
+// failed handshake defers, it never goes on in plaintext); encrypt:
+// required, certificate not checked; verify: required, the certificate
+// chain checked against the CA file (or the system's) and its name against
+// the server name.
+enum class RelayTls { kNone, kMay, kEncrypt, kVerify };
+absl::StatusOr<RelayTls> ParseRelayTls(absl::string_view name);
+const char* RelayTlsName(RelayTls tls);
+
 struct SmtpRelayOptions {
-  // host:port of the next hop; [v6]:port for IPv6 literals.
+  // The next hop, in relayhost syntax (relay_dns.h): [host]:port, host:port
+  // (MX lookup), dns:host[:port].
   std::string next_hop;
   // Name sent in EHLO.
   std::string helo_name = "localhost";
@@ -42,10 +67,21 @@ struct SmtpRelayOptions {
   // Send MAIL, RCPT and DATA in one write when the next hop offers
   // PIPELINING.
   bool pipelining = true;
+  RelayTls tls = RelayTls::kMay;
+  // Trust anchors for kVerify (PEM); empty: the system's.
+  std::string tls_ca_file;
+  // Name the certificate must carry (and SNI); empty: the host connected
+  // to (the MX name, or the host in [host]).
+  std::string tls_server_name;
+  DnsOptions dns;
 };
 
 class SmtpRelayBackend : public QueueBackend {
  public:
+  // Checks the options first (next-hop syntax, CA file).
+  static absl::StatusOr<std::unique_ptr<SmtpRelayBackend>> Create(
+      SmtpRelayOptions options);
+  // Options that do not hold make every Submit defer with the reason.
   explicit SmtpRelayBackend(SmtpRelayOptions options);
   ~SmtpRelayBackend() override;
   absl::StatusOr<SubmitOutcome> Submit(
@@ -57,6 +93,9 @@ class SmtpRelayBackend : public QueueBackend {
  private:
   class Cache;
   const SmtpRelayOptions options_;
+  absl::StatusOr<NextHopSpec> hop_;
+  absl::Status init_;
+  std::unique_ptr<boost::asio::ssl::context> tls_;
   std::unique_ptr<Cache> cache_;
 };
 

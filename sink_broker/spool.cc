@@ -147,8 +147,8 @@ absl::StatusOr<int> Spool::RemoveAll(const std::string& queue_id) const {
   for (const std::string& path :
        {EnvelopePath(queue_id), ContentPath(queue_id),
         Committed(queue_id, ".hold"), Committed(queue_id, ".done"),
-        FailedPath(queue_id, ".env"), FailedPath(queue_id, ".msg"),
-        FailedPath(queue_id, ".reason")}) {
+        Committed(queue_id, ".rcpt"), FailedPath(queue_id, ".env"),
+        FailedPath(queue_id, ".msg"), FailedPath(queue_id, ".reason")}) {
     removed += fs::remove(path, ec) ? 1 : 0;
   }
   for (const char* dir : {"/committed", "/failed"}) {

@@ -10,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "google/protobuf/util/time_util.h"
+#include "sink_broker/delivery_state.h"
+#include "sink_broker/dsn.h"
 #include "sinkline/common/metrics.h"
 #include "sinkline/common/time.h"
 
@@ -39,7 +41,15 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
         entry_(std::move(entry)),
         record_(std::move(record)),
         timer_(std::make_shared<asio::steady_timer>(s->timers_)),
-        recipients_(entry_.envelope().recipients_size()) {}
+        recipients_(entry_.envelope().recipients_size()),
+        tracker_(s->spool_, entry_) {
+    // Refusals an earlier run recorded are still to be reported.
+    for (const auto& f : tracker_.Failed()) {
+      refused_.push_back(f.recipient);
+      refusals_.push_back(
+          absl::StrCat("<", f.recipient.address(), ">: ", f.reply));
+    }
+  }
 
   // On the submission threads (a relay may block on the network; chains
   // never wait for it).
@@ -68,6 +78,11 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
     }
     auto result =
         s_->backend_.Submit(entry_, s_->spool_.ContentPath(entry_.queue_id()));
+    // Per recipient, durably, before the envelope record changes.
+    if (auto st = tracker_.Record(entry_.envelope(), result); !st.ok()) {
+      spdlog::error("queue_id={} delivery state: {}", entry_.queue_id(),
+                    st.ToString());
+    }
     if (!result.ok()) {
       if (result.status().code() == absl::StatusCode::kFailedPrecondition) {
         return Fail(std::string(result.status().message()));
@@ -102,6 +117,7 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
 
   void Done(int active) {
     s_->spool_.RemoveCommitted(entry_.queue_id());
+    tracker_.Remove();
     if (record_) s_->leases_.MessageReleased(*record_);
     MessagesCounter("submitted").Inc();
     if (entry_.has_committed()) {
@@ -127,6 +143,8 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
       const auto age = TimeUtil::DurationToMilliseconds(
           sinkline::NowTimestamp() - entry_.committed());
       if (age > opts.max_queue_age.count()) {
+        tracker_.Expire(absl::StrCat("delivery time expired after ", age / 1000,
+                                     " s in the queue"));
         return Fail(absl::StrCat("gave up after ", age / 1000,
                                  " s in the queue: ", reason));
       }
@@ -159,9 +177,33 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
     }
     if (record_) s_->leases_.MessageReleased(*record_);
     MessagesCounter("failed").Inc();
+    Bounce();
     s_->messages_.SetState(id, v1::MESSAGE_STATE_FAILED, "failed: " + reason,
                            reason);
     spdlog::error("failed queue_id={}: {}", id, reason);
+  }
+
+  // RFC 5321 §6.1: the sender hears of recipients that failed for good
+  // (dsn.h), through the same backend.
+  void Bounce() {
+    auto dsn = CommitDsn(s_->spool_, entry_, tracker_.Failed());
+    tracker_.Remove();
+    if (!dsn.ok()) {
+      spdlog::error("queue_id={}: no DSN: {}", entry_.queue_id(),
+                    dsn.status().ToString());
+      return;
+    }
+    if (!*dsn) return;
+    const std::string& id = (*dsn)->queue_id();
+    s_->messages_.Track(
+        id, v1::MESSAGE_STATE_RELEASING, (*dsn)->envelope(), (*dsn)->size(),
+        "delivery status notification for " + entry_.queue_id());
+    s_->messages_.Note(
+        entry_.queue_id(),
+        absl::StrCat("DSN ", id, " to <", entry_.envelope().mail_from(), ">"));
+    spdlog::info("queue_id={}: DSN queue_id={} to <{}>", entry_.queue_id(), id,
+                 entry_.envelope().mail_from());
+    s_->Submit(std::move(**dsn));
   }
 
   void PersistEnvelope() {
@@ -179,6 +221,7 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
   const int recipients_;
   std::vector<std::string> refusals_;
   std::vector<v1::Recipient> refused_;
+  DeliveryTracker tracker_;
   std::chrono::milliseconds delay_{0};
 };
 

@@ -7,7 +7,16 @@ change them while it runs:
   {"defer_once": ["a@x"],   # 451 4.2.0 the first time, then accept
    "defer": ["b@x"],        # 451 4.2.0 every time
    "reject": ["c@x"],       # 550 5.1.1
-   "reject_mail": false}    # 554 5.7.1 at MAIL FROM
+   "reject_mail": false,    # 554 5.7.1 at MAIL FROM
+   "ehlo_drop": ["8BITMIME"],  # EHLO keywords not offered
+   "ehlo_add": ["DSN"],     # EHLO keywords offered besides aiosmtpd's
+   "size": 1000}            # the SIZE limit offered
+
+DSN's parameters (RET, ENVID, NOTIFY, ORCPT) are taken only while "DSN" is
+offered. Every MAIL and RCPT line is stored as received, in <n>.json's
+"commands". With --tls-cert/--tls-key it offers STARTTLS; with
+--tls-broken its TLS allows only TLS 1.0 and 1.1, so every handshake with
+a client that wants TLS 1.2 or later fails.
 
 Writes its port to --port-file once it listens.
 """
@@ -16,6 +25,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import ssl
 
 from aiosmtpd.smtp import SMTP
 
@@ -24,6 +35,9 @@ parser.add_argument("--out", required=True)
 parser.add_argument("--rules", required=True)
 parser.add_argument("--port-file", required=True)
 parser.add_argument("--port", type=int, default=0)
+parser.add_argument("--tls-cert")
+parser.add_argument("--tls-key")
+parser.add_argument("--tls-broken", action="store_true")
 args = parser.parse_args()
 os.makedirs(args.out, exist_ok=True)
 seen = set()
@@ -38,7 +52,47 @@ def rules():
         return {}
 
 
+DSN_PARAM = re.compile(r"\s+(RET|ENVID|NOTIFY|ORCPT)=\S*", re.I)
+
+
+def dsn_offered():
+    return "DSN" in [k.upper() for k in rules().get("ehlo_add", [])]
+
+
+class RecordingSMTP(SMTP):
+    """aiosmtpd's SMTP, keeping each MAIL and RCPT line as received and
+    taking DSN's parameters while DSN is offered."""
+
+    async def smtp_MAIL(self, arg):
+        self.commands = [f"MAIL {arg}"]
+        await super().smtp_MAIL(DSN_PARAM.sub("", arg or "")
+                                if dsn_offered() else arg)
+
+    async def smtp_RCPT(self, arg):
+        getattr(self, "commands", []).append(f"RCPT {arg}")
+        await super().smtp_RCPT(DSN_PARAM.sub("", arg or "")
+                                if dsn_offered() else arg)
+
+
 class Handler:
+    async def handle_EHLO(self, server, session, envelope, hostname,
+                          responses):
+        session.host_name = hostname
+        r = rules()
+        drop = {k.upper() for k in r.get("ehlo_drop", [])}
+        out = []
+        for line in responses[:-1]:
+            keyword = line[4:].split(" ")[0].upper()
+            if keyword in drop:
+                continue
+            if keyword == "SIZE" and "size" in r:
+                line = f"250-SIZE {r['size']}"
+            out.append(line)
+        for k in r.get("ehlo_add", []):
+            out.append(f"250-{k}")
+        out.append(responses[-1])
+        return out
+
     async def handle_MAIL(self, server, session, envelope, address, options):
         if rules().get("reject_mail"):
             return "554 5.7.1 Sender refused by test rule"
@@ -66,15 +120,30 @@ class Handler:
         with open(base + ".json", "w") as f:
             json.dump({"mail_from": envelope.mail_from,
                        "rcpt_tos": envelope.rcpt_tos,
-                       "mail_options": envelope.mail_options}, f)
+                       "mail_options": envelope.mail_options,
+                       "commands": getattr(server, "commands", []),
+                       "tls": session.ssl is not None}, f)
         return "250 2.0.0 Ok: stored"
+
+
+def tls_context():
+    if not args.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_broken:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    return ctx
 
 
 async def main():
     loop = asyncio.get_running_loop()
+    tls = tls_context()
     server = await loop.create_server(
-        lambda: SMTP(Handler(), decode_data=False, enable_SMTPUTF8=True,
-                     data_size_limit=100 * 1024 * 1024),
+        lambda: RecordingSMTP(Handler(), decode_data=False,
+                              enable_SMTPUTF8=True, tls_context=tls,
+                              data_size_limit=100 * 1024 * 1024),
         "127.0.0.1", args.port, reuse_address=True)
     port = server.sockets[0].getsockname()[1]
     tmp = args.port_file + ".tmp"

@@ -49,6 +49,7 @@ virtual   unix  - n n -  - virtual
 anvil     unix  - - n -  1 anvil
 scache    unix  - - n -  1 scache
 postlog   unix-dgram n - n - 1 postlogd
+tlsmgr    unix  - - n 1000? 1 tlsmgr
 """
 
 
@@ -185,6 +186,11 @@ class Postfix:
 
     def kill(self):
         self.stop(signal.SIGKILL)
+
+    def reload(self):
+        """`postfix reload`: daemons start again and read their tables."""
+        subprocess.run([POSTFIX, "-c", self.etc, "reload"], check=True,
+                       capture_output=True, timeout=60)
 
     def log(self):
         text = ""

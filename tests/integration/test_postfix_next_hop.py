@@ -2,7 +2,9 @@
 a private instance on loopback) as the next hop: a message goes through at
 once while Postfix runs; while Postfix is stopped, committed messages wait
 (state releasing, with the reason) and are retried; once Postfix is back
-they go through, byte for byte, each once, to every recipient."""
+they go through, byte for byte, each once, to every recipient. And, in
+Postfix's own log: one connection carries many messages (RSET between
+them), and MAIL, RCPT and DATA arrive in one read (PIPELINING)."""
 
 import os
 import re
@@ -26,14 +28,42 @@ def body(n):
             f"{'y' * 900}\r\nlast line\r\n").encode()
 
 
+# Postfix's smtpd at debug_peer_level 3: each read from the client, and
+# each command it then takes.
+READ = re.compile(r"smtpd\[(\d+)\]: vstream_buf_get_ready: fd (\d+) got \d+")
+COMMAND = re.compile(r"smtpd\[(\d+)\]: < localhost\[127\.0\.0\.1\]: (\w+)")
+
+
+def command_groups(log):
+    """[(smtpd pid, [commands taken after one read from the client])]."""
+    groups, client_fd, last_fd = [], {}, {}
+    for line in log.splitlines():
+        m = READ.search(line)
+        if m:
+            pid, fd = m.groups()
+            last_fd[pid] = fd
+            if client_fd.get(pid) == fd:
+                groups.append((pid, []))
+            continue
+        m = COMMAND.search(line)
+        if m:
+            pid, verb = m.groups()
+            if pid not in client_fd:  # the first command: the client's fd
+                client_fd[pid] = last_fd.get(pid)
+                groups.append((pid, []))
+            if groups and groups[-1][0] == pid:
+                groups[-1][1].append(verb.upper())
+    return groups
+
+
 class PostfixNextHopTest(StackTestCase):
 
-    def setUp(self):
+    def setUp(self, main=None, extra=()):
         super().setUp()
-        self.postfix = Postfix(self.workdir, "next-hop")
+        self.postfix = Postfix(self.workdir, "next-hop", main=main)
         self.stack.processes.append(self.postfix.start())
         self.stack.write_config([])
-        self.stack.start_broker(extra=[
+        self.stack.start_broker(extra=list(extra) + [
             f"--relay-host=127.0.0.1:{self.postfix.port}",
             "--relay-helo=broker.example.test",
             "--relay-connect-timeout-ms=2000",
@@ -126,6 +156,48 @@ class PostfixNextHopTest(StackTestCase):
         counters = self.admin.counters()
         self.assertEqual(
             counters['sinkline_broker_messages_total{what="submitted"}'], 3)
+
+
+class PostfixConnectionReuseTest(PostfixNextHopTest):
+
+    def setUp(self):
+        super().setUp(main={"debug_peer_list": "127.0.0.1",
+                            "debug_peer_level": "3"},
+                      extra=["--relay-cache-idle-ms=60000"])
+
+    test_stopped_postfix_then_started = None  # run once, by the base class
+
+    def test_one_connection_many_messages_pipelined(self):
+        for n in range(1, 6):
+            qid = self.send(n, [f"r{n}@example.test"])
+            wait_for(lambda: self.state(qid) ==
+                     types_pb2.MESSAGE_STATE_SUBMITTED, 20, f"{qid} submitted")
+        wait_for(lambda: len(self.postfix.delivered()) == 5, 30,
+                 "Postfix to deliver the five")
+        counters = self.admin.counters()
+        self.assertEqual(
+            counters['sinkline_broker_relay_connections_total{how="opened"}'],
+            1)
+        self.assertEqual(
+            counters['sinkline_broker_relay_connections_total{how="reused"}'],
+            4)
+        # The broker's shutdown closes its cached connection: Postfix then
+        # logs what that one session carried.
+        self.stack.broker.stop()
+        sessions = wait_for(lambda: [
+            line for line in self.postfix.log().splitlines()
+            if "disconnect from localhost[127.0.0.1]" in line and
+            " mail=" in line], 15, "Postfix to log the session")
+        self.assertEqual(len(sessions), 1, sessions)
+        self.assertIn(" ehlo=1 mail=5 rcpt=5 data=5 rset=4 ", sessions[0])
+        # Pipelined: one read brought MAIL, RCPT and DATA (with RSET
+        # before them on the reused connection).
+        groups = [g for _, g in command_groups(self.postfix.log())]
+        batches = [g for g in groups if "MAIL" in g]
+        self.assertEqual(len(batches), 5, groups)
+        self.assertEqual(batches[0], ["MAIL", "RCPT", "DATA"], groups)
+        for g in batches[1:]:
+            self.assertEqual(g, ["RSET", "MAIL", "RCPT", "DATA"], groups)
 
 
 if __name__ == "__main__":

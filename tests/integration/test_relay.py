@@ -26,8 +26,9 @@ BODY = (b"Subject: relay test\r\nFrom: a@example.test\r\n\r\n"
 
 
 class NextHop:
-    def __init__(self, workdir, name="next-hop"):
+    def __init__(self, workdir, name="next-hop", extra=()):
         self.workdir = workdir
+        self.extra = list(extra)
         self.out = os.path.join(workdir, name)
         self.rules_path = os.path.join(workdir, name + "-rules.json")
         self.name = name
@@ -47,7 +48,7 @@ class NextHop:
             ["/usr/bin/python3",
              os.path.join(ROOT, "tests", "integration", "next_hop.py"),
              f"--out={self.out}", f"--rules={self.rules_path}",
-             f"--port={self.port}"],
+             f"--port={self.port}"] + self.extra,
             self.workdir)
         self.process.start()
         self.port = self.process.port
@@ -151,9 +152,15 @@ class RelayTest(StackTestCase):
             lambda: (lambda m: m if m.state == types_pb2.MESSAGE_STATE_FAILED
                      else None)(self.admin.message(qid)),
             15, "the message failed for the refused recipient")
-        delivered = hop.delivered()
+        # The sender hears of the refused recipient: a DSN from <>.
+        wait_for(lambda: len(hop.delivered()) == 3, 15, "the DSN")
+        delivered = [d for d in hop.delivered() if d[0]["mail_from"] != "<>"]
         self.assertEqual([d[0]["rcpt_tos"] for d in delivered],
                          [["now@example.test"], ["later@example.test"]])
+        [(dsn_env, dsn)] = [d for d in hop.delivered()
+                            if d[0]["mail_from"] == "<>"]
+        self.assertEqual(dsn_env["rcpt_tos"], ["sender@example.test"])
+        self.assertIn(b"Final-Recipient: rfc822; nobody@example.test", dsn)
         self.assertIn("1 of 3 recipients refused", info.reason)
         self.assertIn("<nobody@example.test>: 550 5.1.1", info.reason)
         # What stays for the operator is the refused recipient only.
@@ -179,8 +186,8 @@ class RelayTest(StackTestCase):
         released = self.admin.release(qid)
         self.assertIn(released.state, (types_pb2.MESSAGE_STATE_RELEASING,
                                        types_pb2.MESSAGE_STATE_SUBMITTED))
-        wait_for(lambda: len(hop.delivered()) == 3, 15, "the third delivery")
-        self.assertEqual(hop.delivered()[2][0]["rcpt_tos"],
+        wait_for(lambda: len(hop.delivered()) == 4, 15, "the third delivery")
+        self.assertEqual(hop.delivered()[3][0]["rcpt_tos"],
                          ["nobody@example.test"])
         wait_for(lambda: self.state(qid) == types_pb2.MESSAGE_STATE_SUBMITTED,
                  10, "state submitted")

@@ -160,8 +160,35 @@ TEST_F(SubmissionTest, RefusedForGoodMovesToFailedAndCanBeReleased) {
 
   ASSERT_TRUE(submitter_->Release("Q1").ok());
   ASSERT_TRUE(WaitFor("Q1", v1::MESSAGE_STATE_SUBMITTED));
-  EXPECT_EQ(backend_.Seen().size(), 2u);
+  int q1 = 0;  // the DSN to the sender is submitted too (dsn.h)
+  for (const auto& e : backend_.Seen()) q1 += e.queue_id() == "Q1" ? 1 : 0;
+  EXPECT_EQ(q1, 2);
   EXPECT_TRUE(spool_->ListFailed().empty());
+}
+
+TEST_F(SubmissionTest, RefusedForGoodSendsTheSenderADsnButNotTheNullSender) {
+  backend_.Script(absl::FailedPreconditionError("554 5.7.1 relay denied"));
+  backend_.Script(absl::FailedPreconditionError("554 5.7.1 relay denied"));
+  v1::QueueEntry null_sender = Commit("Q2");
+  null_sender.mutable_envelope()->set_mail_from("");
+  ASSERT_TRUE(spool_->WriteEnvelope(null_sender).ok());
+  submitter_->Submit(null_sender);
+  ASSERT_TRUE(WaitFor("Q2", v1::MESSAGE_STATE_FAILED));
+  submitter_->Submit(Commit("Q1"));
+  ASSERT_TRUE(WaitFor("Q1", v1::MESSAGE_STATE_FAILED));
+  std::vector<v1::QueueEntry> dsns;
+  for (int i = 0; i < 500 && dsns.empty(); ++i) {
+    for (const auto& e : backend_.Seen()) {
+      if (e.queue_id() != "Q1" && e.queue_id() != "Q2") dsns.push_back(e);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(dsns.size(), 1u);
+  EXPECT_EQ(dsns[0].envelope().mail_from(), "");
+  ASSERT_EQ(dsns[0].envelope().recipients_size(), 1);
+  EXPECT_EQ(dsns[0].envelope().recipients(0).address(), "a@example.net");
+  ASSERT_TRUE(WaitFor(dsns[0].queue_id(), v1::MESSAGE_STATE_SUBMITTED));
+  EXPECT_FALSE(fs::exists(spool_->ContentPath(dsns[0].queue_id())));
 }
 
 TEST_F(SubmissionTest, PartlyRefusedKeepsTheRefusedRecipientsForAnOperator) {
