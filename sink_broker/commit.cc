@@ -9,6 +9,7 @@
 #include "sink_broker/message_edit.h"
 #include "sink_broker/verdict.h"
 #include "sinkline/common/durable_file.h"
+#include "sinkline/common/failpoint.h"
 #include "sinkline/common/metrics.h"
 #include "sinkline/common/time.h"
 
@@ -68,10 +69,14 @@ MessageRecord::ApplyEdits CommittedEdits(
     const std::string tmp = path + ".edit";
     auto size = RewriteMessage(path, tmp, edits);
     if (!size.ok()) return size.status();
+    SINKLINE_FAILPOINT("lease.publish.before_rename");
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
       return absl::UnavailableError("rename of the new version failed");
     }
-    return SyncDirectory(std::filesystem::path(path).parent_path().string());
+    SINKLINE_FAILPOINT("lease.publish.after_rename");
+    auto st = SyncDirectory(std::filesystem::path(path).parent_path().string());
+    SINKLINE_FAILPOINT("lease.publish.after_sync");
+    return st;
   };
 }
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "google/protobuf/util/time_util.h"
+#include "sinkline/common/failpoint.h"
 #include "sinkline/common/metrics.h"
 #include "sinkline/common/time.h"
 
@@ -66,8 +67,10 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
                        entry_.queue_id(), active);
       std::abort();
     }
+    SINKLINE_FAILPOINT("submit.before_backend");
     auto result =
         s_->backend_.Submit(entry_, s_->spool_.ContentPath(entry_.queue_id()));
+    SINKLINE_FAILPOINT("submit.after_backend");
     if (!result.ok()) {
       if (result.status().code() == absl::StatusCode::kFailedPrecondition) {
         return Fail(std::string(result.status().message()));
@@ -101,7 +104,9 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
   }
 
   void Done(int active) {
+    SINKLINE_FAILPOINT("submit.before_mark");
     s_->spool_.RemoveCommitted(entry_.queue_id());
+    SINKLINE_FAILPOINT("submit.after_mark");
     if (record_) s_->leases_.MessageReleased(*record_);
     MessagesCounter("submitted").Inc();
     if (entry_.has_committed()) {
@@ -215,9 +220,11 @@ void Submitter::ChainOver(std::shared_ptr<v1::QueueEntry> committed,
     if (record->envelope_edited()) {
       *committed->mutable_envelope() = record->envelope();
       // Keep the spool's record in step with the envelope that goes out.
+      SINKLINE_FAILPOINT("envelope.before_rewrite");
       if (auto st = spool_.WriteEnvelope(*committed); !st.ok()) {
         spdlog::error("envelope record: {}", st.ToString());
       }
+      SINKLINE_FAILPOINT("envelope.after_rewrite");
     }
     messages_.SetEnvelope(id, committed->envelope(), committed->size());
     auto hold = [&](v1::MessageState state, const char* what,

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "sinkline/common/failpoint.h"
 #include "sinkline/common/metrics.h"
 
 namespace sinkline {
@@ -57,7 +58,9 @@ class DirectorySyncer {
       std::function<void()> hook = hook_;
       mu_.Unlock();
       if (hook) hook();
+      SINKLINE_FAILPOINT("dirsync.before");
       absl::Status st = FsyncPath(dir);
+      SINKLINE_FAILPOINT("dirsync.after");
       mu_.Lock();
       d.running = false;
       d.done = gen;
@@ -144,9 +147,11 @@ absl::Status WriteFileDurably(const std::string& path, absl::string_view data,
   absl::Status st = WriteAll(fd, data);
   if (st.ok() && sync && ::fsync(fd) != 0) st = Errno("fsync", tmp);
   if (::close(fd) != 0 && st.ok()) st = Errno("close", tmp);
+  if (st.ok()) SINKLINE_FAILPOINT("durable.before_rename");
   if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
     st = Errno("rename", tmp);
   }
+  if (st.ok()) SINKLINE_FAILPOINT("durable.after_rename");
   if (!st.ok()) {
     ::unlink(tmp.c_str());
     return st;
