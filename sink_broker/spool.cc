@@ -81,6 +81,17 @@ absl::StatusOr<v1::QueueEntry> Spool::ReadEnvelope(
   return entry;
 }
 
+absl::Status Spool::WriteEditedEnvelope(const std::string& queue_id,
+                                        const v1::Envelope& envelope) const {
+  auto entry = ReadEnvelope(queue_id);
+  if (!entry.ok()) return entry.status();
+  *entry->mutable_envelope() = envelope;
+  SINKLINE_FAILPOINT("lease.envelope.before_write");
+  auto st = WriteEnvelope(*entry);
+  SINKLINE_FAILPOINT("lease.envelope.after_write");
+  return st;
+}
+
 void Spool::MarkFinished(const std::string& queue_id,
                          const std::string& binding) const {
   SINKLINE_FAILPOINT("done.before_write");

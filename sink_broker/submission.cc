@@ -35,10 +35,11 @@ Counter& MessagesCounter(const std::string& what) {
 class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
  public:
   Attempt(Submitter* s, v1::QueueEntry entry,
-          std::shared_ptr<MessageRecord> record)
+          std::shared_ptr<MessageRecord> record, std::shared_ptr<void> slot)
       : s_(s),
         entry_(std::move(entry)),
         record_(std::move(record)),
+        slot_(std::move(slot)),
         timer_(std::make_shared<asio::steady_timer>(s->timers_)),
         recipients_(entry_.envelope().recipients_size()) {}
 
@@ -51,6 +52,8 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
 
  private:
   void Try() {
+    // The in-flight slot goes with the first attempt, whatever its end.
+    auto slot = std::move(slot_);
     const auto attempt = s_->operator_.BeginAttempt(entry_.queue_id());
     if (!attempt) {  // held or deleted by an operator meanwhile
       if (record_) s_->leases_.MessageReleased(*record_);
@@ -180,6 +183,7 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
   Submitter* const s_;
   v1::QueueEntry entry_;
   std::shared_ptr<MessageRecord> record_;
+  std::shared_ptr<void> slot_;
   std::shared_ptr<asio::steady_timer> timer_;
   const int recipients_;
   std::vector<std::string> refusals_;
@@ -205,14 +209,19 @@ Submitter::~Submitter() {
 }
 
 void Submitter::Submit(v1::QueueEntry entry,
-                       std::shared_ptr<MessageRecord> record) {
-  std::make_shared<Attempt>(this, std::move(entry), std::move(record))->Start();
+                       std::shared_ptr<MessageRecord> record,
+                       std::shared_ptr<void> slot) {
+  std::make_shared<Attempt>(this, std::move(entry), std::move(record),
+                            std::move(slot))
+      ->Start();
 }
 
 void Submitter::ChainOver(std::shared_ptr<v1::QueueEntry> committed,
                           std::shared_ptr<MessageRecord> record,
-                          std::string quarantine) {
-  record->ChainDone([this, committed, record, quarantine] {
+                          std::string quarantine,
+                          std::shared_ptr<void> slot) {
+  record->ChainDone([this, committed, record, quarantine,
+                     slot = std::move(slot)]() mutable {
     const std::string& id = committed->queue_id();
     std::error_code ec;
     const auto size = std::filesystem::file_size(record->path(), ec);
@@ -237,16 +246,18 @@ void Submitter::ChainOver(std::shared_ptr<v1::QueueEntry> committed,
       spdlog::warn("{} queue_id={}: {}", what, id, reason);
     };
     if (!quarantine.empty()) {
+      slot.reset();
       return hold(v1::MESSAGE_STATE_QUARANTINED, "quarantined", quarantine);
     }
     if (record->held()) {
+      slot.reset();
       return hold(v1::MESSAGE_STATE_HELD, "held",
                   "a lease expired under the hold policy; an operator must "
                   "release it");
     }
     messages_.SetState(id, v1::MESSAGE_STATE_RELEASING,
                        "chain over, no lease active");
-    Submit(*committed, record);
+    Submit(*committed, record, std::move(slot));
   });
 }
 
