@@ -159,9 +159,16 @@ void ChainRun::InvokeNow(const BindingConfig* b) {
     to.target = AffinityTarget(sink->target, event_.session().session_id());
   }
   auto self = shared_from_this();
+  // Calls in flight per binding (bounded, after COMMIT, by the messages in
+  // flight: in_flight.h).
+  Gauge& in_flight = MetricsRegistry::Default().GetGauge(
+      "sinkline_sink_calls_in_flight", "Sink calls under way, by binding.",
+      {{"binding", spec.name()}});
+  in_flight.Add(1);
   env_.sinks->Invoke(
       to, std::move(req), std::chrono::system_clock::now() + deadline,
-      [self, call](absl::StatusOr<v1::Verdict> result) {
+      [self, call, &in_flight](absl::StatusOr<v1::Verdict> result) {
+        in_flight.Add(-1);
         asio::post(self->strand_,
                    [self, call, result = std::move(result)]() mutable {
                      self->Finished(call, std::move(result));

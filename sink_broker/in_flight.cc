@@ -22,21 +22,31 @@ Counter& WaitsCounter(const char* outcome) {
       {{"outcome", outcome}});
 }
 
+Gauge& WaitingGauge() {
+  return MetricsRegistry::Default().GetGauge(
+      "sinkline_broker_in_flight_waiting",
+      "EODs waiting now for an in-flight slot.");
+}
+
 // One EOD waiting for a slot: polls with a growing pause, bounded by the
 // wait (a slot frees when a message reaches the queue backend).
 struct Waiter : std::enable_shared_from_this<Waiter> {
   Waiter(InFlightLimit* l, Strand s, std::function<void(InFlightLimit::Slot)> d,
          std::chrono::steady_clock::time_point until)
-      : limit(l), timer(s), done(std::move(d)), deadline(until) {}
+      : limit(l), timer(s), done(std::move(d)), deadline(until) {
+    WaitingGauge().Add(1);
+  }
 
   void Poll() {
     if (auto slot = limit->TryAcquire()) {
       WaitsCounter("delayed").Inc();
+      WaitingGauge().Add(-1);
       return done(std::move(slot));
     }
     const auto now = std::chrono::steady_clock::now();
     if (now >= deadline) {
       WaitsCounter("refused").Inc();
+      WaitingGauge().Add(-1);
       return done(nullptr);
     }
     pause = std::min(pause * 2, std::chrono::milliseconds(50));

@@ -7,7 +7,8 @@
 //
 // Metrics: sinkline_broker_messages_in_flight (now),
 // sinkline_broker_messages_in_flight_peak (the most at once since start),
-// sinkline_broker_messages_in_flight_limit, and
+// sinkline_broker_messages_in_flight_limit,
+// sinkline_broker_in_flight_waiting (EODs waiting now) and
 // sinkline_broker_in_flight_waits_total{outcome="delayed"|"refused"}.
 #pragma once
 

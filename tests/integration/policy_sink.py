@@ -7,12 +7,14 @@
                 it); every other one gets a header "X-Policy: <queue id>"
                 and a recipient audit@example.test, one lease's two writes.
 Every call after COMMIT is written to --out as one JSON line (queue id,
-redelivery flag), so that a test sees which sinks ran twice."""
+redelivery flag), so that a test sees which sinks ran twice. With --gate,
+a call after COMMIT answers only once that file exists (a slow sink)."""
 
 import json
 import os
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "..", "sinks", "python"))
@@ -36,6 +38,11 @@ def on_event(ctx):
                             "redelivery": ctx.request.redelivery}) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    # A slow sink: waits (at most a minute) until the --gate file exists.
+    for _ in range(1200):
+        if not args.gate or os.path.exists(args.gate):
+            break
+        time.sleep(0.05)
     if b"VIRUS" in body:
         ctx.reject(550, "5.7.1", "virus found")
         return
@@ -47,6 +54,7 @@ def on_event(ctx):
 def add_flags(parser):
     parser.add_argument("--phase", choices=("pre", "post"), required=True)
     parser.add_argument("--out", default="")
+    parser.add_argument("--gate", default="")
 
 
 if __name__ == "__main__":
