@@ -15,6 +15,20 @@
 
 namespace sinkline::broker {
 
+v1::Reply StoreFailureReply(const absl::Status& st) {
+  if (st.code() == absl::StatusCode::kResourceExhausted) {
+    MetricsRegistry::Default()
+        .GetCounter("sinkline_broker_spool_full_total",
+                    "Transactions answered 452 4.3.1 because the spool's "
+                    "disk was full.")
+        .Inc();
+    return MakeReply(452, "4.3.1",
+                     "Error: insufficient system storage, try again later");
+  }
+  return MakeReply(451, "4.3.0",
+                   "Error: queue file write error, try again later");
+}
+
 NativeResult CommitMessage(const CommitContext& ctx,
                            const std::string& queue_id,
                            IncomingMessage& message, MessageRecord& record,
@@ -29,8 +43,7 @@ NativeResult CommitMessage(const CommitContext& ctx,
   entry.set_size(message.size());
   if (auto st = message.Commit(entry); !st.ok()) {
     spdlog::error("COMMIT failed: {}", st.ToString());
-    run.set_reply(MakeReply(451, "4.3.0",
-                            "Error: queue file write error, try again later"));
+    run.set_reply(StoreFailureReply(st));
     return NativeResult::kStop;
   }
   committed = entry;

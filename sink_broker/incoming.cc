@@ -14,9 +14,7 @@
 namespace sinkline::broker {
 
 namespace {
-absl::Status Errno(const std::string& what) {
-  return absl::UnavailableError(absl::StrCat(what, ": ", strerror(errno)));
-}
+absl::Status Errno(const std::string& what) { return ErrnoStatus(what, errno); }
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<IncomingMessage>> IncomingMessage::Create(

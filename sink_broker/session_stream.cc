@@ -415,20 +415,14 @@ void SessionState::CommitEod(v1::Event event, InFlightLimit::Slot slot) {
   if (!incoming_error_.ok()) {
     spdlog::error(
         "session {} transaction {}: content could not be stored, answering "
-        "451: {}",
+        "4xx: {}",
         session_id_, event.transaction_id(), incoming_error_.ToString());
     MetricsRegistry::Default()
         .GetCounter("sinkline_broker_spool_write_errors_total",
                     "Transactions answered 451 because their content could "
                     "not be stored.")
         .Inc();
-    v1::SessionResponse resp;
-    resp.mutable_result()->set_sequence(event.sequence());
-    *resp.mutable_result()->mutable_reply() = MakeReply(
-        451, "4.3.0", "Error: queue file write error, try again later");
-    DiscardIncoming();
-    Send(std::move(resp));
-    return ReadNext();
+    return AnswerEod(event, StoreFailureReply(incoming_error_));
   }
 
   // The message now belongs to this run, which outlives the session.

@@ -21,8 +21,7 @@ namespace sinkline {
 namespace {
 
 absl::Status Errno(absl::string_view what, const std::string& path) {
-  return absl::UnavailableError(
-      absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+  return ErrnoStatus(absl::StrCat(what, " ", path), errno);
 }
 
 struct DirSyncState {
@@ -97,6 +96,14 @@ DirectorySyncer& Syncer() {
 
 }  // namespace
 
+absl::Status ErrnoStatus(absl::string_view what, int err) {
+  const std::string message = absl::StrCat(what, ": ", std::strerror(err));
+  if (err == ENOSPC || err == EDQUOT) {
+    return absl::ResourceExhaustedError(message);
+  }
+  return absl::UnavailableError(message);
+}
+
 absl::Status WriteAll(int fd, absl::string_view data) {
   const char* p = data.data();
   size_t n = data.size();
@@ -104,8 +111,7 @@ absl::Status WriteAll(int fd, absl::string_view data) {
     const ssize_t w = ::write(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
-      return absl::UnavailableError(
-          absl::StrCat("write: ", std::strerror(errno)));
+      return ErrnoStatus("write", errno);
     }
     p += w;
     n -= static_cast<size_t>(w);
