@@ -5,7 +5,8 @@ only when its client saw no 250), no message a sink refused is submitted,
 no lease's writes are applied in part, and no sink runs twice except as a
 marked redelivery.
 
-The points come from the one table of them, kFailpoints in
+The points come from the one table of them (and a few later hits of the
+shared ones, <point>:<N>), kFailpoints in
 common/sinkline/common/failpoint.cc (a build with SINKLINE_FAILPOINTS, as
 the dev and asan presets are). For each point: a fresh spool, the broker
 armed with SINKLINE_FAILPOINT=<point>, messages sent one at a time until it
@@ -29,6 +30,10 @@ MESSAGE_ID = re.compile(rb"Message-ID: <([^>]+)>")
 # points on their paths are reached.
 KINDS = ["plain", "virus", "reject", "plain", "plain", "plain"]
 AUDIT = "audit@example.test"
+# Later hits of the shared points: the 3rd directory fsync and durable
+# rename (past the first COMMIT: a lease's envelope, a hold, the queue).
+LATER_HITS = ["dirsync.before:3", "dirsync.after:4",
+              "durable.before_rename:3", "durable.after_rename:4"]
 
 
 def failpoints():
@@ -72,8 +77,8 @@ class FailpointTest(StackTestCase):
         env.pop("SINKLINE_FAILPOINT", None)
         if failpoint:
             env["SINKLINE_FAILPOINT"] = failpoint
-        d = os.path.join(self.workdir, point)
-        p = Process(f"broker-{point}-{run}",
+        d = os.path.join(self.workdir, point.replace(":", "-"))
+        p = Process(f"broker-{point.replace(':', '-')}-{run}",
                     [binary("sinkline-broker"),
                      f"--listen=127.0.0.1:{self.port}",
                      f"--config={self.stack.config_path}",
@@ -119,7 +124,7 @@ class FailpointTest(StackTestCase):
                    for n in names if n.endswith(".msg"))
 
     def check(self, point, sent):
-        d = os.path.join(self.workdir, point)
+        d = os.path.join(self.workdir, point.replace(":", "-"))
         spool, queue = f"{d}/spool", f"{d}/queue/new"
         problems = []
         queued = {}  # message id -> [(queue id, envelope, data)]
@@ -187,7 +192,7 @@ class FailpointTest(StackTestCase):
         if fired:
             broker.proc.wait()
             broker = self.start_broker(point, 2)
-        spool = os.path.join(self.workdir, point, "spool")
+        spool = os.path.join(self.workdir, point.replace(":", "-"), "spool")
         wait_for(lambda: self.drained(spool), 30,
                  f"spool drained after {point}")
         problems = self.check(point, sent)
@@ -200,6 +205,7 @@ class FailpointTest(StackTestCase):
                         "this build has no failpoints (SINKLINE_FAILPOINTS)")
         points = failpoints()
         self.assertGreater(len(points), 10)
+        points += LATER_HITS
         rows = []
         started = time.monotonic()
         for point in points:
