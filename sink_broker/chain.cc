@@ -123,8 +123,8 @@ void ChainRun::InvokeNow(const BindingConfig* b) {
                           name = spec.name()](Lease::State how) {
         if (how != Lease::State::kReleased || !finished) return;
         if (record->envelope_edited() && envelope_published) {
-          if (auto st = envelope_published(record->queue_id(),
-                                           record->envelope());
+          if (auto st =
+                  envelope_published(record->queue_id(), record->envelope());
               !st.ok()) {
             spdlog::error(
                 "queue_id={}: envelope edits of binding {} not durable, it "

@@ -50,12 +50,11 @@ struct Waiter : std::enable_shared_from_this<Waiter> {
       return done(nullptr);
     }
     pause = std::min(pause * 2, std::chrono::milliseconds(50));
-    timer.expires_after(std::min<std::chrono::steady_clock::duration>(
-        pause, deadline - now));
+    timer.expires_after(
+        std::min<std::chrono::steady_clock::duration>(pause, deadline - now));
     auto self = shared_from_this();
-    timer.async_wait([self](const boost::system::error_code&) {
-      self->Poll();
-    });
+    timer.async_wait(
+        [self](const boost::system::error_code&) { self->Poll(); });
   }
 
   InFlightLimit* const limit;
@@ -96,9 +95,8 @@ InFlightLimit::Slot InFlightLimit::TryAcquire() {
     Publish();
   }
   // Non-null, and the last copy gives the slot back.
-  return Slot(this, [](void* self) {
-    static_cast<InFlightLimit*>(self)->Release();
-  });
+  return Slot(this,
+              [](void* self) { static_cast<InFlightLimit*>(self)->Release(); });
 }
 
 void InFlightLimit::Acquire(Strand strand, std::function<void(Slot)> done) {

@@ -455,28 +455,28 @@ void SessionState::CommitEod(v1::Event event, InFlightLimit::Slot slot) {
     self->Send(std::move(resp));
     self->ReadNext();
   };
-  run->Run(
-      native, after_native,
-      [env, committed, record, message, key = ReceivingKey(),
-       qid = incoming_qid_, slot = std::move(slot)](ChainRun& r) mutable {
-        if (committed->queue_id().empty()) {  // refused before COMMIT
-          slot.reset();
-          env->chain.messages->Forget(key);
-          if (!r.discarded_by().empty()) {
-            // A deliberate discard stays visible to operators.
-            const std::string why = "discarded by binding " + r.discarded_by() +
-                                    " at EOD before COMMIT";
-            env->chain.messages->Track(qid, v1::MESSAGE_STATE_DELETED,
-                                       record->envelope(), message->size(),
-                                       why);
-            env->chain.messages->SetState(qid, v1::MESSAGE_STATE_DELETED, why,
-                                          why);
-          }
-          return;
-        }
-        env->submitter->ChainOver(committed, record, r.quarantine_reason(),
-                                  std::move(slot));
-      });
+  run->Run(native, after_native,
+           [env, committed, record, message, key = ReceivingKey(),
+            qid = incoming_qid_, slot = std::move(slot)](ChainRun& r) mutable {
+             if (committed->queue_id().empty()) {  // refused before COMMIT
+               slot.reset();
+               env->chain.messages->Forget(key);
+               if (!r.discarded_by().empty()) {
+                 // A deliberate discard stays visible to operators.
+                 const std::string why = "discarded by binding " +
+                                         r.discarded_by() +
+                                         " at EOD before COMMIT";
+                 env->chain.messages->Track(qid, v1::MESSAGE_STATE_DELETED,
+                                            record->envelope(), message->size(),
+                                            why);
+                 env->chain.messages->SetState(qid, v1::MESSAGE_STATE_DELETED,
+                                               why, why);
+               }
+               return;
+             }
+             env->submitter->ChainOver(committed, record, r.quarantine_reason(),
+                                       std::move(slot));
+           });
   // The transaction is over; the next one opens its own file.
   incoming_tx_.clear();
 }

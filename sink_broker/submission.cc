@@ -218,8 +218,7 @@ void Submitter::Submit(v1::QueueEntry entry,
 
 void Submitter::ChainOver(std::shared_ptr<v1::QueueEntry> committed,
                           std::shared_ptr<MessageRecord> record,
-                          std::string quarantine,
-                          std::shared_ptr<void> slot) {
+                          std::string quarantine, std::shared_ptr<void> slot) {
   record->ChainDone([this, committed, record, quarantine,
                      slot = std::move(slot)]() mutable {
     const std::string& id = committed->queue_id();
