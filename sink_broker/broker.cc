@@ -12,6 +12,7 @@ Broker::Broker(BrokerOptions options, Config config,
                std::unique_ptr<QueueBackend> queue,
                std::unique_ptr<SinkInvoker> sinks)
     : options_(std::move(options)),
+      in_flight_(options_.max_messages_in_flight, options_.in_flight_wait),
       pool_(std::max(1, options_.workers)),
       messages_(
           MessageTable::Limits{.keep_submitted = options_.keep_submitted}),
@@ -50,11 +51,17 @@ Broker::Broker(BrokerOptions options, Config config,
               spdlog::error("quarantine record for queue_id={}: {}", id,
                             st.ToString());
             }
+          },
+      .envelope_published =
+          [spool = &spool_](const std::string& id,
+                            const v1::Envelope& envelope) {
+            return spool->WriteEditedEnvelope(id, envelope);
           }};
   session_env_.commit = CommitContext{.spool = &spool_,
                                       .messages = &messages_,
                                       .broker_id = options_.broker_id};
   session_env_.submitter = &submitter_;
+  session_env_.in_flight = &in_flight_;
   session_env_.hub = &hub_;
   session_env_.received_header = options_.received_header;
   session_service_ = std::make_unique<SessionService>(&session_env_);

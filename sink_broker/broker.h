@@ -13,6 +13,7 @@
 #include "sink_broker/bindings.h"
 #include "sink_broker/chain.h"
 #include "sink_broker/config.h"
+#include "sink_broker/in_flight.h"
 #include "sink_broker/lease.h"
 #include "sink_broker/messages.h"
 #include "sink_broker/queue_backend.h"
@@ -60,6 +61,11 @@ struct BrokerOptions {
   bool received_header = true;
   // Submitted messages the admin service still shows.
   size_t keep_submitted = 1000;
+  // Messages between EOD and their first hand-off to the queue backend
+  // (in_flight.h; 0: no limit), and how long an EOD waits for a slot before
+  // it is answered 451 4.3.2.
+  int64_t max_messages_in_flight = 1000;
+  std::chrono::milliseconds in_flight_wait{30000};
 };
 
 class Broker {
@@ -98,6 +104,8 @@ class Broker {
   void Publish(const std::shared_ptr<const Config>& config);
 
   const BrokerOptions options_;
+  // Before the pools: slots are given back on their threads.
+  InFlightLimit in_flight_;
   boost::asio::thread_pool pool_;
   MessageTable messages_;
   const Spool spool_;

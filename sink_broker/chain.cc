@@ -117,11 +117,23 @@ void ChainRun::InvokeNow(const BindingConfig* b) {
     call->token = (*lease)->token;
     if (phase_ == Phase::kPost) {
       // A post-COMMIT binding is done when its lease ends normally.
-      (*lease)->on_end = [finished = env_.finished, record = message,
+      (*lease)->on_end = [finished = env_.finished,
+                          envelope_published = env_.envelope_published,
+                          record = message,
                           name = spec.name()](Lease::State how) {
-        if (how == Lease::State::kReleased && finished) {
-          finished(record->queue_id(), name);
+        if (how != Lease::State::kReleased || !finished) return;
+        if (record->envelope_edited() && envelope_published) {
+          if (auto st =
+                  envelope_published(record->queue_id(), record->envelope());
+              !st.ok()) {
+            spdlog::error(
+                "queue_id={}: envelope edits of binding {} not durable, it "
+                "runs again after a restart: {}",
+                record->queue_id(), name, st.ToString());
+            return;
+          }
         }
+        finished(record->queue_id(), name);
       };
     }
     AttachLease(**lease, opts.advertise, opts.inline_max_bytes, *req);
@@ -147,9 +159,16 @@ void ChainRun::InvokeNow(const BindingConfig* b) {
     to.target = AffinityTarget(sink->target, event_.session().session_id());
   }
   auto self = shared_from_this();
+  // Calls in flight per binding (bounded, after COMMIT, by the messages in
+  // flight: in_flight.h).
+  Gauge& in_flight = MetricsRegistry::Default().GetGauge(
+      "sinkline_sink_calls_in_flight", "Sink calls under way, by binding.",
+      {{"binding", spec.name()}});
+  in_flight.Add(1);
   env_.sinks->Invoke(
       to, std::move(req), std::chrono::system_clock::now() + deadline,
-      [self, call](absl::StatusOr<v1::Verdict> result) {
+      [self, call, &in_flight](absl::StatusOr<v1::Verdict> result) {
+        in_flight.Add(-1);
         asio::post(self->strand_,
                    [self, call, result = std::move(result)]() mutable {
                      self->Finished(call, std::move(result));

@@ -54,6 +54,13 @@ struct ChainEnv {
   // keeps the message quarantined instead of submitting it.
   std::function<void(const std::string& queue_id, const std::string& reason)>
       quarantined;
+  // A lease after COMMIT ended with the envelope edited: the envelope is
+  // made durable before the binding counts as finished, so that a restart
+  // in between runs the binding again instead of keeping its content edits
+  // without its envelope edits. Not OK: the binding is not marked finished.
+  std::function<absl::Status(const std::string& queue_id,
+                             const v1::Envelope& envelope)>
+      envelope_published;
 };
 
 // What the native handler did.

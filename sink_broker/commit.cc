@@ -9,10 +9,25 @@
 #include "sink_broker/message_edit.h"
 #include "sink_broker/verdict.h"
 #include "sinkline/common/durable_file.h"
+#include "sinkline/common/failpoint.h"
 #include "sinkline/common/metrics.h"
 #include "sinkline/common/time.h"
 
 namespace sinkline::broker {
+
+v1::Reply StoreFailureReply(const absl::Status& st) {
+  if (st.code() == absl::StatusCode::kResourceExhausted) {
+    MetricsRegistry::Default()
+        .GetCounter("sinkline_broker_spool_full_total",
+                    "Transactions answered 452 4.3.1 because the spool's "
+                    "disk was full.")
+        .Inc();
+    return MakeReply(452, "4.3.1",
+                     "Error: insufficient system storage, try again later");
+  }
+  return MakeReply(451, "4.3.0",
+                   "Error: queue file write error, try again later");
+}
 
 NativeResult CommitMessage(const CommitContext& ctx,
                            const std::string& queue_id,
@@ -28,8 +43,7 @@ NativeResult CommitMessage(const CommitContext& ctx,
   entry.set_size(message.size());
   if (auto st = message.Commit(entry); !st.ok()) {
     spdlog::error("COMMIT failed: {}", st.ToString());
-    run.set_reply(MakeReply(451, "4.3.0",
-                            "Error: queue file write error, try again later"));
+    run.set_reply(StoreFailureReply(st));
     return NativeResult::kStop;
   }
   committed = entry;
@@ -68,10 +82,14 @@ MessageRecord::ApplyEdits CommittedEdits(
     const std::string tmp = path + ".edit";
     auto size = RewriteMessage(path, tmp, edits);
     if (!size.ok()) return size.status();
+    SINKLINE_FAILPOINT("lease.publish.before_rename");
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
       return absl::UnavailableError("rename of the new version failed");
     }
-    return SyncDirectory(std::filesystem::path(path).parent_path().string());
+    SINKLINE_FAILPOINT("lease.publish.after_rename");
+    auto st = SyncDirectory(std::filesystem::path(path).parent_path().string());
+    SINKLINE_FAILPOINT("lease.publish.after_sync");
+    return st;
   };
 }
 

@@ -21,6 +21,10 @@ struct CommitContext {
   std::string broker_id;
 };
 
+// The reply for content that could not be stored: 452 4.3.1 when the disk
+// is full (counted in sinkline_broker_spool_full_total), else 451 4.3.0.
+v1::Reply StoreFailureReply(const absl::Status& st);
+
 // COMMIT: durable first (content and envelope fsynced under `queue_id`),
 // then the reply "250 2.0.0 Ok: queued as <id>" for the client; on failure
 // 451 4.3.0 and kStop. On success `committed` holds the envelope record and

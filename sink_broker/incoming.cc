@@ -9,13 +9,12 @@
 #include "absl/strings/str_cat.h"
 #include "sink_broker/spool.h"
 #include "sinkline/common/durable_file.h"
+#include "sinkline/common/failpoint.h"
 
 namespace sinkline::broker {
 
 namespace {
-absl::Status Errno(const std::string& what) {
-  return absl::UnavailableError(absl::StrCat(what, ": ", strerror(errno)));
-}
+absl::Status Errno(const std::string& what) { return ErrnoStatus(what, errno); }
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<IncomingMessage>> IncomingMessage::Create(
@@ -55,7 +54,9 @@ absl::Status IncomingMessage::ReplaceWith(const std::string& new_path,
 }
 
 absl::Status IncomingMessage::Commit(const v1::QueueEntry& entry) {
+  SINKLINE_FAILPOINT("commit.content.before_fsync");
   if (::fsync(fd_) != 0) return Errno("fsync " + path_);
+  SINKLINE_FAILPOINT("commit.content.after_fsync");
   ::close(fd_);
   fd_ = -1;
   std::string record;
@@ -69,10 +70,13 @@ absl::Status IncomingMessage::Commit(const v1::QueueEntry& entry) {
     return Errno("rename " + path_);
   }
   path_ = msg;
+  SINKLINE_FAILPOINT("commit.content.after_rename");
   // The envelope record's directory fsync also makes the content's new name
   // durable. The old name in incoming/ needs no fsync: should it come back
   // after a crash, Spool::Prepare unlinks it, and the committed name stays.
+  SINKLINE_FAILPOINT("commit.envelope.before_write");
   if (auto st = WriteFileDurably(env, record); !st.ok()) return st;
+  SINKLINE_FAILPOINT("commit.after_durable");
   committed_ = true;
   return absl::OkStatus();
 }

@@ -63,6 +63,13 @@ ABSL_FLAG(int, config_poll_ms, 1000,
 ABSL_FLAG(int, spool_scan_interval_ms, 5000,
           "how often the spool is measured for sinkline_broker_spool_bytes "
           "and _messages (0: never)");
+ABSL_FLAG(int64_t, max_messages_in_flight, 1000,
+          "most messages between EOD and their first hand-off to the queue "
+          "backend; at the limit an EOD waits (the client's reply is "
+          "delayed), 0: no limit");
+ABSL_FLAG(int, in_flight_wait_ms, 30000,
+          "how long an EOD waits for an in-flight slot before it is "
+          "answered 451 4.3.2");
 ABSL_FLAG(int, shutdown_grace_s, 25,
           "on SIGTERM: health NOT_SERVING at once, then session streams and "
           "sink calls in flight get this long to finish before they are "
@@ -138,6 +145,9 @@ int main(int argc, char** argv) {
   opts.max_queue_age =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_max_queue_age_s) * 1000);
   opts.keep_submitted = absl::GetFlag(FLAGS_keep_submitted);
+  opts.max_messages_in_flight = absl::GetFlag(FLAGS_max_messages_in_flight);
+  opts.in_flight_wait =
+      std::chrono::milliseconds(absl::GetFlag(FLAGS_in_flight_wait_ms));
   opts.received_header = absl::GetFlag(FLAGS_received_header);
   opts.config_path = config_path;
   opts.admin_state_path = absl::GetFlag(FLAGS_admin_state);

@@ -49,7 +49,10 @@ class SessionState : public std::enable_shared_from_this<SessionState> {
   void ReadNext();
   void OnData(const v1::DataChunk& chunk);
   void HandleEvent(const v1::SessionRequest& req);
+  // EOD waits for an in-flight slot (in_flight.h), then CommitEod.
   void HandleEod(v1::Event event);
+  void CommitEod(v1::Event event, InFlightLimit::Slot slot);
+  void AnswerEod(const v1::Event& event, v1::Reply reply);
   // Opens the arriving message of transaction `tx` (its queue id, its trace
   // header, its entry for operators).
   void OpenIncoming(const std::string& tx);
@@ -371,6 +374,36 @@ void SessionState::HandleEvent(const v1::SessionRequest& req) {
 }
 
 void SessionState::HandleEod(v1::Event event) {
+  if (env_->in_flight == nullptr) return CommitEod(std::move(event), nullptr);
+  auto self = shared_from_this();
+  env_->in_flight->Acquire(
+      strand_, [self, event](InFlightLimit::Slot slot) mutable {
+        // The session may have ended while the EOD waited.
+        if (!self->reactor_ || self->finished_ || self->read_ended_) return;
+        if (slot) return self->CommitEod(std::move(event), std::move(slot));
+        spdlog::warn(
+            "session {} transaction {}: {} messages in flight, the limit; "
+            "answering 451 4.3.2",
+            self->session_id_, event.transaction_id(),
+            self->env_->in_flight->in_flight());
+        self->AnswerEod(
+            event, MakeReply(451, "4.3.2",
+                             "Error: too many messages in flight, try again "
+                             "later"));
+      });
+}
+
+void SessionState::AnswerEod(const v1::Event& event, v1::Reply reply) {
+  v1::SessionResponse resp;
+  resp.mutable_result()->set_sequence(event.sequence());
+  *resp.mutable_result()->mutable_reply() = std::move(reply);
+  DiscardIncoming();
+  incoming_tx_.clear();
+  Send(std::move(resp));
+  ReadNext();
+}
+
+void SessionState::CommitEod(v1::Event event, InFlightLimit::Slot slot) {
   auto self = shared_from_this();
   if (incoming_tx_ != event.transaction_id()) {
     // No content arrived (an empty message): spool an empty file.
@@ -382,20 +415,14 @@ void SessionState::HandleEod(v1::Event event) {
   if (!incoming_error_.ok()) {
     spdlog::error(
         "session {} transaction {}: content could not be stored, answering "
-        "451: {}",
+        "4xx: {}",
         session_id_, event.transaction_id(), incoming_error_.ToString());
     MetricsRegistry::Default()
         .GetCounter("sinkline_broker_spool_write_errors_total",
                     "Transactions answered 451 because their content could "
                     "not be stored.")
         .Inc();
-    v1::SessionResponse resp;
-    resp.mutable_result()->set_sequence(event.sequence());
-    *resp.mutable_result()->mutable_reply() = MakeReply(
-        451, "4.3.0", "Error: queue file write error, try again later");
-    DiscardIncoming();
-    Send(std::move(resp));
-    return ReadNext();
+    return AnswerEod(event, StoreFailureReply(incoming_error_));
   }
 
   // The message now belongs to this run, which outlives the session.
@@ -428,26 +455,28 @@ void SessionState::HandleEod(v1::Event event) {
     self->Send(std::move(resp));
     self->ReadNext();
   };
-  run->Run(
-      native, after_native,
-      [env, committed, record, message, key = ReceivingKey(),
-       qid = incoming_qid_](ChainRun& r) {
-        if (committed->queue_id().empty()) {  // refused before COMMIT
-          env->chain.messages->Forget(key);
-          if (!r.discarded_by().empty()) {
-            // A deliberate discard stays visible to operators.
-            const std::string why = "discarded by binding " + r.discarded_by() +
-                                    " at EOD before COMMIT";
-            env->chain.messages->Track(qid, v1::MESSAGE_STATE_DELETED,
-                                       record->envelope(), message->size(),
-                                       why);
-            env->chain.messages->SetState(qid, v1::MESSAGE_STATE_DELETED, why,
-                                          why);
-          }
-          return;
-        }
-        env->submitter->ChainOver(committed, record, r.quarantine_reason());
-      });
+  run->Run(native, after_native,
+           [env, committed, record, message, key = ReceivingKey(),
+            qid = incoming_qid_, slot = std::move(slot)](ChainRun& r) mutable {
+             if (committed->queue_id().empty()) {  // refused before COMMIT
+               slot.reset();
+               env->chain.messages->Forget(key);
+               if (!r.discarded_by().empty()) {
+                 // A deliberate discard stays visible to operators.
+                 const std::string why = "discarded by binding " +
+                                         r.discarded_by() +
+                                         " at EOD before COMMIT";
+                 env->chain.messages->Track(qid, v1::MESSAGE_STATE_DELETED,
+                                            record->envelope(), message->size(),
+                                            why);
+                 env->chain.messages->SetState(qid, v1::MESSAGE_STATE_DELETED,
+                                               why, why);
+               }
+               return;
+             }
+             env->submitter->ChainOver(committed, record, r.quarantine_reason(),
+                                       std::move(slot));
+           });
   // The transaction is over; the next one opens its own file.
   incoming_tx_.clear();
 }

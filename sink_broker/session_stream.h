@@ -14,6 +14,7 @@
 #include "sink_broker/chain.h"
 #include "sink_broker/commit.h"
 #include "sink_broker/config.h"
+#include "sink_broker/in_flight.h"
 #include "sink_broker/messages.h"
 #include "sink_broker/submission.h"
 #include "sinkline/v1/session.grpc.pb.h"
@@ -42,6 +43,8 @@ struct SessionEnv {
   ChainEnv chain;
   CommitContext commit;
   Submitter* submitter = nullptr;
+  // Bounds messages in flight (nullptr: no bound).
+  InFlightLimit* in_flight = nullptr;
   SessionHub* hub = nullptr;
   // Add a Received: trace header (RFC 5321 §4.4) to every message.
   bool received_header = true;

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "sink_broker/messages.h"
 #include "sinkline/common/durable_file.h"
+#include "sinkline/common/failpoint.h"
 #include "sinkline/common/metrics.h"
 
 namespace sinkline::broker {
@@ -80,14 +81,27 @@ absl::StatusOr<v1::QueueEntry> Spool::ReadEnvelope(
   return entry;
 }
 
+absl::Status Spool::WriteEditedEnvelope(const std::string& queue_id,
+                                        const v1::Envelope& envelope) const {
+  auto entry = ReadEnvelope(queue_id);
+  if (!entry.ok()) return entry.status();
+  *entry->mutable_envelope() = envelope;
+  SINKLINE_FAILPOINT("lease.envelope.before_write");
+  auto st = WriteEnvelope(*entry);
+  SINKLINE_FAILPOINT("lease.envelope.after_write");
+  return st;
+}
+
 void Spool::MarkFinished(const std::string& queue_id,
                          const std::string& binding) const {
+  SINKLINE_FAILPOINT("done.before_write");
   const std::string path = Committed(queue_id, ".done");
   int fd =
       ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
   if (fd < 0) return;
   if (WriteAll(fd, binding + "\n").ok()) ::fsync(fd);
   ::close(fd);
+  SINKLINE_FAILPOINT("done.after_write");
 }
 
 std::set<std::string> Spool::Finished(const std::string& queue_id) const {
@@ -102,8 +116,11 @@ std::set<std::string> Spool::Finished(const std::string& queue_id) const {
 absl::Status Spool::WriteHold(const std::string& queue_id,
                               v1::MessageState state,
                               const std::string& reason) const {
-  return WriteFileDurably(Committed(queue_id, ".hold"),
-                          MessageStateName(state) + "\n" + reason + "\n");
+  SINKLINE_FAILPOINT("hold.before_write");
+  auto st = WriteFileDurably(Committed(queue_id, ".hold"),
+                             MessageStateName(state) + "\n" + reason + "\n");
+  SINKLINE_FAILPOINT("hold.after_write");
+  return st;
 }
 
 std::optional<Spool::Hold> Spool::ReadHold(const std::string& queue_id) const {

@@ -40,6 +40,11 @@ class Spool {
   absl::StatusOr<v1::QueueEntry> ReadEnvelope(
       const std::string& queue_id) const;
 
+  // The envelope record of a committed message with its envelope replaced
+  // by `envelope` (a lease's edits), rewritten atomically.
+  absl::Status WriteEditedEnvelope(const std::string& queue_id,
+                                   const v1::Envelope& envelope) const;
+
   // Post-COMMIT bindings that finished with a message, so that a restart
   // runs only the others again.
   void MarkFinished(const std::string& queue_id,

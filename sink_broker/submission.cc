@@ -12,6 +12,7 @@
 #include "google/protobuf/util/time_util.h"
 #include "sink_broker/delivery_state.h"
 #include "sink_broker/dsn.h"
+#include "sinkline/common/failpoint.h"
 #include "sinkline/common/metrics.h"
 #include "sinkline/common/time.h"
 
@@ -36,10 +37,11 @@ Counter& MessagesCounter(const std::string& what) {
 class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
  public:
   Attempt(Submitter* s, v1::QueueEntry entry,
-          std::shared_ptr<MessageRecord> record)
+          std::shared_ptr<MessageRecord> record, std::shared_ptr<void> slot)
       : s_(s),
         entry_(std::move(entry)),
         record_(std::move(record)),
+        slot_(std::move(slot)),
         timer_(std::make_shared<asio::steady_timer>(s->timers_)),
         recipients_(entry_.envelope().recipients_size()),
         tracker_(s->spool_, entry_) {
@@ -60,6 +62,8 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
 
  private:
   void Try() {
+    // The in-flight slot goes with the first attempt, whatever its end.
+    auto slot = std::move(slot_);
     const auto attempt = s_->operator_.BeginAttempt(entry_.queue_id());
     if (!attempt) {  // held or deleted by an operator meanwhile
       if (record_) s_->leases_.MessageReleased(*record_);
@@ -76,8 +80,10 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
                        entry_.queue_id(), active);
       std::abort();
     }
+    SINKLINE_FAILPOINT("submit.before_backend");
     auto result =
         s_->backend_.Submit(entry_, s_->spool_.ContentPath(entry_.queue_id()));
+    SINKLINE_FAILPOINT("submit.after_backend");
     // Per recipient, durably, before the envelope record changes.
     if (auto st = tracker_.Record(entry_.envelope(), result); !st.ok()) {
       spdlog::error("queue_id={} delivery state: {}", entry_.queue_id(),
@@ -116,8 +122,10 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
   }
 
   void Done(int active) {
+    SINKLINE_FAILPOINT("submit.before_mark");
     s_->spool_.RemoveCommitted(entry_.queue_id());
     tracker_.Remove();
+    SINKLINE_FAILPOINT("submit.after_mark");
     if (record_) s_->leases_.MessageReleased(*record_);
     MessagesCounter("submitted").Inc();
     if (entry_.has_committed()) {
@@ -217,6 +225,7 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
   Submitter* const s_;
   v1::QueueEntry entry_;
   std::shared_ptr<MessageRecord> record_;
+  std::shared_ptr<void> slot_;
   std::shared_ptr<asio::steady_timer> timer_;
   const int recipients_;
   std::vector<std::string> refusals_;
@@ -243,14 +252,18 @@ Submitter::~Submitter() {
 }
 
 void Submitter::Submit(v1::QueueEntry entry,
-                       std::shared_ptr<MessageRecord> record) {
-  std::make_shared<Attempt>(this, std::move(entry), std::move(record))->Start();
+                       std::shared_ptr<MessageRecord> record,
+                       std::shared_ptr<void> slot) {
+  std::make_shared<Attempt>(this, std::move(entry), std::move(record),
+                            std::move(slot))
+      ->Start();
 }
 
 void Submitter::ChainOver(std::shared_ptr<v1::QueueEntry> committed,
                           std::shared_ptr<MessageRecord> record,
-                          std::string quarantine) {
-  record->ChainDone([this, committed, record, quarantine] {
+                          std::string quarantine, std::shared_ptr<void> slot) {
+  record->ChainDone([this, committed, record, quarantine,
+                     slot = std::move(slot)]() mutable {
     const std::string& id = committed->queue_id();
     std::error_code ec;
     const auto size = std::filesystem::file_size(record->path(), ec);
@@ -258,9 +271,11 @@ void Submitter::ChainOver(std::shared_ptr<v1::QueueEntry> committed,
     if (record->envelope_edited()) {
       *committed->mutable_envelope() = record->envelope();
       // Keep the spool's record in step with the envelope that goes out.
+      SINKLINE_FAILPOINT("envelope.before_rewrite");
       if (auto st = spool_.WriteEnvelope(*committed); !st.ok()) {
         spdlog::error("envelope record: {}", st.ToString());
       }
+      SINKLINE_FAILPOINT("envelope.after_rewrite");
     }
     messages_.SetEnvelope(id, committed->envelope(), committed->size());
     auto hold = [&](v1::MessageState state, const char* what,
@@ -273,16 +288,18 @@ void Submitter::ChainOver(std::shared_ptr<v1::QueueEntry> committed,
       spdlog::warn("{} queue_id={}: {}", what, id, reason);
     };
     if (!quarantine.empty()) {
+      slot.reset();
       return hold(v1::MESSAGE_STATE_QUARANTINED, "quarantined", quarantine);
     }
     if (record->held()) {
+      slot.reset();
       return hold(v1::MESSAGE_STATE_HELD, "held",
                   "a lease expired under the hold policy; an operator must "
                   "release it");
     }
     messages_.SetState(id, v1::MESSAGE_STATE_RELEASING,
                        "chain over, no lease active");
-    Submit(*committed, record);
+    Submit(*committed, record, std::move(slot));
   });
 }
 

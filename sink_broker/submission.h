@@ -46,12 +46,16 @@ class Submitter {
   // The chain of a committed message is over: once no lease is active, it
   // is quarantined (when `quarantine` says why), held (a lease expired
   // under the hold policy), or submitted.
+  // `slot` (in_flight.h) is given back once the message is held or its
+  // first attempt is over.
   void ChainOver(std::shared_ptr<v1::QueueEntry> committed,
-                 std::shared_ptr<MessageRecord> record, std::string quarantine);
+                 std::shared_ptr<MessageRecord> record, std::string quarantine,
+                 std::shared_ptr<void> slot = nullptr);
   // Hands a message to the backend (with its record while leases may still
   // refer to it).
   void Submit(v1::QueueEntry entry,
-              std::shared_ptr<MessageRecord> record = nullptr);
+              std::shared_ptr<MessageRecord> record = nullptr,
+              std::shared_ptr<void> slot = nullptr);
   // An operator lets a held, quarantined or failed message go on:
   // NOT_FOUND for an unknown id, FAILED_PRECONDITION for any other state.
   // `released` runs once the release is recorded, before the message is

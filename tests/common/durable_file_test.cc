@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +20,15 @@ namespace sinkline {
 namespace {
 
 namespace fs = std::filesystem;
+
+TEST(ErrnoStatusTest, AFullDiskIsResourceExhausted) {
+  EXPECT_EQ(ErrnoStatus("write", ENOSPC).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ErrnoStatus("write", EDQUOT).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ErrnoStatus("open", EMFILE).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(ErrnoStatus("open", EACCES).code(), absl::StatusCode::kUnavailable);
+}
 
 TEST(DirectorySyncTest, ConcurrentCallersShareFsyncs) {
   const fs::path dir = fs::path(::testing::TempDir()) / "dir_sync_shared";

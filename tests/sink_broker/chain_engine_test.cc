@@ -126,7 +126,8 @@ class ChainEngineTest : public ::testing::Test {
                           absl::MutexLock lock(&mu_);
                           finished_.insert(id + ":" + b);
                         },
-                    .quarantined = nullptr};
+                    .quarantined = nullptr,
+                    .envelope_published = nullptr};
   }
 
   static v1::Event Ev(v1::EventType type) {

@@ -105,7 +105,8 @@ TEST(RecoveryTest, TakesOverWhatAPreviousRunLeft) {
                      absl::MutexLock lock(&mu);
                      finished.push_back(id + ":" + b);
                    },
-               .quarantined = nullptr};
+               .quarantined = nullptr,
+               .envelope_published = nullptr};
   Submitter submitter(SubmitOptions{.workers = 1}, backend, spool, messages,
                       leases, pool);
   const RecoveryCounts counts = RecoverSpool(

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "sinkline/common/failpoint.h"
 #include "sinkline/common/metrics.h"
 
 namespace sinkline {
@@ -20,8 +21,7 @@ namespace sinkline {
 namespace {
 
 absl::Status Errno(absl::string_view what, const std::string& path) {
-  return absl::UnavailableError(
-      absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+  return ErrnoStatus(absl::StrCat(what, " ", path), errno);
 }
 
 struct DirSyncState {
@@ -57,7 +57,9 @@ class DirectorySyncer {
       std::function<void()> hook = hook_;
       mu_.Unlock();
       if (hook) hook();
+      SINKLINE_FAILPOINT("dirsync.before");
       absl::Status st = FsyncPath(dir);
+      SINKLINE_FAILPOINT("dirsync.after");
       mu_.Lock();
       d.running = false;
       d.done = gen;
@@ -94,6 +96,14 @@ DirectorySyncer& Syncer() {
 
 }  // namespace
 
+absl::Status ErrnoStatus(absl::string_view what, int err) {
+  const std::string message = absl::StrCat(what, ": ", std::strerror(err));
+  if (err == ENOSPC || err == EDQUOT) {
+    return absl::ResourceExhaustedError(message);
+  }
+  return absl::UnavailableError(message);
+}
+
 absl::Status WriteAll(int fd, absl::string_view data) {
   const char* p = data.data();
   size_t n = data.size();
@@ -101,8 +111,7 @@ absl::Status WriteAll(int fd, absl::string_view data) {
     const ssize_t w = ::write(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
-      return absl::UnavailableError(
-          absl::StrCat("write: ", std::strerror(errno)));
+      return ErrnoStatus("write", errno);
     }
     p += w;
     n -= static_cast<size_t>(w);
@@ -144,9 +153,11 @@ absl::Status WriteFileDurably(const std::string& path, absl::string_view data,
   absl::Status st = WriteAll(fd, data);
   if (st.ok() && sync && ::fsync(fd) != 0) st = Errno("fsync", tmp);
   if (::close(fd) != 0 && st.ok()) st = Errno("close", tmp);
+  if (st.ok()) SINKLINE_FAILPOINT("durable.before_rename");
   if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
     st = Errno("rename", tmp);
   }
+  if (st.ok()) SINKLINE_FAILPOINT("durable.after_rename");
   if (!st.ok()) {
     ::unlink(tmp.c_str());
     return st;

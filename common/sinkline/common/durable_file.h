@@ -11,6 +11,11 @@
 
 namespace sinkline {
 
+// The status of a failed system call on the store path: RESOURCE_EXHAUSTED
+// when the disk is full (ENOSPC, EDQUOT: the edge answers 452 4.3.1),
+// UNAVAILABLE for any other errno.
+absl::Status ErrnoStatus(absl::string_view what, int err);
+
 // Writes all of `data` to `fd`, retrying short writes and EINTR.
 absl::Status WriteAll(int fd, absl::string_view data);
 
