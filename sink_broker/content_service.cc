@@ -5,9 +5,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "google/protobuf/util/time_util.h"
+#include "sink_broker/peer_auth.h"
 #include "sinkline/common/grpc_status.h"
 
 namespace sinkline::broker {
@@ -19,7 +22,47 @@ using google::protobuf::util::TimeUtil;
 // The content service: sinks read and write a message by lease token.
 class ContentService final : public v1::Content::CallbackService {
  public:
-  explicit ContentService(LeaseTable* leases) : leases_(leases) {}
+  ContentService(LeaseTable* leases, const PeerLimits& limits)
+      : leases_(leases),
+        limits_(limits),
+        streams_("content_streams", limits.content_streams_per_peer),
+        bytes_("content_inflight_bytes",
+               limits.content_inflight_bytes_per_peer) {}
+
+  // Who the per-peer limits count: a certificate name, else the host.
+  static std::string PeerKey(const grpc::CallbackServerContext* ctx) {
+    const PeerCredentials c = PeerCredentials::From(*ctx);
+    return c.cert_names.empty() ? c.host() : "cert:" + c.cert_names.front();
+  }
+  static grpc::Status Exhausted(const std::string& what) {
+    CountPeerRefused("content", grpc::StatusCode::RESOURCE_EXHAUSTED);
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, what);
+  }
+  // A stream's place in the per-peer stream limit, or null (refused).
+  std::unique_ptr<PeerShare> TakeStream(
+      const grpc::CallbackServerContext* ctx) {
+    return TakeOne(streams_, PeerKey(ctx));
+  }
+  std::string StreamsExhausted() const {
+    return absl::StrCat("this peer has ", streams_.limit(),
+                        " Content streams open (--content-streams-per-peer)");
+  }
+  std::string BytesExhausted() const {
+    return absl::StrCat("this peer has ", bytes_.limit(),
+                        " bytes of writes in flight "
+                        "(--content-inflight-bytes-per-peer)");
+  }
+
+  // One ReplaceBody stream per lease at a time: a second one would buffer a
+  // second body for the same write.
+  bool StartReplacing(const std::string& token) {
+    absl::MutexLock lock(&replacing_mu_);
+    return replacing_.insert(token).second;
+  }
+  void EndReplacing(const std::string& token) {
+    absl::MutexLock lock(&replacing_mu_);
+    replacing_.erase(token);
+  }
 
   static grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx,
                                         const absl::Status& st) {
@@ -67,8 +110,14 @@ class ContentService final : public v1::Content::CallbackService {
 
   class Reader : public grpc::ServerWriteReactor<v1::ReadRangeResponse> {
    public:
-    Reader(LeaseTable* leases, const grpc::CallbackServerContext* ctx,
-           const v1::ReadRangeRequest& req) {
+    Reader(ContentService* service, LeaseTable* leases,
+           const grpc::CallbackServerContext* ctx,
+           const v1::ReadRangeRequest& req)
+        : slot_(service->TakeStream(ctx)) {
+      if (!slot_) {
+        Finish(Exhausted(service->StreamsExhausted()));
+        return;
+      }
       if (auto st = CheckClaim(leases, ctx, req.token()); !st.ok()) {
         Finish(ToGrpc(st));
         return;
@@ -140,6 +189,7 @@ class ContentService final : public v1::Content::CallbackService {
       sent_any_ = true;
       StartWrite(&resp_);
     }
+    const std::unique_ptr<PeerShare> slot_;
     int fd_ = -1;
     uint64_t size_ = 0, pos_ = 0, end_ = 0;
     bool sent_any_ = false;
@@ -149,7 +199,7 @@ class ContentService final : public v1::Content::CallbackService {
   grpc::ServerWriteReactor<v1::ReadRangeResponse>* ReadRange(
       grpc::CallbackServerContext* ctx,
       const v1::ReadRangeRequest* req) override {
-    return new Reader(leases_, ctx, *req);
+    return new Reader(this, leases_, ctx, *req);
   }
 
   grpc::ServerUnaryReactor* ReadHeaders(
@@ -184,6 +234,10 @@ class ContentService final : public v1::Content::CallbackService {
                                        v1::EditResponse* resp) override {
     if (auto st = CheckClaim(leases_, ctx, req->token()); !st.ok()) {
       return Done(ctx, st);
+    }
+    PeerShare inflight(&bytes_, PeerKey(ctx));
+    if (!inflight.Grow(req->data().size())) {
+      return Done(ctx, FromGrpc(Exhausted(BytesExhausted())));
     }
     v1::ContentEdit e;
     auto* w = e.mutable_write_range();
@@ -234,9 +288,18 @@ class ContentService final : public v1::Content::CallbackService {
 
   class BodyReader : public grpc::ServerReadReactor<v1::ReplaceBodyRequest> {
    public:
-    BodyReader(LeaseTable* leases, const grpc::CallbackServerContext* ctx,
-               v1::EditResponse* resp)
-        : leases_(leases), ctx_(ctx), resp_(resp) {
+    BodyReader(ContentService* service, LeaseTable* leases,
+               const grpc::CallbackServerContext* ctx, v1::EditResponse* resp)
+        : service_(service),
+          leases_(leases),
+          ctx_(ctx),
+          resp_(resp),
+          slot_(service->TakeStream(ctx)),
+          inflight_(&service->bytes_, PeerKey(ctx)) {
+      if (!slot_) {
+        Finish(Exhausted(service->StreamsExhausted()));
+        return;
+      }
       StartRead(&req_);
     }
     void OnReadDone(bool ok) override {
@@ -250,17 +313,29 @@ class ContentService final : public v1::Content::CallbackService {
             Finish(ToGrpc(st));
             return;
           }
+          if (!service_->StartReplacing(token_)) {
+            Finish(
+                Exhausted("a ReplaceBody stream for this lease is already "
+                          "open"));
+            return;
+          }
+          replacing_ = true;
         } else if (!req_.token().empty() && req_.token() != token_) {
           Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                               "one ReplaceBody stream, one lease token"));
           return;
         }
-        body_ += req_.data();
-        if (body_.size() > kMaxBody) {
-          Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                              "new body larger than 64 MiB"));
+        const uint64_t max_body = service_->limits_.content_max_body_bytes;
+        if (body_.size() + req_.data().size() > max_body) {
+          Finish(Exhausted(absl::StrCat("new body larger than ", max_body,
+                                        " bytes (--content-max-body-bytes)")));
           return;
         }
+        if (!inflight_.Grow(req_.data().size())) {
+          Finish(Exhausted(service_->BytesExhausted()));
+          return;
+        }
+        body_ += req_.data();
         StartRead(&req_);
         return;
       }
@@ -272,10 +347,14 @@ class ContentService final : public v1::Content::CallbackService {
       v1::ContentEdit e;
       e.mutable_replace_body()->set_body(std::move(body_));
       auto st = leases_->StageContent(token_, std::move(e));
+      inflight_.Reset();
       resp_->set_total_size(0);
       Finish(ToGrpc(st));
     }
-    void OnDone() override { delete this; }
+    void OnDone() override {
+      if (replacing_) service_->EndReplacing(token_);
+      delete this;
+    }
 
    private:
     absl::Status CheckWriter() {
@@ -289,17 +368,20 @@ class ContentService final : public v1::Content::CallbackService {
       return absl::OkStatus();
     }
 
-    static constexpr size_t kMaxBody = 64u << 20;
     bool first_ = true;
+    bool replacing_ = false;
+    ContentService* const service_;
     LeaseTable* const leases_;
     const grpc::CallbackServerContext* const ctx_;
     v1::EditResponse* const resp_;
+    const std::unique_ptr<PeerShare> slot_;
+    PeerShare inflight_;
     v1::ReplaceBodyRequest req_;
     std::string token_, body_;
   };
   grpc::ServerReadReactor<v1::ReplaceBodyRequest>* ReplaceBody(
       grpc::CallbackServerContext* ctx, v1::EditResponse* resp) override {
-    return new BodyReader(leases_, ctx, resp);
+    return new BodyReader(this, leases_, ctx, resp);
   }
 
   grpc::ServerUnaryReactor* Envelope(grpc::CallbackServerContext* ctx,
@@ -369,12 +451,18 @@ class ContentService final : public v1::Content::CallbackService {
 
  private:
   LeaseTable* const leases_;
+  const PeerLimits limits_;
+  PeerBudget streams_;
+  PeerBudget bytes_;
+  absl::Mutex replacing_mu_;
+  std::set<std::string> replacing_ ABSL_GUARDED_BY(replacing_mu_);
 };
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> MakeContentService(LeaseTable& leases) {
-  return std::make_unique<ContentService>(&leases);
+std::unique_ptr<grpc::Service> MakeContentService(LeaseTable& leases,
+                                                  const PeerLimits& limits) {
+  return std::make_unique<ContentService>(&leases, limits);
 }
 
 }  // namespace sinkline::broker

@@ -15,6 +15,7 @@
 #include "sink_broker/commit.h"
 #include "sink_broker/config.h"
 #include "sink_broker/messages.h"
+#include "sink_broker/peer_auth.h"
 #include "sink_broker/submission.h"
 #include "sinkline/v1/session.grpc.pb.h"
 
@@ -43,6 +44,8 @@ struct SessionEnv {
   CommitContext commit;
   Submitter* submitter = nullptr;
   SessionHub* hub = nullptr;
+  // Who may open a stream (null: everyone; unit tests).
+  SessionGate* gate = nullptr;
   // Add a Received: trace header (RFC 5321 §4.4) to every message.
   bool received_header = true;
 };
