@@ -214,7 +214,7 @@ class ContentService final : public v1::Content::CallbackService {
     if (!snapshot) {
       return Done(ctx, absl::FailedPreconditionError("lease ended"));
     }
-    auto index = (*lease)->message->HeaderIndex(snapshot->fd());
+    auto index = (*lease)->message->HeaderIndex(*snapshot);
     if (!index.ok()) return Done(ctx, index.status());
     const ParsedHeader& h = **index;
     for (const auto& f : h.fields) {
