@@ -115,24 +115,23 @@ class ContentService final : public v1::Content::CallbackService {
            const v1::ReadRangeRequest& req)
         : slot_(service->TakeStream(ctx)) {
       if (!slot_) {
-        Finish(Exhausted(service->StreamsExhausted()));
+        End(Exhausted(service->StreamsExhausted()));
         return;
       }
       if (auto st = CheckClaim(leases, ctx, req.token()); !st.ok()) {
-        Finish(ToGrpc(st));
+        End(ToGrpc(st));
         return;
       }
       auto lease = leases->Find(req.token());
       if (!lease.ok()) {
-        Finish(ToGrpc(lease.status()));
+        End(ToGrpc(lease.status()));
         return;
       }
       // Our own descriptor on the snapshot: the lease may end meanwhile.
       // (The lease's reference keeps the snapshot open while we dup it.)
       auto snapshot = (*lease)->snapshot();
       if (!snapshot) {
-        Finish(
-            grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "lease ended"));
+        End(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "lease ended"));
         return;
       }
       fd_ = ::dup(snapshot->fd());
@@ -140,8 +139,8 @@ class ContentService final : public v1::Content::CallbackService {
       ::fstat(fd_, &st);
       size_ = static_cast<uint64_t>(st.st_size);
       if (req.offset() > size_) {
-        Finish(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
-                            "offset past the end of the message"));
+        End(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                         "offset past the end of the message"));
         return;
       }
       pos_ = req.offset();
@@ -150,7 +149,7 @@ class ContentService final : public v1::Content::CallbackService {
     }
     void OnWriteDone(bool ok) override {
       if (!ok) {
-        Finish(grpc::Status::CANCELLED);
+        End(grpc::Status::CANCELLED);
         return;
       }
       Next();
@@ -171,14 +170,14 @@ class ContentService final : public v1::Content::CallbackService {
           StartWrite(&resp_);
           return;
         }
-        Finish(grpc::Status::OK);
+        End(grpc::Status::OK);
         return;
       }
       const size_t n = std::min<uint64_t>(65536, end_ - pos_);
       std::string buf(n, '\0');
       const ssize_t got = ::pread(fd_, buf.data(), n, pos_);
       if (got <= 0) {
-        Finish(grpc::Status(grpc::StatusCode::INTERNAL, "read failed"));
+        End(grpc::Status(grpc::StatusCode::INTERNAL, "read failed"));
         return;
       }
       buf.resize(static_cast<size_t>(got));
@@ -189,7 +188,13 @@ class ContentService final : public v1::Content::CallbackService {
       sent_any_ = true;
       StartWrite(&resp_);
     }
-    const std::unique_ptr<PeerShare> slot_;
+    // Its place in the per-peer limit goes before the caller hears the
+    // end: a next call right after it finds the place free.
+    void End(const grpc::Status& st) {
+      slot_.reset();
+      Finish(st);
+    }
+    std::unique_ptr<PeerShare> slot_;
     int fd_ = -1;
     uint64_t size_ = 0, pos_ = 0, end_ = 0;
     bool sent_any_ = false;
@@ -297,7 +302,7 @@ class ContentService final : public v1::Content::CallbackService {
           slot_(service->TakeStream(ctx)),
           inflight_(&service->bytes_, PeerKey(ctx)) {
       if (!slot_) {
-        Finish(Exhausted(service->StreamsExhausted()));
+        End(Exhausted(service->StreamsExhausted()));
         return;
       }
       StartRead(&req_);
@@ -310,29 +315,29 @@ class ContentService final : public v1::Content::CallbackService {
           first_ = false;
           token_ = req_.token();
           if (auto st = CheckWriter(); !st.ok()) {
-            Finish(ToGrpc(st));
+            End(ToGrpc(st));
             return;
           }
           if (!service_->StartReplacing(token_)) {
-            Finish(
+            End(
                 Exhausted("a ReplaceBody stream for this lease is already "
                           "open"));
             return;
           }
           replacing_ = true;
         } else if (!req_.token().empty() && req_.token() != token_) {
-          Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                              "one ReplaceBody stream, one lease token"));
+          End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                           "one ReplaceBody stream, one lease token"));
           return;
         }
         const uint64_t max_body = service_->limits_.content_max_body_bytes;
         if (body_.size() + req_.data().size() > max_body) {
-          Finish(Exhausted(absl::StrCat("new body larger than ", max_body,
-                                        " bytes (--content-max-body-bytes)")));
+          End(Exhausted(absl::StrCat("new body larger than ", max_body,
+                                     " bytes (--content-max-body-bytes)")));
           return;
         }
         if (!inflight_.Grow(req_.data().size())) {
-          Finish(Exhausted(service_->BytesExhausted()));
+          End(Exhausted(service_->BytesExhausted()));
           return;
         }
         body_ += req_.data();
@@ -340,8 +345,8 @@ class ContentService final : public v1::Content::CallbackService {
         return;
       }
       if (first_) {  // no message at all
-        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            "ReplaceBody needs a lease token"));
+        End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                         "ReplaceBody needs a lease token"));
         return;
       }
       v1::ContentEdit e;
@@ -349,10 +354,10 @@ class ContentService final : public v1::Content::CallbackService {
       auto st = leases_->StageContent(token_, std::move(e));
       inflight_.Reset();
       resp_->set_total_size(0);
-      Finish(ToGrpc(st));
+      End(ToGrpc(st));
     }
     void OnDone() override {
-      if (replacing_) service_->EndReplacing(token_);
+      if (replacing_) service_->EndReplacing(token_);  // cancelled
       delete this;
     }
 
@@ -374,7 +379,18 @@ class ContentService final : public v1::Content::CallbackService {
     LeaseTable* const leases_;
     const grpc::CallbackServerContext* const ctx_;
     v1::EditResponse* const resp_;
-    const std::unique_ptr<PeerShare> slot_;
+    // What it holds (its place, its bytes, the lease's one ReplaceBody) goes
+    // before the caller hears the end: a next call right after it finds
+    // them free.
+    void End(const grpc::Status& st) {
+      if (replacing_) service_->EndReplacing(token_);
+      replacing_ = false;
+      inflight_.Reset();
+      body_.clear();
+      slot_.reset();
+      Finish(st);
+    }
+    std::unique_ptr<PeerShare> slot_;
     PeerShare inflight_;
     v1::ReplaceBodyRequest req_;
     std::string token_, body_;
