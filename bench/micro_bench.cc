@@ -171,7 +171,8 @@ void BM_ChainDispatch(benchmark::State& state) {
                    .messages = &messages,
                    .options = &options,
                    .finished = [](const std::string&, const std::string&) {},
-                   .quarantined = nullptr};
+                   .quarantined = nullptr,
+                   .envelope_published = nullptr};
   v1::Event event;
   event.set_type(v1::EVENT_TYPE_MAIL);
   event.set_transaction_id("T1");

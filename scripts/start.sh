@@ -236,7 +236,8 @@ fi
 
 start broker "$run/broker.port" "$bin/sinkline-broker" \
   --listen=127.0.0.1:0 --port-file="$run/broker.port" --config="$config" \
-  --spool-dir="$home/spool" --queue-dir="$home/queue" --admin-allow-loopback
+  --spool-dir="$home/spool" --queue-dir="$home/queue" --admin-allow-loopback \
+  --session-allow-loopback
 broker_port=$(cat "$run/broker.port")
 
 start edge "$run/edge.port" "$bin/sinkline-edge" \

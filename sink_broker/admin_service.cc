@@ -36,11 +36,22 @@ absl::Status Fill(absl::StatusOr<T> result, Out* out) {
 
 }  // namespace
 
-// The operator's credential first, then the call.
+// The operator's credential first, then the call. An edge's credential is
+// never an operator's, whatever trust loopback gets.
 template <typename Body>
 grpc::ServerUnaryReactor* AdminService::Guarded(
     grpc::CallbackServerContext* ctx, Body body) {
-  if (auto st = guard_.Check(*ctx); !st.ok()) return Refuse(ctx, st);
+  if (edges_ != nullptr &&
+      edges_->PresentsEdgeCredential(PeerCredentials::From(*ctx))) {
+    CountPeerRefused("admin", grpc::StatusCode::PERMISSION_DENIED);
+    return Refuse(ctx, grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                                    "an edge's credential is not an "
+                                    "operator's: Admin refused"));
+  }
+  if (auto st = guard_.Check(*ctx); !st.ok()) {
+    CountPeerRefused("admin", st.error_code());
+    return Refuse(ctx, st);
+  }
   return Finish(ctx, body());
 }
 

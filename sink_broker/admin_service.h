@@ -7,6 +7,7 @@
 #include "sink_broker/bindings.h"
 #include "sink_broker/lease.h"
 #include "sink_broker/messages.h"
+#include "sink_broker/peer_auth.h"
 #include "sink_broker/submission.h"
 #include "sinkline/common/grpc_security.h"
 #include "sinkline/v1/admin.grpc.pb.h"
@@ -20,9 +21,12 @@ absl::StatusOr<v1::MessageInfo> MessageWithLeases(const MessageTable& messages,
 
 class AdminService final : public v1::Admin::CallbackService {
  public:
+  // `edges`: the edges' credential, refused here (null: none).
   AdminService(const AdminGuard& guard, BindingStore& bindings,
-               LeaseTable& leases, MessageTable& messages, Submitter& submitter)
+               LeaseTable& leases, MessageTable& messages, Submitter& submitter,
+               const EdgeGuard* edges = nullptr)
       : guard_(guard),
+        edges_(edges),
         bindings_(bindings),
         leases_(leases),
         messages_(messages),
@@ -80,6 +84,7 @@ class AdminService final : public v1::Admin::CallbackService {
                                     Body body);
 
   const AdminGuard& guard_;
+  const EdgeGuard* const edges_;
   BindingStore& bindings_;
   LeaseTable& leases_;
   MessageTable& messages_;

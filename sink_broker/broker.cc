@@ -31,7 +31,9 @@ Broker::Broker(BrokerOptions options, Config config,
                                .retry_min = options_.submit_retry_min,
                                .retry_max = options_.submit_retry_max,
                                .max_queue_age = options_.max_queue_age},
-                 *queue_, spool_, messages_, leases_, pool_) {
+                 *queue_, spool_, messages_, leases_, pool_),
+      session_gate_(options_.edge_guard,
+                    options_.peer_limits.session_streams_per_edge) {
   session_env_.pool = &pool_;
   session_env_.config = [this] { return bindings_.config(); };
   session_env_.chain = ChainEnv{
@@ -63,11 +65,13 @@ Broker::Broker(BrokerOptions options, Config config,
   session_env_.submitter = &submitter_;
   session_env_.in_flight = &in_flight_;
   session_env_.hub = &hub_;
+  session_env_.gate = &session_gate_;
   session_env_.received_header = options_.received_header;
   session_service_ = std::make_unique<SessionService>(&session_env_);
   admin_service_ = std::make_unique<AdminService>(
-      options_.admin_guard, bindings_, leases_, messages_, submitter_);
-  content_service_ = MakeContentService(leases_);
+      options_.admin_guard, bindings_, leases_, messages_, submitter_,
+      &session_gate_.guard());
+  content_service_ = MakeContentService(leases_, options_.peer_limits);
 }
 
 Broker::~Broker() { Drain(); }

@@ -16,6 +16,8 @@
 #include "sink_broker/in_flight.h"
 #include "sink_broker/lease.h"
 #include "sink_broker/messages.h"
+#include "sink_broker/peer_auth.h"
+#include "sink_broker/peer_limits.h"
 #include "sink_broker/queue_backend.h"
 #include "sink_broker/recovery.h"
 #include "sink_broker/session_stream.h"
@@ -35,6 +37,11 @@ struct BrokerOptions {
   std::string advertise;
   // Who may call the Admin service.
   sinkline::AdminGuard admin_guard;
+  // Who may open session streams (nobody by default; main.cc reads the
+  // flags, in-process tests trust loopback explicitly).
+  EdgeGuard edge_guard;
+  // Per-peer and per-call limits on the session and content ports.
+  PeerLimits peer_limits;
   // The bindings file, reloaded by ReloadFile().
   std::string config_path;
   // Where bindings made through the admin service are kept (YAML).
@@ -116,6 +123,7 @@ class Broker {
   SessionHub hub_;
   BindingStore bindings_;
   Submitter submitter_;
+  SessionGate session_gate_;
   SessionEnv session_env_;
   std::unique_ptr<SessionService> session_service_;
   std::unique_ptr<AdminService> admin_service_;

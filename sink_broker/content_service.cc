@@ -5,9 +5,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "google/protobuf/util/time_util.h"
+#include "sink_broker/peer_auth.h"
 #include "sinkline/common/grpc_status.h"
 
 namespace sinkline::broker {
@@ -19,7 +22,47 @@ using google::protobuf::util::TimeUtil;
 // The content service: sinks read and write a message by lease token.
 class ContentService final : public v1::Content::CallbackService {
  public:
-  explicit ContentService(LeaseTable* leases) : leases_(leases) {}
+  ContentService(LeaseTable* leases, const PeerLimits& limits)
+      : leases_(leases),
+        limits_(limits),
+        streams_("content_streams", limits.content_streams_per_peer),
+        bytes_("content_inflight_bytes",
+               limits.content_inflight_bytes_per_peer) {}
+
+  // Who the per-peer limits count: a certificate name, else the host.
+  static std::string PeerKey(const grpc::CallbackServerContext* ctx) {
+    const PeerCredentials c = PeerCredentials::From(*ctx);
+    return c.cert_names.empty() ? c.host() : "cert:" + c.cert_names.front();
+  }
+  static grpc::Status Exhausted(const std::string& what) {
+    CountPeerRefused("content", grpc::StatusCode::RESOURCE_EXHAUSTED);
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, what);
+  }
+  // A stream's place in the per-peer stream limit, or null (refused).
+  std::unique_ptr<PeerShare> TakeStream(
+      const grpc::CallbackServerContext* ctx) {
+    return TakeOne(streams_, PeerKey(ctx));
+  }
+  std::string StreamsExhausted() const {
+    return absl::StrCat("this peer has ", streams_.limit(),
+                        " Content streams open (--content-streams-per-peer)");
+  }
+  std::string BytesExhausted() const {
+    return absl::StrCat("this peer has ", bytes_.limit(),
+                        " bytes of writes in flight "
+                        "(--content-inflight-bytes-per-peer)");
+  }
+
+  // One ReplaceBody stream per lease at a time: a second one would buffer a
+  // second body for the same write.
+  bool StartReplacing(const std::string& token) {
+    absl::MutexLock lock(&replacing_mu_);
+    return replacing_.insert(token).second;
+  }
+  void EndReplacing(const std::string& token) {
+    absl::MutexLock lock(&replacing_mu_);
+    replacing_.erase(token);
+  }
 
   static grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx,
                                         const absl::Status& st) {
@@ -67,23 +110,28 @@ class ContentService final : public v1::Content::CallbackService {
 
   class Reader : public grpc::ServerWriteReactor<v1::ReadRangeResponse> {
    public:
-    Reader(LeaseTable* leases, const grpc::CallbackServerContext* ctx,
-           const v1::ReadRangeRequest& req) {
+    Reader(ContentService* service, LeaseTable* leases,
+           const grpc::CallbackServerContext* ctx,
+           const v1::ReadRangeRequest& req)
+        : slot_(service->TakeStream(ctx)) {
+      if (!slot_) {
+        End(Exhausted(service->StreamsExhausted()));
+        return;
+      }
       if (auto st = CheckClaim(leases, ctx, req.token()); !st.ok()) {
-        Finish(ToGrpc(st));
+        End(ToGrpc(st));
         return;
       }
       auto lease = leases->Find(req.token());
       if (!lease.ok()) {
-        Finish(ToGrpc(lease.status()));
+        End(ToGrpc(lease.status()));
         return;
       }
       // Our own descriptor on the snapshot: the lease may end meanwhile.
       // (The lease's reference keeps the snapshot open while we dup it.)
       auto snapshot = (*lease)->snapshot();
       if (!snapshot) {
-        Finish(
-            grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "lease ended"));
+        End(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "lease ended"));
         return;
       }
       fd_ = ::dup(snapshot->fd());
@@ -91,8 +139,8 @@ class ContentService final : public v1::Content::CallbackService {
       ::fstat(fd_, &st);
       size_ = static_cast<uint64_t>(st.st_size);
       if (req.offset() > size_) {
-        Finish(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
-                            "offset past the end of the message"));
+        End(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                         "offset past the end of the message"));
         return;
       }
       pos_ = req.offset();
@@ -101,7 +149,7 @@ class ContentService final : public v1::Content::CallbackService {
     }
     void OnWriteDone(bool ok) override {
       if (!ok) {
-        Finish(grpc::Status::CANCELLED);
+        End(grpc::Status::CANCELLED);
         return;
       }
       Next();
@@ -122,14 +170,14 @@ class ContentService final : public v1::Content::CallbackService {
           StartWrite(&resp_);
           return;
         }
-        Finish(grpc::Status::OK);
+        End(grpc::Status::OK);
         return;
       }
       const size_t n = std::min<uint64_t>(65536, end_ - pos_);
       std::string buf(n, '\0');
       const ssize_t got = ::pread(fd_, buf.data(), n, pos_);
       if (got <= 0) {
-        Finish(grpc::Status(grpc::StatusCode::INTERNAL, "read failed"));
+        End(grpc::Status(grpc::StatusCode::INTERNAL, "read failed"));
         return;
       }
       buf.resize(static_cast<size_t>(got));
@@ -140,6 +188,13 @@ class ContentService final : public v1::Content::CallbackService {
       sent_any_ = true;
       StartWrite(&resp_);
     }
+    // Its place in the per-peer limit goes before the caller hears the
+    // end: a next call right after it finds the place free.
+    void End(const grpc::Status& st) {
+      slot_.reset();
+      Finish(st);
+    }
+    std::unique_ptr<PeerShare> slot_;
     int fd_ = -1;
     uint64_t size_ = 0, pos_ = 0, end_ = 0;
     bool sent_any_ = false;
@@ -149,7 +204,7 @@ class ContentService final : public v1::Content::CallbackService {
   grpc::ServerWriteReactor<v1::ReadRangeResponse>* ReadRange(
       grpc::CallbackServerContext* ctx,
       const v1::ReadRangeRequest* req) override {
-    return new Reader(leases_, ctx, *req);
+    return new Reader(this, leases_, ctx, *req);
   }
 
   grpc::ServerUnaryReactor* ReadHeaders(
@@ -164,7 +219,7 @@ class ContentService final : public v1::Content::CallbackService {
     if (!snapshot) {
       return Done(ctx, absl::FailedPreconditionError("lease ended"));
     }
-    auto index = (*lease)->message->HeaderIndex(snapshot->fd());
+    auto index = (*lease)->message->HeaderIndex(*snapshot);
     if (!index.ok()) return Done(ctx, index.status());
     const ParsedHeader& h = **index;
     for (const auto& f : h.fields) {
@@ -184,6 +239,10 @@ class ContentService final : public v1::Content::CallbackService {
                                        v1::EditResponse* resp) override {
     if (auto st = CheckClaim(leases_, ctx, req->token()); !st.ok()) {
       return Done(ctx, st);
+    }
+    PeerShare inflight(&bytes_, PeerKey(ctx));
+    if (!inflight.Grow(req->data().size())) {
+      return Done(ctx, FromGrpc(Exhausted(BytesExhausted())));
     }
     v1::ContentEdit e;
     auto* w = e.mutable_write_range();
@@ -234,9 +293,18 @@ class ContentService final : public v1::Content::CallbackService {
 
   class BodyReader : public grpc::ServerReadReactor<v1::ReplaceBodyRequest> {
    public:
-    BodyReader(LeaseTable* leases, const grpc::CallbackServerContext* ctx,
-               v1::EditResponse* resp)
-        : leases_(leases), ctx_(ctx), resp_(resp) {
+    BodyReader(ContentService* service, LeaseTable* leases,
+               const grpc::CallbackServerContext* ctx, v1::EditResponse* resp)
+        : service_(service),
+          leases_(leases),
+          ctx_(ctx),
+          resp_(resp),
+          slot_(service->TakeStream(ctx)),
+          inflight_(&service->bytes_, PeerKey(ctx)) {
+      if (!slot_) {
+        End(Exhausted(service->StreamsExhausted()));
+        return;
+      }
       StartRead(&req_);
     }
     void OnReadDone(bool ok) override {
@@ -247,35 +315,51 @@ class ContentService final : public v1::Content::CallbackService {
           first_ = false;
           token_ = req_.token();
           if (auto st = CheckWriter(); !st.ok()) {
-            Finish(ToGrpc(st));
+            End(ToGrpc(st));
             return;
           }
+          if (!service_->StartReplacing(token_)) {
+            End(
+                Exhausted("a ReplaceBody stream for this lease is already "
+                          "open"));
+            return;
+          }
+          replacing_ = true;
         } else if (!req_.token().empty() && req_.token() != token_) {
-          Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                              "one ReplaceBody stream, one lease token"));
+          End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                           "one ReplaceBody stream, one lease token"));
+          return;
+        }
+        const uint64_t max_body = service_->limits_.content_max_body_bytes;
+        if (body_.size() + req_.data().size() > max_body) {
+          End(Exhausted(absl::StrCat("new body larger than ", max_body,
+                                     " bytes (--content-max-body-bytes)")));
+          return;
+        }
+        if (!inflight_.Grow(req_.data().size())) {
+          End(Exhausted(service_->BytesExhausted()));
           return;
         }
         body_ += req_.data();
-        if (body_.size() > kMaxBody) {
-          Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                              "new body larger than 64 MiB"));
-          return;
-        }
         StartRead(&req_);
         return;
       }
       if (first_) {  // no message at all
-        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            "ReplaceBody needs a lease token"));
+        End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                         "ReplaceBody needs a lease token"));
         return;
       }
       v1::ContentEdit e;
       e.mutable_replace_body()->set_body(std::move(body_));
       auto st = leases_->StageContent(token_, std::move(e));
+      inflight_.Reset();
       resp_->set_total_size(0);
-      Finish(ToGrpc(st));
+      End(ToGrpc(st));
     }
-    void OnDone() override { delete this; }
+    void OnDone() override {
+      if (replacing_) service_->EndReplacing(token_);  // cancelled
+      delete this;
+    }
 
    private:
     absl::Status CheckWriter() {
@@ -289,17 +373,31 @@ class ContentService final : public v1::Content::CallbackService {
       return absl::OkStatus();
     }
 
-    static constexpr size_t kMaxBody = 64u << 20;
     bool first_ = true;
+    bool replacing_ = false;
+    ContentService* const service_;
     LeaseTable* const leases_;
     const grpc::CallbackServerContext* const ctx_;
     v1::EditResponse* const resp_;
+    // What it holds (its place, its bytes, the lease's one ReplaceBody) goes
+    // before the caller hears the end: a next call right after it finds
+    // them free.
+    void End(const grpc::Status& st) {
+      if (replacing_) service_->EndReplacing(token_);
+      replacing_ = false;
+      inflight_.Reset();
+      body_.clear();
+      slot_.reset();
+      Finish(st);
+    }
+    std::unique_ptr<PeerShare> slot_;
+    PeerShare inflight_;
     v1::ReplaceBodyRequest req_;
     std::string token_, body_;
   };
   grpc::ServerReadReactor<v1::ReplaceBodyRequest>* ReplaceBody(
       grpc::CallbackServerContext* ctx, v1::EditResponse* resp) override {
-    return new BodyReader(leases_, ctx, resp);
+    return new BodyReader(this, leases_, ctx, resp);
   }
 
   grpc::ServerUnaryReactor* Envelope(grpc::CallbackServerContext* ctx,
@@ -369,12 +467,18 @@ class ContentService final : public v1::Content::CallbackService {
 
  private:
   LeaseTable* const leases_;
+  const PeerLimits limits_;
+  PeerBudget streams_;
+  PeerBudget bytes_;
+  absl::Mutex replacing_mu_;
+  std::set<std::string> replacing_ ABSL_GUARDED_BY(replacing_mu_);
 };
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> MakeContentService(LeaseTable& leases) {
-  return std::make_unique<ContentService>(&leases);
+std::unique_ptr<grpc::Service> MakeContentService(LeaseTable& leases,
+                                                  const PeerLimits& limits) {
+  return std::make_unique<ContentService>(&leases, limits);
 }
 
 }  // namespace sinkline::broker

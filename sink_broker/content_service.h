@@ -9,10 +9,14 @@
 #include <memory>
 
 #include "sink_broker/lease.h"
+#include "sink_broker/peer_limits.h"
 #include "sinkline/v1/content.grpc.pb.h"
 
 namespace sinkline::broker {
 
-std::unique_ptr<grpc::Service> MakeContentService(LeaseTable& leases);
+// `limits`: the per-peer stream and in-flight byte limits and the largest
+// ReplaceBody body.
+std::unique_ptr<grpc::Service> MakeContentService(
+    LeaseTable& leases, const PeerLimits& limits = PeerLimits());
 
 }  // namespace sinkline::broker

@@ -107,14 +107,11 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Grant(
     std::shared_ptr<MessageRecord> message, const v1::Binding& binding,
     std::chrono::milliseconds ttl, std::chrono::milliseconds max_ttl) {
   auto lease = std::make_shared<Lease>();
-  const std::string path = message->path();
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return absl::UnavailableError(absl::StrCat("cannot open ", path));
-  }
+  auto snapshot = message->OpenSnapshot();
+  if (!snapshot.ok()) return snapshot.status();
   {
     absl::MutexLock l(&lease->mu);
-    lease->file = std::make_shared<SnapshotFile>(fd);
+    lease->file = std::move(*snapshot);
     lease->timer = std::make_unique<asio::steady_timer>(pool_);
   }
   lease->token = NewToken();
@@ -229,7 +226,10 @@ absl::Status LeaseTable::Release(
                       more_envelope.end());
       MessageRecord& m = *lease->message;
       absl::MutexLock publish(&m.publish_mu_);
-      if (!content.empty()) published = m.apply_(content);
+      if (!content.empty()) {
+        published = m.apply_(content);
+        m.ContentChanged();  // even a failed publication may have moved
+      }
       if (published.ok() && !envelope.empty()) {
         absl::MutexLock lock(&m.mu_);
         google::protobuf::RepeatedPtrField<v1::EnvelopeEdit> edits(
@@ -390,16 +390,29 @@ size_t LeaseTable::active() const {
   return leases_.size();
 }
 
+absl::StatusOr<std::shared_ptr<SnapshotFile>> MessageRecord::OpenSnapshot() {
+  // A publication holds publish_mu_ from its new file to its new number.
+  absl::MutexLock publish(&publish_mu_);
+  const std::string p = path();
+  const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot open ", p));
+  absl::MutexLock lock(&mu_);
+  return std::make_shared<SnapshotFile>(fd, content_version_);
+}
+
 absl::StatusOr<std::shared_ptr<const ParsedHeader>> MessageRecord::HeaderIndex(
-    int fd, size_t max_header_bytes) {
+    const SnapshotFile& snapshot, size_t max_header_bytes) {
+  const int fd = snapshot.fd();
+  const uint64_t version = snapshot.version();
+  {
+    absl::MutexLock lock(&mu_);
+    if (index_ != nullptr && version != 0 && index_version_ == version) {
+      return index_;
+    }
+  }
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     return absl::InternalError(absl::StrCat("fstat: ", strerror(errno)));
-  }
-  const VersionKey key{st.st_dev, st.st_ino, st.st_size};
-  {
-    absl::MutexLock lock(&mu_);
-    if (index_ != nullptr && index_key_ == key) return index_;
   }
   std::string head(
       std::min<size_t>(max_header_bytes, static_cast<size_t>(st.st_size)),
@@ -418,8 +431,10 @@ absl::StatusOr<std::shared_ptr<const ParsedHeader>> MessageRecord::HeaderIndex(
   head.resize(got);
   auto index = std::make_shared<const ParsedHeader>(ParseHeader(head));
   absl::MutexLock lock(&mu_);
-  index_key_ = key;
-  index_ = index;
+  if (version != 0 && version >= index_version_) {
+    index_version_ = version;
+    index_ = index;
+  }
   ++index_builds_;
   return index;
 }

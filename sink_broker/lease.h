@@ -29,6 +29,7 @@
 namespace sinkline::broker {
 
 class LeaseTable;
+class SnapshotFile;
 
 // A message as leases see it: where its content is, its envelope, and who
 // still holds it.
@@ -40,10 +41,11 @@ class MessageRecord {
   MessageRecord(std::string path, ApplyEdits apply)
       : path_(std::move(path)), apply_(std::move(apply)) {}
 
-  // The content path (changes at COMMIT).
+  // The content path (changes at COMMIT: a new version).
   void set_path(std::string p) {
     absl::MutexLock lock(&mu_);
     path_ = std::move(p);
+    ++content_version_;
   }
   std::string path() const {
     absl::MutexLock lock(&mu_);
@@ -90,13 +92,25 @@ class MessageRecord {
   // record, a cycle that would outlive the broker).
   void DropWaiters();
 
+  // Opens the current content version: the snapshot a lease reads, with
+  // the version's number. Never between a publication's new file and its
+  // new number.
+  absl::StatusOr<std::shared_ptr<SnapshotFile>> OpenSnapshot();
+  // The content changed under the same path (a lease published its edits):
+  // snapshots opened from now on are a new version.
+  void ContentChanged() {
+    absl::MutexLock lock(&mu_);
+    ++content_version_;
+  }
+
   // The index of the header block (fields, their raw bytes, where the body
-  // starts) of the content version open as `fd`, a lease's snapshot. Parsed
-  // once per version and shared by every lease that reads that version;
-  // edits publish a new file, so a new version gets a new index. The block
-  // is read up to `max_header_bytes`.
+  // starts) of the content version of `snapshot`. Parsed once per version
+  // and shared by every lease that reads that version; the key is the
+  // record's own version number, never what the file system says (an inode
+  // number and a size come back for other bytes). The block is read up to
+  // `max_header_bytes`.
   absl::StatusOr<std::shared_ptr<const ParsedHeader>> HeaderIndex(
-      int fd, size_t max_header_bytes = 1 << 20);
+      const SnapshotFile& snapshot, size_t max_header_bytes = 1 << 20);
   // How many times a header block was parsed (for tests and metrics).
   int header_index_builds() const {
     absl::MutexLock lock(&mu_);
@@ -118,13 +132,10 @@ class MessageRecord {
   std::function<void()> ready_ ABSL_GUARDED_BY(mu_);
   std::deque<std::function<void()>> writer_waiters_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> tokens_ ABSL_GUARDED_BY(mu_);
-  struct VersionKey {
-    dev_t dev = 0;
-    ino_t ino = 0;
-    off_t size = -1;
-    bool operator==(const VersionKey&) const = default;
-  };
-  VersionKey index_key_ ABSL_GUARDED_BY(mu_);
+  // Bumped by every new content version (COMMIT's path, a publication).
+  uint64_t content_version_ ABSL_GUARDED_BY(mu_) = 1;
+  // The version index_ is of (0: none).
+  uint64_t index_version_ ABSL_GUARDED_BY(mu_) = 0;
   std::shared_ptr<const ParsedHeader> index_ ABSL_GUARDED_BY(mu_);
   int index_builds_ ABSL_GUARDED_BY(mu_) = 0;
   // Serialises publication of edits to the files.
@@ -137,14 +148,18 @@ class MessageRecord {
 // cannot be reused for another file while they hold it).
 class SnapshotFile {
  public:
-  explicit SnapshotFile(int fd) : fd_(fd) {}
+  // `version`: the record's content version the file holds.
+  explicit SnapshotFile(int fd, uint64_t version = 0)
+      : fd_(fd), version_(version) {}
   ~SnapshotFile();
   SnapshotFile(const SnapshotFile&) = delete;
   SnapshotFile& operator=(const SnapshotFile&) = delete;
   int fd() const { return fd_; }
+  uint64_t version() const { return version_; }
 
  private:
   const int fd_;
+  const uint64_t version_;
 };
 
 struct Lease {

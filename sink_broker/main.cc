@@ -70,6 +70,27 @@ ABSL_FLAG(int64_t, max_messages_in_flight, 1000,
 ABSL_FLAG(int, in_flight_wait_ms, 30000,
           "how long an EOD waits for an in-flight slot before it is "
           "answered 451 4.3.2");
+ABSL_FLAG(std::string, edge_token_file, "",
+          "file holding the token edges present on session streams as "
+          "'authorization: Bearer <token>' (the edge's --broker-token-file)");
+ABSL_FLAG(std::vector<std::string>, edge_client_names, {},
+          "client certificate names (CN or DNS SAN) allowed to open session "
+          "streams (needs --grpc-tls-ca)");
+ABSL_FLAG(bool, session_allow_loopback, false,
+          "with neither --edge-token-file nor --edge-client-names, let "
+          "callers on loopback open session streams (a development stack on "
+          "one machine; never behind a sidecar proxy)");
+ABSL_FLAG(uint64_t, session_streams_per_edge, 2000,
+          "session streams one edge (certificate name, else host) keeps open "
+          "at once (0: no limit)");
+ABSL_FLAG(uint64_t, content_streams_per_peer, 256,
+          "ReadRange and ReplaceBody streams one peer keeps open at once (0: "
+          "no limit)");
+ABSL_FLAG(uint64_t, content_inflight_bytes_per_peer, 128u << 20,
+          "bytes of ReplaceBody and WriteRange data one peer has the broker "
+          "hold at once (0: no limit)");
+ABSL_FLAG(uint64_t, content_max_body_bytes, 64u << 20,
+          "largest new body one ReplaceBody call may send");
 ABSL_FLAG(int, shutdown_grace_s, 25,
           "on SIGTERM: health NOT_SERVING at once, then session streams and "
           "sink calls in flight get this long to finish before they are "
@@ -97,6 +118,42 @@ int main(int argc, char** argv) {
                 "or --admin-allow-loopback; every call is refused");
     }
   }
+  if (auto edges =
+          sb::EdgeGuard::Make(absl::GetFlag(FLAGS_edge_token_file),
+                              absl::GetFlag(FLAGS_edge_client_names),
+                              absl::GetFlag(FLAGS_session_allow_loopback),
+                              !sinkline::GrpcTls().ca_pem.empty());
+      !edges.ok()) {
+    spdlog::critical("{}", edges.status().ToString());
+    return 2;
+  } else {
+    opts.edge_guard = std::move(*edges);
+    const std::string edge_bearer = "Bearer " + opts.edge_guard.token();
+    if (!opts.edge_guard.token().empty() && opts.admin_guard.configured() &&
+        opts.admin_guard.Decide("ipv4:192.0.2.1:1", &edge_bearer, {}).ok()) {
+      spdlog::critical(
+          "--edge-token-file and --admin-token-file must hold different "
+          "tokens: an edge is not an operator");
+      return 2;
+    }
+    if (!opts.edge_guard.configured()) {
+      spdlog::warn(opts.edge_guard.allow_loopback()
+                       ? "session service: no --edge-token-file or "
+                         "--edge-client-names; only callers on loopback may "
+                         "open session streams"
+                       : "session service: no --edge-token-file, "
+                         "--edge-client-names or --session-allow-loopback; "
+                         "every session stream is refused");
+    }
+  }
+  opts.peer_limits.session_streams_per_edge =
+      absl::GetFlag(FLAGS_session_streams_per_edge);
+  opts.peer_limits.content_streams_per_peer =
+      absl::GetFlag(FLAGS_content_streams_per_peer);
+  opts.peer_limits.content_inflight_bytes_per_peer =
+      absl::GetFlag(FLAGS_content_inflight_bytes_per_peer);
+  opts.peer_limits.content_max_body_bytes =
+      absl::GetFlag(FLAGS_content_max_body_bytes);
   opts.spool_dir = absl::GetFlag(FLAGS_spool_dir);
   const std::string queue_dir = absl::GetFlag(FLAGS_queue_dir);
   const std::string relay_host = absl::GetFlag(FLAGS_relay_host);

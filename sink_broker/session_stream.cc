@@ -11,6 +11,7 @@
 #include "sink_broker/incoming.h"
 #include "sink_broker/trace.h"
 #include "sink_broker/verdict.h"
+#include "sinkline/common/grpc_status.h"
 #include "sinkline/common/metrics.h"
 
 namespace sinkline::broker {
@@ -93,8 +94,10 @@ class SessionState : public std::enable_shared_from_this<SessionState> {
 class SessionReactor
     : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
  public:
-  explicit SessionReactor(const SessionEnv* env)
-      : state_(std::make_shared<SessionState>(env)), env_(env) {
+  SessionReactor(const SessionEnv* env, std::shared_ptr<void> admitted)
+      : state_(std::make_shared<SessionState>(env)),
+        env_(env),
+        admitted_(std::move(admitted)) {
     auto state = state_;
     env_->hub->Register(state);
     asio::post(state->strand(), [state, this] {
@@ -130,28 +133,35 @@ class SessionReactor
  private:
   std::shared_ptr<SessionState> state_;
   const SessionEnv* const env_;
+  // The stream's place in the per-edge limit, until it is done.
+  const std::shared_ptr<void> admitted_;
   v1::SessionRequest request_;
 };
 
 namespace {
 
-// A stream refused at once (the broker is not ready for sessions yet).
+// A stream refused at once (the broker is not ready for sessions yet, or
+// the caller is not an edge), before any event is read.
 class RefusedStream
     : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
  public:
-  RefusedStream() {
-    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        "the broker is recovering its spool; try again"));
-  }
+  explicit RefusedStream(grpc::Status why) { Finish(why); }
   void OnDone() override { delete this; }
 };
 
 }  // namespace
 
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>*
-SessionService::Stream(grpc::CallbackServerContext* /*context*/) {
-  if (!accepting_.load()) return new RefusedStream();
-  return new SessionReactor(env_);
+SessionService::Stream(grpc::CallbackServerContext* context) {
+  if (!accepting_.load()) {
+    return new RefusedStream(
+        grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                     "the broker is recovering its spool; try again"));
+  }
+  auto admitted = env_->gate ? env_->gate->Admit(*context)
+                             : absl::StatusOr<std::shared_ptr<void>>(nullptr);
+  if (!admitted.ok()) return new RefusedStream(ToGrpc(admitted.status()));
+  return new SessionReactor(env_, std::move(*admitted));
 }
 
 void SessionHub::Register(const std::shared_ptr<SessionState>& s) {

@@ -16,6 +16,7 @@
 #include "sink_broker/config.h"
 #include "sink_broker/in_flight.h"
 #include "sink_broker/messages.h"
+#include "sink_broker/peer_auth.h"
 #include "sink_broker/submission.h"
 #include "sinkline/v1/session.grpc.pb.h"
 
@@ -46,6 +47,8 @@ struct SessionEnv {
   // Bounds messages in flight (nullptr: no bound).
   InFlightLimit* in_flight = nullptr;
   SessionHub* hub = nullptr;
+  // Who may open a stream (null: everyone; unit tests).
+  SessionGate* gate = nullptr;
   // Add a Received: trace header (RFC 5321 §4.4) to every message.
   bool received_header = true;
 };

@@ -1,8 +1,41 @@
 #include "smtp_edge/broker_client.h"
 
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "sinkline/common/grpc_security.h"
 
 namespace sinkline::edge {
+
+namespace {
+
+std::string& BrokerToken() {
+  static std::string* token = new std::string;
+  return *token;
+}
+
+}  // namespace
+
+void SetBrokerToken(std::string token) { BrokerToken() = std::move(token); }
+
+absl::Status LoadBrokerToken(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read --broker-token-file ", path));
+  }
+  std::ostringstream out;
+  out << in.rdbuf();
+  std::string token(absl::StripAsciiWhitespace(out.str()));
+  if (token.size() < 16) {
+    return absl::InvalidArgumentError(
+        "--broker-token-file: the token must be at least 16 characters");
+  }
+  SetBrokerToken(std::move(token));
+  return absl::OkStatus();
+}
 
 std::shared_ptr<grpc::Channel> MakeBrokerChannel(const std::string& target) {
   grpc::ChannelArguments args;
@@ -33,6 +66,9 @@ std::shared_ptr<BrokerStream> BrokerStream::Open(v1::SessionService::Stub* stub,
   s->self_ = s;
   // Fail fast when no broker is there: the client hears 421, never 250.
   s->context_.set_wait_for_ready(false);
+  if (const std::string& token = BrokerToken(); !token.empty()) {
+    s->context_.AddMetadata("authorization", "Bearer " + token);
+  }
   stub->async()->Stream(&s->context_, s.get());
   // Send and Close start writes from the session's strand, outside the
   // reactions: without a hold, the call could end (and gRPC free it) between

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "sinkline/v1/session.grpc.pb.h"
 
@@ -19,6 +20,14 @@ namespace sinkline::edge {
 
 // Creates the shared channel to the brokers.
 std::shared_ptr<grpc::Channel> MakeBrokerChannel(const std::string& target);
+
+// The token every session stream presents to the broker as
+// `authorization: Bearer <token>` (--broker-token-file; set once at start,
+// before any session). Empty: none sent.
+void SetBrokerToken(std::string token);
+// Reads it from `path` (surrounding whitespace stripped; at least 16
+// characters).
+absl::Status LoadBrokerToken(const std::string& path);
 
 class BrokerStream
     : public grpc::ClientBidiReactor<v1::SessionRequest, v1::SessionResponse> {

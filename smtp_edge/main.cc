@@ -69,6 +69,9 @@ ABSL_FLAG(int, broker_connect_timeout_ms, 5000,
           "how long a new session waits for the broker before 421");
 ABSL_FLAG(int, broker_timeout_ms, 120000,
           "how long a command waits for the broker's answer before 451");
+ABSL_FLAG(std::string, broker_token_file, "",
+          "file holding the token sent on every session stream as "
+          "'authorization: Bearer <token>' (the broker's --edge-token-file)");
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate chain for STARTTLS (no STARTTLS when empty)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls-cert");
@@ -155,6 +158,13 @@ int main(int argc, char** argv) {
   }
   opts.proxy_trusted = absl::GetFlag(FLAGS_proxy_trusted);
 
+  if (const std::string token_file = absl::GetFlag(FLAGS_broker_token_file);
+      !token_file.empty()) {
+    if (auto st = sinkline::edge::LoadBrokerToken(token_file); !st.ok()) {
+      spdlog::critical("{}", st.ToString());
+      return 1;
+    }
+  }
   boost::asio::io_context io;
   auto work = boost::asio::make_work_guard(io);
   sinkline::edge::Server server(

@@ -74,7 +74,8 @@ absl::Status ArchiveSink::Archive(const v1::SinkRequest& request) {
     return absl::InvalidArgumentError(
         absl::StrCat("queue id \"", qid, "\" is not a safe file name"));
   }
-  auto message = sdk::ContentClient::Default().ReadAll(request.lease());
+  auto message =
+      sdk::ContentClient::Default().ReadAll(sdk::ClaimedLease(request));
   if (!message.ok()) return message.status();
 
   v1::QueueEntry entry;
@@ -105,7 +106,8 @@ void ArchiveSink::Run(const v1::SinkRequest& request) {
   const std::string& qid = request.event().queue_id();
   auto& content = sdk::ContentClient::Default();
   if (options_.renew > absl::ZeroDuration()) {
-    if (auto st = content.Renew(request.lease(), options_.renew); !st.ok()) {
+    if (auto st = content.Renew(sdk::ClaimedLease(request), options_.renew);
+        !st.ok()) {
       spdlog::warn("archive {}: renew: {}", qid, st.ToString());
     }
   }
@@ -125,7 +127,7 @@ void ArchiveSink::Run(const v1::SinkRequest& request) {
                   st.ToString());
     return;
   }
-  if (auto rel = content.Release(request.lease()); !rel.ok()) {
+  if (auto rel = content.Release(sdk::ClaimedLease(request)); !rel.ok()) {
     spdlog::error("archive {}: archived, but release failed: {}", qid,
                   rel.ToString());
     return;

@@ -167,7 +167,7 @@ void MilterSink::Run(SessionState& state, sdk::EventContext& ctx) {
         std::min(Clock::now() + options_.timeouts.eom, call_end);
     if (!ctx.lease().token().empty()) {
       (void)sdk::ContentClient::Default().Renew(
-          ctx.lease(), absl::FromChrono(options_.progress_extend));
+          sdk::ClaimedLease(ctx), absl::FromChrono(options_.progress_extend));
       const auto max_left = std::chrono::milliseconds(
           TimeUtil::TimestampToMilliseconds(ctx.lease().max_expires()) -
           TimeUtil::TimestampToMilliseconds(TimeUtil::GetCurrentTime()));

@@ -93,6 +93,7 @@ absl::Status BodyStream::Write(absl::string_view chunk) {
     context_ = std::make_unique<grpc::ClientContext>();
     auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(60);
     context_->set_deadline(std::min(deadline, ctx_.deadline()));
+    sdk::AddClaim(*context_, sdk::ClaimedLease(ctx_));
     response_ = std::make_unique<v1::EditResponse>();
     writer_ = stub->ReplaceBody(context_.get(), response_.get());
     req.set_token(lease.token());

@@ -10,6 +10,12 @@ sink.
 
     sinkline_sink.serve(on_event, name="hello")
 
+A sink that keeps its lease past the verdict talks to the broker's Content
+service through `ContentClient` (`ctx.content_client()`): every call sends
+the lease token and names the invocation's message and binding in its
+metadata (sinkline-queue-id, sinkline-binding), so the broker refuses a
+token of another message or binding with PERMISSION_DENIED.
+
 The message classes come from `protoc --python_out` of proto/sinkline/v1
 (the build writes them to build/<preset>/python; put that on PYTHONPATH).
 """
@@ -25,7 +31,7 @@ from concurrent import futures
 import grpc
 
 import health_pb2
-from sinkline.v1 import sink_pb2, types_pb2
+from sinkline.v1 import content_pb2, sink_pb2, types_pb2
 
 EOD = types_pb2.EVENT_TYPE_EOD
 RCPT = types_pb2.EVENT_TYPE_RCPT
@@ -36,10 +42,18 @@ CONNECT = types_pb2.EVENT_TYPE_CONNECT
 class Context:
     """One invocation: the request, and helpers that build the verdict."""
 
-    def __init__(self, request):
+    def __init__(self, request, args=None):
         self.request = request
         self.event = request.event
         self.verdict = sink_pb2.Verdict(action=types_pb2.ACTION_CONTINUE)
+        self._args = args
+
+    def content_client(self):
+        """A ContentClient for this invocation's lease, on a channel to its
+        content endpoint with the sink's TLS (close() it when done)."""
+        lease = self.request.lease
+        channel = content_channel(self._args, lease.content_endpoint)
+        return ContentClient(channel, self.request, own_channel=True)
 
     @property
     def content(self):
@@ -84,6 +98,79 @@ class Context:
 
     def hold_lease(self):
         self.verdict.hold_lease = True
+
+
+def claim_metadata(request):
+    """The metadata that names `request`'s message and binding on Content
+    calls (for callers that make their own)."""
+    md = []
+    if request.event.queue_id:
+        md.append(("sinkline-queue-id", request.event.queue_id))
+    if request.binding:
+        md.append(("sinkline-binding", request.binding))
+    return md
+
+
+class ContentClient:
+    """The broker's Content service for one invocation's lease (a
+    sink_pb2.SinkRequest): reads, writes and ends the lease, each call with
+    the lease token and the invocation's claim in its metadata."""
+
+    def __init__(self, channel, request, own_channel=False, timeout=60):
+        self.channel = channel
+        self.token = request.lease.token
+        self.metadata = claim_metadata(request)
+        self.timeout = timeout
+        self._own = own_channel
+
+    def close(self):
+        if self._own:
+            self.channel.close()
+
+    def _unary(self, method, request, response_type):
+        fn = self.channel.unary_unary(
+            f"/sinkline.v1.Content/{method}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response_type.FromString)
+        return fn(request, timeout=self.timeout, metadata=self.metadata)
+
+    def read(self, offset=0, length=0):
+        """The message bytes in the lease's version ([offset, +length); 0:
+        to the end)."""
+        fn = self.channel.unary_stream(
+            "/sinkline.v1.Content/ReadRange",
+            request_serializer=content_pb2.ReadRangeRequest.SerializeToString,
+            response_deserializer=content_pb2.ReadRangeResponse.FromString)
+        return b"".join(p.data for p in fn(
+            content_pb2.ReadRangeRequest(token=self.token, offset=offset,
+                                         length=length),
+            timeout=self.timeout, metadata=self.metadata))
+
+    def write_range(self, offset, data, truncate=False):
+        return self._unary("WriteRange", content_pb2.WriteRangeRequest(
+            token=self.token, offset=offset, data=data, truncate=truncate),
+            content_pb2.EditResponse)
+
+    def replace_body(self, body, chunk=1 << 20):
+        fn = self.channel.stream_unary(
+            "/sinkline.v1.Content/ReplaceBody",
+            request_serializer=content_pb2.ReplaceBodyRequest.SerializeToString,
+            response_deserializer=content_pb2.EditResponse.FromString)
+
+        def requests():
+            yield content_pb2.ReplaceBodyRequest(token=self.token,
+                                                 data=body[:chunk])
+            for i in range(chunk, len(body), chunk):
+                yield content_pb2.ReplaceBodyRequest(data=body[i:i + chunk])
+        return fn(requests(), timeout=self.timeout, metadata=self.metadata)
+
+    def renew(self, extend_ms):
+        return self._unary("Renew", content_pb2.RenewRequest(
+            token=self.token, extend_ms=extend_ms), content_pb2.RenewResponse)
+
+    def release(self, discard=False):
+        return self._unary("Release", content_pb2.ReleaseRequest(
+            token=self.token, discard=discard), content_pb2.ReleaseResponse)
 
 
 def parse_args(name, extra_args=None, argv=None):
@@ -148,7 +235,7 @@ def serve(handler, name, args=None):
     log = logging.getLogger(name)
 
     def on_event(request, context):
-        ctx = Context(request)
+        ctx = Context(request, args)
         try:
             handler(ctx)
         except Exception as e:  # a bug in the sink is a failed call

@@ -215,16 +215,20 @@ class Stack:
             f.write("\n".join(lines) + "\n")
 
     def start_broker(self, listen="127.0.0.1:0", extra=(), queue_dir=True,
-                     admin_loopback=True):
+                     admin_loopback=True, session_loopback=True):
         """queue_dir=False: the caller names another backend in `extra`
         (e.g. --relay-host). admin_loopback: pass --admin-allow-loopback
-        (the development stack's trust; tests call Admin from loopback)."""
+        (the development stack's trust; tests call Admin from loopback).
+        session_loopback: pass --session-allow-loopback (edges on loopback
+        open session streams without a token)."""
         p = Process("broker", [binary("sinkline-broker"),
                                f"--listen={listen}",
                                f"--config={self.config_path}",
                                f"--spool-dir={self.spool_dir}"]
                     + ([f"--queue-dir={self.queue_dir}"] if queue_dir else [])
                     + (["--admin-allow-loopback"] if admin_loopback else [])
+                    + (["--session-allow-loopback"] if session_loopback
+                       else [])
                     + list(extra), self.workdir)
         self.broker = self._add(p)
         return p

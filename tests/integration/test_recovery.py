@@ -120,7 +120,8 @@ class RecoveryTest(StackTestCase):
             f"--listen=127.0.0.1:{port}",
             f"--config={self.stack.config_path}",
             f"--spool-dir={self.stack.spool_dir}",
-            f"--queue-dir={self.stack.queue_dir}"], self.workdir)
+            f"--queue-dir={self.stack.queue_dir}",
+            "--session-allow-loopback"], self.workdir)
         self.stack.processes.append(broker)
         self.stack.broker = broker
         starting = threading.Thread(target=broker.start)

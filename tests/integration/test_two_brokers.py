@@ -42,7 +42,8 @@ class TwoBrokersTest(StackTestCase):
                          f"--config={self.stack.config_path}",
                          f"--spool-dir={spool}",
                          f"--queue-dir={self.stack.queue_dir}",
-                         f"--broker-id=broker-{n}"], self.workdir)
+                         f"--broker-id=broker-{n}",
+                         "--session-allow-loopback"], self.workdir)
             self.stack.processes.append(p)
             brokers.append(p.start())
         target = "ipv4:" + ",".join(f"127.0.0.1:{b.port}" for b in brokers)

@@ -112,6 +112,7 @@ class ChainTest : public ::testing::Test {
     opts.spool_dir = (dir_ / "spool").string();
     opts.advertise = "127.0.0.1:1";
     opts.received_header = false;  // exact bytes below
+    opts.edge_guard = EdgeGuard("", {}, /*allow_loopback=*/true);
     broker_ =
         std::make_unique<Broker>(opts, std::move(*config), std::move(*queue));
     auto server = StartGrpcServer("127.0.0.1:0", {broker_->session_service()});

@@ -19,6 +19,15 @@ void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
 
 }  // namespace
 
+void AddClaim(grpc::ClientContext& context, const ClaimedLease& lease) {
+  if (!lease.queue_id.empty()) {
+    context.AddMetadata("sinkline-queue-id", lease.queue_id);
+  }
+  if (!lease.binding.empty()) {
+    context.AddMetadata("sinkline-binding", lease.binding);
+  }
+}
+
 ContentClient& ContentClient::Default() {
   static auto* client = new ContentClient();
   return *client;
@@ -41,15 +50,17 @@ std::shared_ptr<v1::Content::Stub> ContentClient::Stub(
 }
 
 absl::Status ContentClient::Read(
-    const v1::Lease& lease,
+    const ClaimedLease& claimed,
     const std::function<absl::Status(absl::string_view)>& chunk,
     absl::Duration timeout) {
+  const v1::Lease& lease = claimed.lease;
   if (lease.token().empty() || lease.content_endpoint().empty()) {
     return absl::FailedPreconditionError("no lease with a content endpoint");
   }
   auto stub = Stub(lease.content_endpoint());
   grpc::ClientContext context;
   SetDeadline(context, timeout);
+  AddClaim(context, claimed);
   v1::ReadRangeRequest request;
   request.set_token(lease.token());
   auto reader = stub->ReadRange(&context, request);
@@ -78,11 +89,11 @@ absl::Status ContentClient::Read(
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> ContentClient::ReadAll(const v1::Lease& lease,
+absl::StatusOr<std::string> ContentClient::ReadAll(const ClaimedLease& claimed,
                                                    absl::Duration timeout) {
   std::string message;
   absl::Status status = Read(
-      lease,
+      claimed,
       [&message](absl::string_view data) {
         message.append(data.data(), data.size());
         return absl::OkStatus();
@@ -92,11 +103,13 @@ absl::StatusOr<std::string> ContentClient::ReadAll(const v1::Lease& lease,
   return message;
 }
 
-absl::Status ContentClient::Release(const v1::Lease& lease, bool discard,
+absl::Status ContentClient::Release(const ClaimedLease& claimed, bool discard,
                                     absl::Duration timeout) {
+  const v1::Lease& lease = claimed.lease;
   auto stub = Stub(lease.content_endpoint());
   grpc::ClientContext context;
   SetDeadline(context, timeout);
+  AddClaim(context, claimed);
   v1::ReleaseRequest request;
   request.set_token(lease.token());
   request.set_discard(discard);
@@ -104,11 +117,14 @@ absl::Status ContentClient::Release(const v1::Lease& lease, bool discard,
   return FromGrpc(stub->Release(&context, request, &response));
 }
 
-absl::Status ContentClient::Renew(const v1::Lease& lease, absl::Duration extend,
+absl::Status ContentClient::Renew(const ClaimedLease& claimed,
+                                  absl::Duration extend,
                                   absl::Duration timeout) {
+  const v1::Lease& lease = claimed.lease;
   auto stub = Stub(lease.content_endpoint());
   grpc::ClientContext context;
   SetDeadline(context, timeout);
+  AddClaim(context, claimed);
   v1::RenewRequest request;
   request.set_token(lease.token());
   request.set_extend_ms(
@@ -121,7 +137,7 @@ absl::StatusOr<std::string> ReadMessage(const EventContext& ctx) {
   if (const std::string* inline_content = ctx.inline_content()) {
     return *inline_content;
   }
-  return ContentClient::Default().ReadAll(ctx.lease());
+  return ContentClient::Default().ReadAll(ClaimedLease(ctx));
 }
 
 }  // namespace sinkline::sdk
