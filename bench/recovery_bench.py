@@ -137,7 +137,8 @@ def main():
         os.path.join(bin_dir, "sinkline-broker"),
         f"--listen=127.0.0.1:{bport}", f"--config={config}",
         f"--spool-dir={spool}", f"--queue-dir={queue}",
-        "--spool-scan-interval-ms=0"], stdout=blog, stderr=subprocess.STDOUT)
+        "--spool-scan-interval-ms=0", "--session-allow-loopback"],
+        stdout=blog, stderr=subprocess.STDOUT)
     try:
         for t in threads:
             t.join()

@@ -59,7 +59,8 @@ def main():
          "trace=" + ",".join(CALLS), os.path.join(bin_dir, "sinkline-broker"),
          f"--listen=127.0.0.1:{bport}", f"--config={config}",
          f"--spool-dir={work}/spool", f"--queue-dir={work}/queue",
-         "--spool-scan-interval-ms=0", "--config-poll-ms=0"],
+         "--spool-scan-interval-ms=0", "--config-poll-ms=0",
+         "--session-allow-loopback"],
         stdout=open(os.path.join(work, "broker.log"), "wb"),
         stderr=subprocess.STDOUT)
     wait_port(bport)

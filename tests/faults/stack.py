@@ -162,7 +162,8 @@ class FaultStack:
                     + ("1" if self.backlog else "10"),
                     "--submit-retry-min-ms=500",
                     "--submit-retry-max-ms=4000",
-                    f"--broker-id=broker-{n}", "--admin-allow-loopback"]
+                    f"--broker-id=broker-{n}", "--admin-allow-loopback",
+                    "--session-allow-loopback"]
         return argv
 
     def _edge_argv(self, listen):

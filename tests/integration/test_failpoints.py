@@ -83,7 +83,8 @@ class FailpointTest(StackTestCase):
                      f"--listen=127.0.0.1:{self.port}",
                      f"--config={self.stack.config_path}",
                      f"--spool-dir={d}/spool", f"--queue-dir={d}/queue",
-                     "--admin-allow-loopback", "--submit-retry-min-ms=100",
+                     "--admin-allow-loopback", "--session-allow-loopback",
+                     "--submit-retry-min-ms=100",
                      "--spool-scan-interval-ms=0", "--shutdown-grace-s=2"], self.workdir, env=env)
         self.stack._add(p)
         self.stack.broker = p
