@@ -21,6 +21,7 @@
 // 10 s) with OK or a canonical refusal; nothing is left active once the
 // input is done.
 #include <grpcpp/grpcpp.h>
+#include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/thread_pool.hpp>
@@ -56,7 +57,13 @@ std::string ReadFile(const std::string& path) {
 
 struct World {
   World() {
-    // The broker's log is for people; SINKLINE_FUZZ_TRACE=1 keeps it.
+    // The broker's log is for people; SINKLINE_FUZZ_TRACE=1 keeps it. The
+    // logger exists before the world, so that it outlives the world's
+    // threads at exit (see Stop).
+    spdlog::default_logger();
+    // Likewise OpenSSL (lease tokens), whose clean-up at exit is registered
+    // when it is first used.
+    OPENSSL_init_crypto(0, nullptr);
     if (std::getenv("SINKLINE_FUZZ_TRACE") == nullptr) {
       spdlog::set_level(spdlog::level::off);
     }
@@ -70,7 +77,11 @@ struct World {
     server = b.BuildAndStart();
     if (!server) Violation("in-process server");
     stub = v1::Content::NewStub(server->InProcessChannel({}));
+    std::atexit(Stop);
   }
+  // At exit, before the logger goes: no call in flight, no timer armed and
+  // the lease table's threads joined.
+  static void Stop();
   std::string dir;
   boost::asio::thread_pool pool{2};
   LeaseTable leases{pool};
@@ -82,6 +93,17 @@ struct World {
 World& TheWorld() {
   static World* w = new World();  // lives for the process
   return *w;
+}
+
+void World::Stop() {
+  World& w = TheWorld();
+  w.server->Shutdown();
+  w.leases.CancelTimers();
+  w.pool.join();
+  // gRPC's and OpenSSL's own threads and per-thread state would race with
+  // their libraries' clean-up at exit: the process ends here, its work done.
+  std::fflush(nullptr);
+  std::_Exit(0);
 }
 
 bool Refusal(grpc::StatusCode c) {

@@ -15,9 +15,10 @@
 // UNAUTHENTICATED, PERMISSION_DENIED, OUT_OF_RANGE, UNAVAILABLE,
 // CANCELLED) with a message; every result answers an event that waited for
 // one (its sequence), once, with a reply of class 2, 4 or 5 (or none);
-// a result with a queue id answers an EOD; nothing is created outside the
-// spool and queue directories.
+// a result with a queue id answers an EOD; every committed message is
+// submitted (within 10 s); nothing is created outside the spool.
 #include <grpcpp/grpcpp.h>
+#include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -116,7 +117,13 @@ bindings:
 
 struct World {
   World() {
-    // The broker's log is for people; SINKLINE_FUZZ_TRACE=1 keeps it.
+    // The broker's log is for people; SINKLINE_FUZZ_TRACE=1 keeps it. The
+    // logger exists before the world, so that it outlives the world's
+    // threads at exit (see Stop).
+    spdlog::default_logger();
+    // Likewise OpenSSL (lease tokens), whose clean-up at exit is registered
+    // when it is first used.
+    OPENSSL_init_crypto(0, nullptr);
     if (std::getenv("SINKLINE_FUZZ_TRACE") == nullptr) {
       spdlog::set_level(spdlog::level::off);
     }
@@ -148,7 +155,11 @@ struct World {
     server = b.BuildAndStart();
     if (!server) Violation("in-process server");
     stub = v1::SessionService::NewStub(server->InProcessChannel({}));
+    std::atexit(Stop);
   }
+  // At exit, before the logger goes: no call in flight and the broker's
+  // threads joined (it would log from them otherwise).
+  static void Stop();
   std::string root, spool;
   std::unique_ptr<Broker> broker;
   std::unique_ptr<grpc::Server> server;
@@ -158,6 +169,16 @@ struct World {
 World& TheWorld() {
   static World* w = new World();  // lives for the process
   return *w;
+}
+
+void World::Stop() {
+  World& w = TheWorld();
+  w.server->Shutdown();
+  w.broker->Drain();
+  // gRPC's and OpenSSL's own threads and per-thread state would race with
+  // their libraries' clean-up at exit: the process ends here, its work done.
+  std::fflush(nullptr);
+  std::_Exit(0);
 }
 
 bool Refusal(grpc::StatusCode c) {
@@ -238,6 +259,17 @@ void Run(const uint8_t* data, size_t size) {
       Violation("a queue id for an event that is no EOD",
                 res.ShortDebugString());
     }
+  }
+  // The broker finishes what the session left (chains after COMMIT, the
+  // submission to the fake queue) before the next input: each input runs
+  // alone, and nothing runs at exit.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!fs::is_empty(w.spool + "/committed")) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      Violation("a committed message was never submitted");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   // Nothing outside the spool.
   for (const auto& e : fs::directory_iterator(w.root)) {
