@@ -70,6 +70,15 @@ TEST(UnquoteLocalPart, RemovesQuotesAndPairs) {
   EXPECT_EQ(UnquoteLocalPart("\"\""), "");
 }
 
+TEST(ToValidUtf8, ReplacesWhatIsNotUtf8) {
+  EXPECT_EQ(ToValidUtf8("plain j\xc3\xb6rg"), "plain j\xc3\xb6rg");
+  EXPECT_EQ(ToValidUtf8("a\xea"
+                        "b\xc3"),
+            "a\xef\xbf\xbd"
+            "b\xef\xbf\xbd");
+  EXPECT_TRUE(ValidUtf8(ToValidUtf8("\xf5\xac\x8a\xed\xa0\x80x")));
+}
+
 TEST(HasSourceRouting, PercentBangAndQuotedAt) {
   EXPECT_TRUE(HasSourceRouting("user%other@example.test"));
   EXPECT_TRUE(HasSourceRouting("host!user@example.test"));

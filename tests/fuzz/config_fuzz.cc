@@ -7,13 +7,16 @@
 //   [0] >= 128: the text is a rule, then '\n'-separated fields of an event
 //       it is matched against: mail from, rcpt to, helo, client ip, auth.
 //
-// Invariants checked (a violation aborts): a parsed file's bindings are
-// in chain order (event, priority, name) with unique names and known
+// Invariants checked (a violation aborts): a file that is not UTF-8 is
+// refused; a parsed file's bindings are in chain order (event, verb,
+// priority, name) with unique names and known
 // sinks; they survive BindingsToYaml and a second parse unchanged
 // (the Admin service keeps its bindings that way); ChainFor gives enabled
 // bindings of the event in order; the binding map names exactly the events
 // that have one. A parsed rule keeps its text; the empty rule and the
 // rule's own matches do not depend on the case of the event's fields.
+#include <google/protobuf/stubs/logging.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -25,6 +28,7 @@
 #include "absl/strings/str_split.h"
 #include "sink_broker/config.h"
 #include "sink_broker/rule.h"
+#include "sinkline/common/address.h"
 
 namespace sinkline::broker {
 namespace {
@@ -37,6 +41,7 @@ namespace {
 
 bool Before(const BindingConfig& a, const BindingConfig& b) {
   if (a.spec.event() != b.spec.event()) return a.spec.event() < b.spec.event();
+  if (a.spec.verb() != b.spec.verb()) return a.spec.verb() < b.spec.verb();
   if (a.spec.priority() != b.spec.priority()) {
     return a.spec.priority() < b.spec.priority();
   }
@@ -140,6 +145,7 @@ void Run(const uint8_t* data, size_t size) {
     return;
   }
   auto c = ParseConfig(text, "fuzz.yaml");
+  if (c.ok() && !ValidUtf8(text)) Violation("took a file that is not UTF-8");
   if (!c.ok()) {
     if (c.status().message().empty()) Violation("an error without a reason");
     return;
@@ -151,6 +157,13 @@ void Run(const uint8_t* data, size_t size) {
 }  // namespace sinkline::broker
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  // Strings that are not UTF-8 are what fuzzing makes; protobuf's log of
+  // each would drown the output.
+  static const bool quiet = [] {
+    google::protobuf::SetLogHandler(nullptr);
+    return true;
+  }();
+  (void)quiet;
   sinkline::broker::Run(data, size);
   return 0;
 }

@@ -20,6 +20,7 @@
 // released lease's token is refused afterwards; every call ends (deadline
 // 10 s) with OK or a canonical refusal; nothing is left active once the
 // input is done.
+#include <google/protobuf/stubs/logging.h>
 #include <grpcpp/grpcpp.h>
 #include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
@@ -339,6 +340,13 @@ void Run(const uint8_t* data, size_t size) {
 }  // namespace sinkline::broker
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  // Strings that are not UTF-8 are what fuzzing makes; protobuf's log of
+  // each would drown the output.
+  static const bool quiet = [] {
+    google::protobuf::SetLogHandler(nullptr);
+    return true;
+  }();
+  (void)quiet;
   sinkline::broker::Run(data, size);
   return 0;
 }

@@ -17,6 +17,7 @@
 // replaced body or the original one, and the size RewriteMessage returns
 // is the file's; a range write gives what a model of it gives.
 #include <fcntl.h>
+#include <google/protobuf/stubs/logging.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -165,6 +166,13 @@ void Run(const uint8_t* data, size_t size) {
 }  // namespace sinkline::broker
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  // Strings that are not UTF-8 are what fuzzing makes; protobuf's log of
+  // each would drown the output.
+  static const bool quiet = [] {
+    google::protobuf::SetLogHandler(nullptr);
+    return true;
+  }();
+  (void)quiet;
   sinkline::broker::Run(data, size);
   return 0;
 }

@@ -128,6 +128,24 @@ bool ValidUtf8(absl::string_view text) {
   return true;
 }
 
+std::string ToValidUtf8(absl::string_view text) {
+  if (ValidUtf8(text)) return std::string(text);
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    const unsigned char c = text[i];
+    const size_t n = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+    if (i + n <= text.size() && ValidUtf8(text.substr(i, n))) {
+      out.append(text.data() + i, n);
+      i += n;
+    } else {
+      out += "\xef\xbf\xbd";
+      ++i;
+    }
+  }
+  return out;
+}
+
 absl::Status ValidateEnvelopeAddress(absl::string_view address,
                                      bool null_allowed, bool utf8) {
   if (address.empty() && null_allowed) return absl::OkStatus();

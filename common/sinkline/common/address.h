@@ -35,6 +35,10 @@ bool HasSourceRouting(absl::string_view address);
 // Well-formed UTF-8 (no overlong forms, no surrogates).
 bool ValidUtf8(absl::string_view text);
 
+// `text` with every octet that is not part of well-formed UTF-8 replaced by
+// U+FFFD, for a protobuf string field (valid UTF-8 comes back unchanged).
+std::string ToValidUtf8(absl::string_view text);
+
 // An address an envelope edit sets, adds or removes: a valid mailbox, or
 // the null reverse-path "" where `null_allowed` (a new sender). Anything
 // else is INVALID_ARGUMENT with the address escaped in the message.
