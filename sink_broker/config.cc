@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "sinkline/common/address.h"
 
 namespace sinkline::broker {
 namespace {
@@ -128,6 +129,13 @@ absl::StatusOr<Config> ParseConfig(const std::string& text,
                                    const std::string& filename,
                                    const std::vector<SinkConfig>* known_sinks) {
   Ctx ctx{filename};
+  // Every name, target and rule becomes a protobuf string (UTF-8 on the
+  // wire), and the Admin service's bindings are written back as YAML, which
+  // would not keep other bytes.
+  if (!sinkline::ValidUtf8(text)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(filename, ": not UTF-8 text"));
+  }
   YAML::Node root;
   try {
     root = YAML::Load(text);

@@ -7,10 +7,12 @@
 #include <chrono>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "google/protobuf/util/time_util.h"
 #include "sink_broker/peer_auth.h"
+#include "sinkline/common/address.h"
 #include "sinkline/common/grpc_status.h"
 
 namespace sinkline::broker {
@@ -227,8 +229,10 @@ class ContentService final : public v1::Content::CallbackService {
       out->set_name(f.name);
       std::string value = f.raw.substr(f.name.size() + 1);
       if (!value.empty() && value.front() == ' ') value.erase(0, 1);
-      if (value.size() >= 2) value.resize(value.size() - 2);  // CRLF
-      out->set_value(std::move(value));
+      if (absl::EndsWith(value, "\r\n")) value.resize(value.size() - 2);
+      // A protobuf string: octets that are not UTF-8 (8-bit mail) come as
+      // U+FFFD; ReadRange gives the field's exact bytes.
+      out->set_value(sinkline::ToValidUtf8(value));
     }
     resp->set_body_offset(h.body_offset);
     return Done(ctx, absl::OkStatus());

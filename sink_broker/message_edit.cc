@@ -127,6 +127,12 @@ absl::Status ValidateEdit(const v1::ContentEdit& edit) {
 
 absl::Status ApplyHeaderEdits(const std::vector<v1::ContentEdit>& edits,
                               ParsedHeader& h, const std::string** new_body) {
+  // A last field that ends the message without its CRLF gets one, so that
+  // a field added after it is a field of its own.
+  if (!edits.empty() && !h.fields.empty() &&
+      !absl::EndsWith(h.fields.back().raw, "\r\n")) {
+    h.fields.back().raw += "\r\n";
+  }
   for (const auto& edit : edits) {
     if (auto st = ValidateEdit(edit); !st.ok()) return st;
     switch (edit.edit_case()) {
@@ -217,7 +223,16 @@ absl::StatusOr<uint64_t> RewriteHeaderAndBody(
   absl::Status st;
   std::string block;
   for (const auto& f : h.fields) block += f.raw;
-  if (h.has_separator || new_body != nullptr) block += "\r\n";
+  // A message without a header whose body starts with white space: once
+  // fields precede it, its first line would read as their continuation, so
+  // the empty line that ends a header goes between them.
+  const bool body_looks_folded =
+      h.body_offset < head.size() &&
+      (head[h.body_offset] == ' ' || head[h.body_offset] == '\t');
+  if (h.has_separator || new_body != nullptr ||
+      (body_looks_folded && !h.fields.empty())) {
+    block += "\r\n";
+  }
   st = WriteAll(out, block);
   size += block.size();
   if (st.ok() && new_body != nullptr) {

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "sinkline/common/metrics.h"
 #include "smtp_edge/parser.h"
 
 namespace sinkline::edge {
@@ -38,6 +39,14 @@ edge::Reply BadAddress(absl::string_view address, bool smtputf8,
                      "Error: non-ASCII address requires SMTPUTF8");
   }
   return MakeReply(501, enhanced, text);
+}
+
+Counter& SourceRoutedRefused() {
+  return MetricsRegistry::Default().GetCounter(
+      "sinkline_edge_source_routed_refused_total",
+      "Recipients refused 550 5.7.1 for sender-specified routing (%, ! or a "
+      "quoted @ in the local part) from a client neither trusted nor "
+      "authenticated (--allow-untrusted-routing).");
 }
 
 }  // namespace
@@ -187,6 +196,13 @@ struct CommandTable {
         return MakeReply(555, "5.5.4",
                          absl::StrCat("Unsupported parameter ", key));
       }
+    }
+    if (HasSourceRouting(path->address) && !s.policy_.allow_untrusted_routing &&
+        !s.TrustedClient()) {
+      SourceRoutedRefused().Inc();
+      return MakeReply(550, "5.7.1",
+                       "Source routing (%, ! or a quoted @ in the local part) "
+                       "refused: Relay access denied");
     }
     if (!s.RelayAllowed(path->address)) {
       return MakeReply(554, "5.7.1", "Relay access denied");

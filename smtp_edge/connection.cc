@@ -19,6 +19,7 @@
 #include "sinkline/common/metrics.h"
 #include "sinkline/common/time.h"
 #include "smtp_edge/broker_client.h"
+#include "smtp_edge/output_queue.h"
 #include "smtp_edge/server.h"
 #include "smtp_edge/session.h"
 #include "smtp_edge/watchdog.h"
@@ -183,10 +184,11 @@ class AsioConnection final
       CountBrokerUnavailable("connect");
       spdlog::warn("session {}: no broker ({}); 421", session_id_,
                    stream_error_.empty() ? "timeout" : stream_error_);
-      out_ = MakeReply(421, "4.3.0",
-                       absl::StrCat(opts.hostname,
-                                    " Service not available, try again later"))
-                 .Format();
+      out_.Append(MakeReply(421, "4.3.0",
+                            absl::StrCat(opts.hostname,
+                                         " Service not available, try again "
+                                         "later"))
+                      .Format());
       co_await Flush();
       Finish();
       co_return;
@@ -206,6 +208,12 @@ class AsioConnection final
     asio::co_spawn(strand_, Watchdog(shared_from_this()), asio::detached);
     for (;;) {
       co_await Flush();
+      if (out_.writing() && socket_.is_open()) {
+        // Another writer is under way (the watchdog's 421): it closes the
+        // connection after its write and wakes this loop.
+        co_await WaitWake(Clock::time_point::max());
+        continue;
+      }
       if (session_->closed() || !socket_.is_open()) break;
       if (start_tls_) {
         start_tls_ = false;
@@ -233,6 +241,7 @@ class AsioConnection final
         continue;  // draining: the 421 is in out_
       }
       if (ec) break;
+      if (out_.sealed()) continue;  // after the watchdog's 421: dropped
       clocks_.Activity(Clock::now());
       session_->Feed(absl::string_view(buf_.data(), n));
       Progress(n);
@@ -282,7 +291,7 @@ class AsioConnection final
   }
 
   // SessionOutput.
-  void Write(std::string bytes) override { out_ += bytes; }
+  void Write(std::string bytes) override { out_.Append(bytes); }
   void SendEvent(const v1::Event& event, bool notify_only) override {
     if (!stream_ || stream_done_) return;
     v1::SessionRequest req;
@@ -482,20 +491,24 @@ class AsioConnection final
     co_return woke;
   }
 
+  // Writes what the queue holds, then closes the connection when asked to.
+  // Every write to the client goes through here, one at a time: a Flush
+  // that finds a write under way returns at once, and the writer under way
+  // takes the bytes queued meanwhile before it ends.
   asio::awaitable<void> Flush() {
     Publish();
-    flushing_ = true;
-    while (!out_.empty() && socket_.is_open()) {
-      std::string w;
-      w.swap(out_);
+    if (out_.writing()) co_return;
+    while (socket_.is_open()) {
+      const std::string w = out_.Take();
+      if (w.empty()) break;
       boost::system::error_code ec;
       co_await WriteAll(asio::buffer(w), ec);
+      out_.Done();
       if (ec) {
         socket_.close(ec);
         break;
       }
     }
-    flushing_ = false;
     if (close_after_flush_ && socket_.is_open()) {
       boost::system::error_code ec;
       socket_.shutdown(tcp::socket::shutdown_both, ec);
@@ -536,22 +549,28 @@ class AsioConnection final
           self->socket_.close(ec);
           co_return;
         }
-        const std::string bye =
-            MakeReply(421, "4.4.2", absl::StrCat(opts.hostname, text)).Format();
-        if (self->flushing_) {
-          // A write is under way: the 421 goes right after it, then the
-          // connection closes. A client that does not read gets at most
-          // another idle timeout for it.
-          self->out_ += bye;
-          self->close_after_flush_ = true;
-          self->idle_.expires_after(idle);
-          co_await self->idle_.async_wait(
-              asio::redirect_error(asio::use_awaitable, ec));
-          if (!self->finished_) self->socket_.close(ec);
-          co_return;
+        // The 421 is the last thing queued, written after whatever is
+        // under way (two writes at once would mix on a TLS stream), then
+        // the connection closes. With no write under way the watchdog
+        // starts the writer; a client that does not read gets at most
+        // another idle timeout for it.
+        self->out_.AppendLast(
+            MakeReply(421, "4.4.2", absl::StrCat(opts.hostname, text))
+                .Format());
+        self->close_after_flush_ = true;
+        if (!self->out_.writing()) {
+          asio::co_spawn(
+              self->strand_,
+              [self]() -> asio::awaitable<void> {
+                co_await self->Flush();
+                self->Wake();
+              },
+              asio::detached);
         }
-        co_await self->WriteAll(asio::buffer(bye), ec);
-        self->socket_.close(ec);
+        self->idle_.expires_after(idle);
+        co_await self->idle_.async_wait(
+            asio::redirect_error(asio::use_awaitable, ec));
+        if (!self->finished_) self->socket_.close(ec);
         co_return;
       }
     }
@@ -593,7 +612,6 @@ class AsioConnection final
   bool start_tls_ = false;
   bool handshaking_ = false;
   bool reading_ = false;
-  bool flushing_ = false;
   bool draining_ = false;
   const Clock::time_point started_at_ = Clock::now();
   // Sized on demand: an idle session keeps kFirstReadBuffer octets.
@@ -607,7 +625,8 @@ class AsioConnection final
   std::shared_ptr<BrokerStream> stream_;
   uint64_t stream_gen_ = 0;
   std::string session_id_;
-  std::string out_;
+  // What the client is owed, written by one writer at a time (Flush).
+  OutputQueue out_;
   bool close_after_flush_ = false;
   bool got_map_ = false;
   bool stream_done_ = false;

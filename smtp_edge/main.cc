@@ -87,6 +87,11 @@ ABSL_FLAG(std::vector<std::string>, accepted_domains, {},
 ABSL_FLAG(std::vector<std::string>, trusted_networks, {},
           "CIDR blocks whose clients may relay without AUTH, "
           "comma-separated (none by default)");
+ABSL_FLAG(bool, allow_untrusted_routing, false,
+          "take recipients with sender-specified routing (user%host@, "
+          "host!user@, \"user@host\"@) from clients neither in "
+          "--trusted-networks nor authenticated; refused with 550 5.7.1 by "
+          "default (Postfix's allow_untrusted_routing = no)");
 ABSL_FLAG(std::string, proxy_protocol, "off",
           "PROXY protocol header from trusted proxies: off|v1|v2|any");
 ABSL_FLAG(std::vector<std::string>, proxy_trusted, {},
@@ -146,6 +151,7 @@ int main(int argc, char** argv) {
   opts.auth_file = absl::GetFlag(FLAGS_auth_file);
   opts.accepted_domains = absl::GetFlag(FLAGS_accepted_domains);
   opts.trusted_networks = absl::GetFlag(FLAGS_trusted_networks);
+  opts.allow_untrusted_routing = absl::GetFlag(FLAGS_allow_untrusted_routing);
   if (const auto pp = absl::GetFlag(FLAGS_proxy_protocol); pp == "v1") {
     opts.proxy_protocol = sinkline::edge::ProxyVersions::kV1;
   } else if (pp == "v2") {

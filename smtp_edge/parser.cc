@@ -115,7 +115,21 @@ absl::StatusOr<PathArgument> ParsePathArgument(absl::string_view arg,
   if (arg.empty() || arg.front() != '<') {
     return absl::InvalidArgumentError("Syntax error: address must be in <>");
   }
-  const size_t close = arg.find('>');
+  // The path ends at the first '>' outside a Quoted-string local part
+  // (which may hold '>' and quoted-pairs such as \").
+  size_t close = absl::string_view::npos;
+  bool quoted = false;
+  for (size_t i = 1; i < arg.size(); ++i) {
+    const char c = arg[i];
+    if (quoted && c == '\\') {
+      ++i;
+    } else if (c == '"') {
+      quoted = !quoted;
+    } else if (c == '>' && !quoted) {
+      close = i;
+      break;
+    }
+  }
   if (close == absl::string_view::npos) {
     return absl::InvalidArgumentError("Syntax error: missing >");
   }

@@ -77,6 +77,7 @@ SessionPolicy Server::PolicyFor(const std::string& client_ip) const {
   p.credentials = credentials_ ? &*credentials_ : nullptr;
   p.accepted_domains = accepted_domains_;
   p.trusted_client = InNetworks(trusted_, client_ip);
+  p.allow_untrusted_routing = options_.allow_untrusted_routing;
   return p;
 }
 

@@ -60,6 +60,9 @@ struct EdgeOptions {
   std::vector<std::string> accepted_domains;
   // CIDR blocks whose clients may relay without AUTH.
   std::vector<std::string> trusted_networks;
+  // Take recipients with sender-specified routing (%, !, a quoted @) from
+  // clients neither trusted nor authenticated (off: 550 5.7.1).
+  bool allow_untrusted_routing = false;
   // PROXY protocol (off when unset): a connection from `proxy_trusted`
   // must start with a header, whose source address becomes the client's;
   // any other connection is closed.

@@ -132,6 +132,10 @@ bool Session::RelayAllowed(const std::string& address) const {
   for (const auto& d : policy_.accepted_domains) {
     if (d == domain) return true;
   }
+  return TrustedClient();
+}
+
+bool Session::TrustedClient() const {
   return policy_.trusted_client || !info_.auth_identity().empty();
 }
 

@@ -51,6 +51,10 @@ struct SessionPolicy {
   std::vector<std::string> accepted_domains;
   // The client is in a trusted network and may relay.
   bool trusted_client = false;
+  // Recipients with sender-specified routing (a local part with '%', '!'
+  // or a quoted '@': sinkline::HasSourceRouting) are taken from clients
+  // neither trusted nor authenticated; refused (550 5.7.1) when false.
+  bool allow_untrusted_routing = false;
 };
 
 // What the session asks of the world around it.
@@ -144,6 +148,8 @@ class Session {
   void FinishAuth(const std::string& authzid, const std::string& user,
                   const std::string& password);
   bool RelayAllowed(const std::string& address) const;
+  // In a trusted network or authenticated: may relay and route.
+  bool TrustedClient() const;
   void Reply(const edge::Reply& r);
   void CloseAfter(const edge::Reply& r);
   bool Bound(v1::EventType type, const std::string& verb) const;

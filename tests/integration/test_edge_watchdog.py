@@ -3,21 +3,45 @@ slower than --command-timeout-s allows and message content slower than
 --data-min-rate are cut with 421 4.4.2 although bytes keep coming (the idle
 timeout never fires); a client at normal speed is not affected."""
 
+import ssl
 import time
 import unittest
 
-from harness import RawSmtp, StackTestCase
+from harness import RawSmtp, StackTestCase, make_cert
 
 
 class EdgeWatchdogTest(StackTestCase):
 
-    def start(self):
+    def start(self, extra=()):
         self.stack.write_config([])
         self.stack.start_broker()
         self.stack.start_edge(["--command-timeout-s=2", "--data-min-rate=200",
                                "--data-rate-grace-s=1",
-                               "--idle-timeout-s=60"])
+                               "--idle-timeout-s=60"] + list(extra))
         return self.stack.edge.port
+
+    def test_command_line_dripped_too_slowly_over_tls(self):
+        """The watchdog's 421 goes through the connection's one writer onto
+        the TLS stream: a whole, readable TLS record after the replies
+        before it, then the close."""
+        cert, key = make_cert(self.workdir)
+        c = RawSmtp(self.start([f"--tls-cert={cert}", f"--tls-key={key}"]))
+        self.assertEqual(c.reply()[0], 220)
+        self.assertEqual(c.cmd("EHLO c.example")[0], 250)
+        self.assertEqual(c.cmd("STARTTLS")[0], 220)
+        ctx = ssl.create_default_context(cafile=cert)
+        ctx.check_hostname = False
+        c.sock = ctx.wrap_socket(c.sock, server_hostname="mx.example.test")
+        # Pipelined commands the edge answers, then a line it never
+        # finishes; the replies are read only after the 421 was sent.
+        c.send(b"EHLO c.example\r\n" + b"NOOP\r\n" * 50 + b"NOOP")
+        replies = [c.reply() for _ in range(51)]
+        self.assertEqual(replies[0][0], 250)
+        self.assertEqual(replies[1:], [(250, ["250 2.0.0 Ok"])] * 50)
+        self.assertEqual(c.reply(), (421, [
+            "421 4.4.2 mx.example.test Error: command line too slow"]))
+        self.assertTrue(c.closed_by_peer())
+        c.close()
 
     def drip(self, c, data, pause_s, limit):
         """Sends `data` one octet at a time until the edge answers; at most

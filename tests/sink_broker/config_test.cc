@@ -147,5 +147,22 @@ TEST(Config, ErrorsNameFileLineAndReason) {
   }
 }
 
+// Found by config_fuzz: a rule with a byte that is not UTF-8 was taken, sent
+// as an invalid protobuf string and changed by the YAML round trip.
+TEST(Config, TextMustBeUtf8) {
+  auto c = ParseConfig(
+      "sinks: [{name: m, target: \"127.0.0.1:1\"}]\n"
+      "bindings: [{name: b, sink: m, event: MAIL, rule: \"helo=\x86\"}]\n",
+      "b.yaml");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("b.yaml: not UTF-8"), std::string::npos)
+      << c.status();
+  EXPECT_TRUE(ParseConfig("sinks: [{name: m, target: \"127.0.0.1:1\"}]\n"
+                          "bindings: [{name: b, sink: m, event: MAIL, rule: "
+                          "\"helo=j\xc3\xb6rg\"}]\n",
+                          "b.yaml")
+                  .ok());
+}
+
 }  // namespace
 }  // namespace sinkline::broker

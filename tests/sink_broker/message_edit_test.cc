@@ -81,6 +81,19 @@ TEST(RewriteMessage, ChangeAndDeleteByOccurrence) {
             "changed\r\n\r\nbody line\r\n.\r\n");
 }
 
+// Found by verdict_fuzz: a message that ends inside its last field (BDAT
+// content without a final CRLF), and one without a header whose body starts
+// with white space.
+TEST(RewriteMessage, AddedFieldsStayFieldsAndTheBodyStaysBody) {
+  EXPECT_EQ(Rewrite("Subject: x", {Add("X-A", "1", 0, true)}),
+            "Subject: x\r\nX-A: 1\r\n");
+  EXPECT_EQ(Rewrite(" indented body line\r\n", {Add("X-A", "1")}),
+            "X-A: 1\r\n\r\n indented body line\r\n");
+  // A body that starts otherwise keeps its place without an empty line.
+  EXPECT_EQ(Rewrite("body line\r\n", {Add("X-A", "1")}),
+            "X-A: 1\r\nbody line\r\n");
+}
+
 TEST(RewriteMessage, ReplaceBody) {
   v1::ContentEdit body;
   body.mutable_replace_body()->set_body("new\r\n");

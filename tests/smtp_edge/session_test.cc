@@ -267,6 +267,25 @@ TEST(Parser, Paths) {
   EXPECT_EQ(ParseCommand("QUIT").argument, "");
 }
 
+TEST(Parser, QuotedLocalParts) {
+  // The path ends at the first '>' outside the quotes; the address is kept
+  // byte for byte, quotes and quoted-pairs included.
+  auto p = ParsePathArgument("TO:<\"quoted local\"@example.test> NOTIFY=NEVER",
+                             "TO:", false);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->address, "\"quoted local\"@example.test");
+  ASSERT_EQ(p->params.size(), 1u);
+  p = ParsePathArgument("TO:<\"a>b \\\" c\"@example.test>", "TO:", false);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->address, "\"a>b \\\" c\"@example.test");
+  EXPECT_TRUE(ValidMailbox(p->address, false));
+  p = ParsePathArgument("TO:<@relay.x:\"u v\"@d.e>", "TO:", false);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->address, "\"u v\"@d.e");
+  EXPECT_FALSE(ParsePathArgument("TO:<\"u>", "TO:", false).ok());
+  EXPECT_FALSE(ParsePathArgument("TO:<\"u\\\">", "TO:", false).ok());
+}
+
 // --- STARTTLS, AUTH and relay control ---
 
 // A crypt(3) SHA-512 hash of `password`, as `openssl passwd -6` makes.

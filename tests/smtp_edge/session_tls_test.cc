@@ -378,6 +378,67 @@ TEST_P(SessionTls, RelayControl) {
       << out;
 }
 
+// Sender-specified routing (user%host, host!user, "a@b") in a recipient:
+// refused from clients neither trusted nor authenticated unless
+// allow_untrusted_routing; a quoted local part without it is accepted and
+// reaches the broker byte for byte.
+TEST_P(SessionTls, SourceRouting) {
+  struct Case {
+    const char* name;
+    SessionPolicy policy;
+    std::string rcpt;
+    std::string reply;
+  };
+  SessionPolicy trusted = TlsPolicy();
+  trusted.trusted_client = true;
+  SessionPolicy allowed = TlsPolicy();
+  allowed.allow_untrusted_routing = true;
+  const std::string refused =
+      "550 5.7.1 Source routing (%, ! or a quoted @ in the local part) "
+      "refused: Relay access denied\r\n";
+  const std::string ok = "250 2.1.5 Ok\r\n";
+  const std::vector<Case> cases = {
+      {"percent hack", TlsPolicy(), "user%other@example.test", refused},
+      {"bang path", TlsPolicy(), "host!user@example.test", refused},
+      {"quoted @", TlsPolicy(), "\"a@b\"@example.test", refused},
+      {"quoted-pair @", TlsPolicy(), "\"a\\@b\"@example.test", refused},
+      {"two @", TlsPolicy(), "a@b@example.test", refused},
+      {"quoted local part", TlsPolicy(), "\"quoted local\"@example.test", ok},
+      {"quoted-pairs", TlsPolicy(), "\"a\\\"b\\\\c\"@example.test", ok},
+      {"trusted client", trusted, "user%other@example.test", ok},
+      {"flag on", allowed, "host!user@example.test", ok},
+  };
+  for (const auto& c : cases) {
+    FakeWorld w;
+    const std::string out = Play(
+        {"",
+         "HELO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<" + c.rcpt + ">\r\n",
+         "",
+         {v1::EVENT_TYPE_RCPT}},
+        GetParam(), w, {}, c.policy);
+    EXPECT_EQ(out, "250 mx.example.test\r\n250 2.1.0 Ok\r\n" + c.reply)
+        << c.name;
+    int rcpts = 0;
+    for (const auto& e : w.events) {
+      if (e.type() != v1::EVENT_TYPE_RCPT) continue;
+      ++rcpts;
+      EXPECT_EQ(e.recipient().address(), c.rcpt) << c.name;
+    }
+    EXPECT_EQ(rcpts, c.reply == ok ? 1 : 0) << c.name;
+  }
+  // An authenticated client may route.
+  FakeWorld w;
+  Session s({}, TlsPolicy(), TestInfo(), &w);
+  const std::string out = PlayAfterTls(
+      s, w,
+      "EHLO c\r\nAUTH PLAIN " + Plain("", "alice", "s3cret pass") +
+          "\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<user%other@example.test>"
+          "\r\n",
+      GetParam());
+  EXPECT_NE(out.find("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"), std::string::npos)
+      << out;
+}
+
 INSTANTIATE_TEST_SUITE_P(WholeAndByteAtATime, SessionTls, ::testing::Bool());
 
 TEST(Policy, Credentials) {

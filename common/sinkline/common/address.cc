@@ -8,20 +8,88 @@
 
 namespace sinkline {
 
-bool ValidMailbox(absl::string_view a, bool utf8) {
-  if (a.empty() || a.size() > 254) return false;
-  const size_t at = a.rfind('@');
-  if (at == absl::string_view::npos || at == 0 || at + 1 == a.size()) {
-    return false;
-  }
-  for (unsigned char c : a) {
+namespace {
+
+// Printable, no spaces, controls or brackets: the Dot-string and domain
+// characters this grammar takes (UTF-8 octets when `utf8`).
+bool PlainChars(absl::string_view s, bool utf8) {
+  for (unsigned char c : s) {
     if (c <= 32 || c == 127 || c == '<' || c == '>' || c == '(' || c == ')' ||
-        c == ',' || c == ';' || c == '\\') {
+        c == ',' || c == ';' || c == '\\' || c == '"') {
       return false;
     }
     if (c >= 128 && !utf8) return false;
   }
-  return !utf8 || ValidUtf8(a);
+  return true;
+}
+
+// Where the Quoted-string that starts `s` ends (just after its closing
+// quote), or npos when `s` does not start with a valid one. qtextSMTP is
+// %d32-33 / %d35-91 / %d93-126 (and UTF-8 when `utf8`); a quoted-pair is
+// a backslash and one of %d32-126.
+size_t QuotedStringEnd(absl::string_view s, bool utf8) {
+  if (s.empty() || s[0] != '"') return absl::string_view::npos;
+  for (size_t i = 1; i < s.size(); ++i) {
+    const unsigned char c = s[i];
+    if (c == '"') return i + 1;
+    if (c == '\\') {
+      if (i + 1 == s.size()) return absl::string_view::npos;
+      const unsigned char q = s[++i];
+      if (q < 32 || q > 126) return absl::string_view::npos;
+    } else if (c < 32 || c == 127 || (c >= 128 && !utf8)) {
+      return absl::string_view::npos;
+    }
+  }
+  return absl::string_view::npos;
+}
+
+}  // namespace
+
+bool ValidMailbox(absl::string_view a, bool utf8) {
+  if (a.empty() || a.size() > 254) return false;
+  if (utf8 && !ValidUtf8(a)) return false;
+  if (a[0] == '"') {
+    const size_t end = QuotedStringEnd(a, utf8);
+    if (end == absl::string_view::npos || end + 1 >= a.size() ||
+        a[end] != '@') {
+      return false;
+    }
+    const absl::string_view domain = a.substr(end + 1);
+    return domain.find('@') == absl::string_view::npos &&
+           PlainChars(domain, utf8);
+  }
+  const size_t at = a.rfind('@');
+  if (at == absl::string_view::npos || at == 0 || at + 1 == a.size()) {
+    return false;
+  }
+  return PlainChars(a, utf8);
+}
+
+absl::string_view MailboxLocalPart(absl::string_view address) {
+  if (!address.empty() && address[0] == '"') {
+    const size_t end = QuotedStringEnd(address, /*utf8=*/true);
+    if (end != absl::string_view::npos) return address.substr(0, end);
+  }
+  const size_t at = address.rfind('@');
+  return at == absl::string_view::npos ? address : address.substr(0, at);
+}
+
+std::string UnquoteLocalPart(absl::string_view local) {
+  if (local.size() < 2 || local.front() != '"' || local.back() != '"') {
+    return std::string(local);
+  }
+  std::string out;
+  for (size_t i = 1; i + 1 < local.size(); ++i) {
+    if (local[i] == '\\' && i + 2 < local.size()) ++i;
+    out += local[i];
+  }
+  return out;
+}
+
+bool HasSourceRouting(absl::string_view address) {
+  if (address.find('@') == absl::string_view::npos) return false;
+  const std::string local = UnquoteLocalPart(MailboxLocalPart(address));
+  return local.find_first_of("%!@") != std::string::npos;
 }
 
 bool ValidUtf8(absl::string_view text) {
@@ -58,6 +126,24 @@ bool ValidUtf8(absl::string_view text) {
     i += extra + 1;
   }
   return true;
+}
+
+std::string ToValidUtf8(absl::string_view text) {
+  if (ValidUtf8(text)) return std::string(text);
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    const unsigned char c = text[i];
+    const size_t n = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+    if (i + n <= text.size() && ValidUtf8(text.substr(i, n))) {
+      out.append(text.data() + i, n);
+      i += n;
+    } else {
+      out += "\xef\xbf\xbd";
+      ++i;
+    }
+  }
+  return out;
 }
 
 absl::Status ValidateEnvelopeAddress(absl::string_view address,
