@@ -43,6 +43,8 @@
 namespace sinkline::broker {
 namespace {
 
+constexpr char kEdgeToken[] = "fuzz-edge-token-0123456789";
+
 namespace fs = std::filesystem;
 
 [[noreturn]] void Violation(const char* what, const std::string& detail = "") {
@@ -147,6 +149,9 @@ struct World {
     opts.workers = 2;
     opts.submit_workers = 1;
     opts.chain_deadline = std::chrono::milliseconds(5000);
+    // The fuzzer plays an edge that holds the edges' token; what an
+    // unauthenticated caller gets is security_session's business.
+    opts.edge_guard = EdgeGuard(kEdgeToken, {}, /*allow_loopback=*/false);
     broker = std::make_unique<Broker>(opts, std::move(*config),
                                       std::make_unique<FakeQueue>(),
                                       std::make_unique<FakeSink>());
@@ -229,6 +234,7 @@ void Run(const uint8_t* data, size_t size) {
   }
 
   grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", std::string("Bearer ") + kEdgeToken);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   auto stream = w.stub->Stream(&ctx);
   std::vector<v1::SessionResponse> responses;
