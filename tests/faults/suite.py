@@ -46,7 +46,7 @@ def failed(row):
     """A row fails when an acknowledged message was lost, a process died
     unplanned, or 250s never came back after the fault was undone."""
     return (row.get("lost", 1) > 0 or not row["healthy"]
-            or row.get("recover") is None)
+            or row.get("recover") is None or row.get("wrong_full_answer"))
 
 
 def mount_tmpfs(mb):
@@ -121,6 +121,8 @@ def run_row(number, name, inject, opts, mode, rng, keep):
         delivered = stack.delivered()  # after `held`: nothing slips between
         attempts = load.snapshot()
         count(row, attempts, held, delivered, t0, t1)
+        if opts.get("tmpfs_mb"):
+            check_full_answers(row, attempts, t0, t1)
         row["health"], row["healthy"] = stack.health()
     except Exception:
         row.setdefault("note", "")
@@ -167,6 +169,19 @@ def count(row, attempts, held, delivered, t0, t1):
         recover=first_250_after(attempts, t1),
         gap=longest_gap(attempts, t0, t1),
         answers=", ".join(f"{k} x{v}" for k, v in window.most_common(3)))
+
+
+def check_full_answers(row, attempts, t0, t1):
+    """A full spool is answered 452 4.3.1 (RFC 3463: insufficient system
+    storage), not with a generic 451 4.3.0."""
+    during = [a for a in attempts
+              if a.code not in (250, 0, None) and t0 <= a.start <= t1]
+    full = [a for a in during if a.code == 452 and "4.3.1" in a.text[:12]]
+    generic = [a for a in during if a.code == 451 and "4.3.0" in a.text[:12]]
+    if not full or generic:
+        row["wrong_full_answer"] = True
+        row["note"] = (row.get("note", "") + f"; {len(full)} x 452 4.3.1, "
+                       f"{len(generic)} x 451 4.3.0 while full")
 
 
 def fmt(seconds):
