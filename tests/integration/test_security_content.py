@@ -327,5 +327,47 @@ class ContentLimitsTest(RealTokenTest):
         self.assertEqual(code, grpc.StatusCode.NOT_FOUND)
 
 
+class MessageSizeLimitTest(StackTestCase):
+    """The largest gRPC message a port takes is a flag
+    (--grpc-max-receive-message-bytes): a bigger one is refused with
+    RESOURCE_EXHAUSTED before the service sees it; the broker goes on."""
+
+    def call_read_range(self, token_bytes):
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{self.stack.broker.port}",
+            options=[("grpc.max_send_message_length", 8 << 20)])
+        self.addCleanup(channel.close)
+        stream = channel.unary_stream(
+            "/sinkline.v1.Content/ReadRange",
+            request_serializer=content_pb2.ReadRangeRequest.SerializeToString,
+            response_deserializer=content_pb2.ReadRangeResponse.FromString)
+        req = content_pb2.ReadRangeRequest(token="t" * token_bytes)
+        try:
+            list(stream(req, timeout=10))
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+        return grpc.StatusCode.OK, ""
+
+    def test_a_message_over_the_limit_is_refused_before_it_is_read(self):
+        self.stack.write_config([])
+        self.stack.start_broker(
+            extra=["--grpc-max-receive-message-bytes=65536"])
+        code, details = self.call_read_range(100 << 10)
+        self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+        # Under the limit the call reaches the service, which refuses the
+        # token for what it is; the broker is still there.
+        code, details = self.call_read_range(1 << 10)
+        self.assertEqual(code, grpc.StatusCode.NOT_FOUND, details)
+        self.assertTrue(self.stack.broker.running())
+
+    def test_the_default_is_four_mib(self):
+        self.stack.write_config([])
+        self.stack.start_broker()
+        code, details = self.call_read_range((4 << 20) + 1024)
+        self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+        code, details = self.call_read_range(2 << 20)
+        self.assertEqual(code, grpc.StatusCode.NOT_FOUND, details)
+
+
 if __name__ == "__main__":
     unittest.main()

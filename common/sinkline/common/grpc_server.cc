@@ -10,6 +10,11 @@ ABSL_FLAG(std::string, grpc_health_listen, "",
           "also serve the health service alone, in plaintext, on this "
           "address (for probes that cannot speak TLS); off if empty");
 
+ABSL_FLAG(int32_t, grpc_max_receive_message_bytes, 4 << 20,
+          "largest gRPC message this process accepts from a caller; a "
+          "larger one is refused with RESOURCE_EXHAUSTED before it is "
+          "handled");
+
 namespace sinkline {
 
 using grpc::health::v1::HealthCheckResponse;
@@ -41,6 +46,8 @@ absl::StatusOr<GrpcServer> StartGrpcServer(
   GrpcServer out;
   out.health = std::make_unique<HealthService>();
   builder.AddListeningPort(listen, GrpcServerCredentials(), &out.port);
+  builder.SetMaxReceiveMessageSize(
+      absl::GetFlag(FLAGS_grpc_max_receive_message_bytes));
   for (grpc::Service* s : services) builder.RegisterService(s);
   builder.RegisterService(out.health.get());
   out.server = builder.BuildAndStart();
