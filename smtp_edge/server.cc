@@ -28,7 +28,8 @@ Server::Server(asio::io_context& io, EdgeOptions options,
       options_(std::move(options)),
       channel_(std::move(broker_channel)),
       stub_(v1::SessionService::NewStub(channel_)),
-      acceptor_(io),
+      accept_strand_(asio::make_strand(io)),
+      acceptor_(accept_strand_),
       tls_(options_.tls_cert.empty()
                ? nullptr
                : std::make_unique<TlsContext>(options_.tls_cert,
@@ -107,7 +108,7 @@ absl::StatusOr<int> Server::Listen(const std::string& address) {
         absl::StrCat("cannot listen on ", address, ": ", ec.message()));
   }
   asio::co_spawn(
-      io_,
+      accept_strand_,
       [this]() -> asio::awaitable<void> {
         for (;;) {
           boost::system::error_code ec;
@@ -153,7 +154,7 @@ void Server::Drain() {
     absl::MutexLock lock(&mu_);
     draining_ = true;
   }
-  asio::post(io_, [this] {
+  asio::post(accept_strand_, [this] {
     boost::system::error_code ec;
     acceptor_.close(ec);
   });
@@ -161,7 +162,7 @@ void Server::Drain() {
 }
 
 void Server::Stop() {
-  asio::post(io_, [this] {
+  asio::post(accept_strand_, [this] {
     boost::system::error_code ec;
     acceptor_.close(ec);
   });

@@ -7,6 +7,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/strand.hpp>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -126,6 +127,9 @@ class Server {
   const EdgeOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::SessionService::Stub> stub_;
+  // The accept loop, Drain's and Stop's closes all run on one strand: two
+  // closes of the acceptor on two I/O threads at once race inside Asio.
+  boost::asio::strand<boost::asio::io_context::executor_type> accept_strand_;
   boost::asio::ip::tcp::acceptor acceptor_;
   // The STARTTLS certificate; null without --tls-cert.
   const std::unique_ptr<TlsContext> tls_;
