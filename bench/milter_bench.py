@@ -48,31 +48,10 @@ from harness import Stack, wait_for  # noqa: E402
 from milter_tools import External  # noqa: E402
 from postfix import Postfix, free_port  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import stat_of, tree  # noqa: E402
+
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def stat_of(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def tree(roots):
-    """`roots` and all their descendants, alive now."""
-    children = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                children.setdefault(int(stat_of(d)[1]), []).append(int(d))
-            except OSError:
-                pass
-    out, todo = set(), list(roots)
-    while todo:
-        p = todo.pop()
-        if p in out:
-            continue
-        out.add(p)
-        todo += children.get(p, [])
-    return out
 
 
 def cpu_seconds(roots):

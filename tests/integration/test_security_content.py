@@ -11,11 +11,8 @@ flight, one ReplaceBody per lease, the largest new body; each refused with
 RESOURCE_EXHAUSTED naming its flag, and counted."""
 
 import concurrent.futures
-import json
 import os
 import queue
-import re
-import smtplib
 import sys
 import unittest
 
@@ -26,10 +23,11 @@ from harness import (AdminClient, PYTHON_DIR, ROOT, Process, StackTestCase,
 
 from sinkline.v1 import content_pb2, sink_pb2, types_pb2  # noqa: E402
 
+import test_content_service as content_tests  # noqa: E402
+
 sys.path.insert(0, os.path.join(ROOT, "sinks", "python"))
 import sinkline_sink  # noqa: E402
 
-QUEUED = re.compile(rb"queued as (\S+)")
 
 STREAMS = 100
 CHUNK = b"x" * (1 << 20)  # 1 MiB per message
@@ -142,24 +140,9 @@ class RealTokenTest(StackTestCase):
             options=[("grpc.max_send_message_length", 8 << 20)])
         self.addCleanup(self.channel.close)
 
-    def send(self, body):
-        with smtplib.SMTP("127.0.0.1", self.stack.edge.port, timeout=30) as s:
-            s.ehlo("client.example.test")
-            s.mail("a@example.test")
-            s.rcpt("b@example.test")
-            code, resp = s.data(body)
-            self.assertEqual(code, 250, resp)
-            return QUEUED.search(resp).group(1).decode()
-
-    def leases(self, count):
-        def read():
-            if not os.path.exists(self.out):
-                return None
-            with open(self.out) as f:
-                lines = [json.loads(line) for line in f if line.strip()]
-            return lines if len(lines) >= count else None
-        found = wait_for(read, 15, f"{count} leases")
-        return {(x["queue_id"], x["binding"]): x for x in found}
+    # The same message and the same lease records as the Content tests.
+    send = content_tests.ContentServiceTest.send
+    leases = content_tests.ContentServiceTest.leases
 
     def two_messages(self):
         qa = self.send(b"Subject: A\r\n\r\nmessage a\r\n")
