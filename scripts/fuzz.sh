@@ -9,6 +9,7 @@
 #                                           every target
 #   scripts/fuzz.sh --no-build ...          use the binaries in
 #                                           $SINKLINE_FUZZ_BIN_DIR as they are
+#   SINKLINE_UNITY_BUILD=ON                 build as scripts/test.sh does
 # A failing input is written to build/fuzz/artifacts/<name>/; replay it with
 # any build: build/dev/tests/fuzz/<target>_replay <file>. Exits non-zero
 # when any target found something.
@@ -39,7 +40,8 @@ each=$((seconds / ${#targets[@]}))
 ((each < 5)) && each=5
 cd "$root"
 if [[ $build == 1 ]]; then
-  cmake --preset fuzz >/dev/null
+  cmake --preset fuzz -DCMAKE_UNITY_BUILD="${SINKLINE_UNITY_BUILD:-OFF}" \
+    >/dev/null
   nice cmake --build --preset fuzz --target "${targets[@]}"
 fi
 bin_dir=${SINKLINE_FUZZ_BIN_DIR:-$root/build/fuzz/bin}

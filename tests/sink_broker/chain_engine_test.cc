@@ -17,6 +17,7 @@
 #include "sink_broker/chain.h"
 #include "sink_broker/config.h"
 #include "sink_broker/verdict.h"
+#include "tests/sink_broker/binding_yaml.h"
 
 namespace sinkline::broker {
 namespace {
@@ -83,11 +84,7 @@ FakeInvoker::Answer Verdict(v1::Action action, uint32_t code = 0,
   };
 }
 
-std::string Binding(const std::string& name, const std::string& event,
-                    int priority, const std::string& extra = "") {
-  return "  - name: " + name + "\n    sink: fake\n    event: " + event +
-         "\n    priority: " + std::to_string(priority) + "\n" + extra;
-}
+using test_support::Binding;
 
 // What a finished run left.
 struct Outcome {

@@ -15,6 +15,7 @@
 #include "sink_broker/queue_dir.h"
 #include "sink_broker/verdict.h"
 #include "sinkline/common/grpc_server.h"
+#include "tests/sink_broker/binding_yaml.h"
 
 namespace sinkline::broker {
 namespace {
@@ -186,11 +187,7 @@ class ChainTest : public ::testing::Test {
   uint64_t seq_ = 0;
 };
 
-std::string Binding(const std::string& name, const std::string& event,
-                    int priority, const std::string& extra = "") {
-  return "  - name: " + name + "\n    sink: fake\n    event: " + event +
-         "\n    priority: " + std::to_string(priority) + "\n" + extra;
-}
+using test_support::Binding;
 
 TEST_F(ChainTest, RunsByPriorityThenNameAndLastReplyWins) {
   StartBroker(Binding("b", "MAIL", 100) + Binding("a", "MAIL", 100) +
