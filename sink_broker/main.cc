@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -60,6 +61,9 @@ ABSL_FLAG(int, lease_max_ms, 600000,
           "how far renewals can push a lease, from its grant");
 ABSL_FLAG(int, config_poll_ms, 1000,
           "check the bindings file for changes this often (0: SIGHUP only)");
+ABSL_FLAG(bool, dump_spool, false,
+          "print every record of --spool-dir's store as JSON lines and exit "
+          "(read-only; also while a broker runs on it)");
 ABSL_FLAG(uint64_t, store_write_buffer_mb, 4,
           "spool store: size of one memtable (two at most), MB");
 ABSL_FLAG(uint64_t, store_block_cache_mb, 8,
@@ -107,6 +111,14 @@ namespace sb = sinkline::broker;
 
 int main(int argc, char** argv) {
   sinkline::InitProcess(argc, argv, "broker");
+  if (absl::GetFlag(FLAGS_dump_spool)) {
+    if (auto st = sb::DumpSpool(absl::GetFlag(FLAGS_spool_dir), std::cout);
+        !st.ok()) {
+      spdlog::critical("{}", st.ToString());
+      return 1;
+    }
+    return 0;
+  }
   const std::string config_path = absl::GetFlag(FLAGS_config);
   sb::BrokerOptions opts;
   sinkline::ProcessServices process;

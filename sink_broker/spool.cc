@@ -7,6 +7,9 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "google/protobuf/util/json_util.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "sink_broker/messages.h"
 #include "sinkline/common/durable_file.h"
@@ -33,7 +36,40 @@ std::string IdOf(const fs::path& path) {
   return name.substr(0, name.find('.'));
 }
 
+std::string JsonString(absl::string_view s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (u < 0x20 || u >= 0x7f) {
+      absl::StrAppendFormat(&out, "\\u%04x", u);
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
 }  // namespace
+
+absl::Status DumpSpool(const std::string& spool_dir, std::ostream& out) {
+  return SpoolStore::Dump(
+      spool_dir + "/state", [&](absl::string_view key, absl::string_view value) {
+        out << "{\"key\": " << JsonString(key);
+        v1::QueueEntry entry;
+        std::string json;
+        if (absl::StartsWith(key, "e/") &&
+            entry.ParseFromArray(value.data(), static_cast<int>(value.size())) &&
+            google::protobuf::util::MessageToJsonString(entry, &json).ok()) {
+          out << ", \"entry\": " << json;
+        } else {
+          out << ", \"value\": " << JsonString(value);
+        }
+        out << "}\n";
+      });
+}
 
 Spool::Spool(std::string dir, const StoreOptions& options)
     : dir_(std::move(dir)) {
@@ -186,7 +222,8 @@ int Spool::DeleteRecords(const std::string& queue_id,
   int n = 0;
   for (const std::string& key : {EnvKey(queue_id), HoldKey(queue_id),
                                  RcptKey(queue_id), FailKey(queue_id)}) {
-    if (store_->Has(key)) ++n;
+    if (!store_->Has(key)) continue;  // no needless deletions
+    ++n;
     batch.Delete(S(key));
   }
   store_->Scan(DoneKey(queue_id),
@@ -216,7 +253,7 @@ absl::Status Spool::MoveToFailed(const std::string& queue_id,
   if (auto st = Ready(); !st.ok()) return st;
   rocksdb::WriteBatch batch;
   batch.Put(S(FailKey(queue_id)), S(reason));
-  batch.Delete(S(RcptKey(queue_id)));
+  if (store_->Has(RcptKey(queue_id))) batch.Delete(S(RcptKey(queue_id)));
   store_->Scan(DoneKey(queue_id),
                [&](absl::string_view key, absl::string_view) {
                  batch.Delete(rocksdb::Slice(key.data(), key.size()));

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <map>
+#include <ostream>
 #include <optional>
 #include <set>
 #include <string>
@@ -28,6 +29,12 @@
 #include "sinkline/v1/types.pb.h"
 
 namespace sinkline::broker {
+
+// Every record of the spool under `spool_dir` to `out`, one JSON object a
+// line: {"key": "e/<id>", "entry": <the QueueEntry as JSON>} for envelope
+// records, {"key": ..., "value": "<text>"} for the others. Read-only, also
+// while a broker runs on it (sinkline-broker --dump-spool; the tests).
+absl::Status DumpSpool(const std::string& spool_dir, std::ostream& out);
 
 class Spool {
  public:

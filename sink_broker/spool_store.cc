@@ -137,8 +137,20 @@ void SpoolStore::Scan(
     absl::string_view prefix,
     const std::function<bool(absl::string_view key, absl::string_view value)>&
         fn) const {
-  std::unique_ptr<rocksdb::Iterator> it(
-      db_->NewIterator(rocksdb::ReadOptions()));
+  // The bound keeps a seek from walking the deletions past the prefix
+  // (submitted messages leave them until compaction).
+  std::string bound(prefix);
+  while (!bound.empty() && static_cast<unsigned char>(bound.back()) == 0xff) {
+    bound.pop_back();
+  }
+  rocksdb::ReadOptions ro;
+  rocksdb::Slice upper;
+  if (!bound.empty()) {
+    bound.back() = static_cast<char>(bound.back() + 1);
+    upper = rocksdb::Slice(bound);
+    ro.iterate_upper_bound = &upper;
+  }
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
   for (it->Seek(rocksdb::Slice(prefix.data(), prefix.size())); it->Valid();
        it->Next()) {
     const absl::string_view k(it->key().data(), it->key().size());
@@ -147,6 +159,28 @@ void SpoolStore::Scan(
       break;
     }
   }
+}
+
+absl::Status SpoolStore::Dump(const std::string& dir,
+                              const std::function<void(absl::string_view key,
+                                                       absl::string_view value)>&
+                                  fn) {
+  rocksdb::Options o;
+  o.info_log_level = rocksdb::WARN_LEVEL;
+  rocksdb::DB* raw = nullptr;
+  if (auto st = FromRocks(rocksdb::DB::OpenForReadOnly(o, dir, &raw),
+                          absl::StrCat("cannot open the spool store ", dir));
+      !st.ok()) {
+    return st;
+  }
+  std::unique_ptr<rocksdb::DB> db(raw);
+  std::unique_ptr<rocksdb::Iterator> it(
+      db->NewIterator(rocksdb::ReadOptions()));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    fn(absl::string_view(it->key().data(), it->key().size()),
+       absl::string_view(it->value().data(), it->value().size()));
+  }
+  return FromRocks(it->status(), "spool store read");
 }
 
 uint64_t SpoolStore::DiskBytes() const {

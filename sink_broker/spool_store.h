@@ -66,6 +66,13 @@ class SpoolStore {
             const std::function<bool(absl::string_view key,
                                      absl::string_view value)>& fn) const;
 
+  // Every record of the store under `dir`, opened read-only (also while a
+  // broker has it open: what its log holds at this moment).
+  static absl::Status Dump(
+      const std::string& dir,
+      const std::function<void(absl::string_view key, absl::string_view value)>&
+          fn);
+
   const std::string& dir() const { return dir_; }
   // Bytes of the database's files (tables, log), and its memtables.
   uint64_t DiskBytes() const;

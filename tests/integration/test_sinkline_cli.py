@@ -14,7 +14,7 @@ import unittest
 from google.protobuf import json_format
 
 from harness import (PYTHON_DIR, ROOT, AdminClient, Process, RawSmtp,
-                     StackTestCase, binary, wait_for)
+                     StackTestCase, binary, spool_records, wait_for)
 
 QUEUED = re.compile(rb"queued as (\S+)")
 
@@ -188,8 +188,8 @@ class MessagesTest(CliTestCase):
         self.assertEqual(self.state(waiting), "MESSAGE_STATE_HELD")
         self.assertEqual(self.admin.message(waiting).history[-1].what,
                          "held by an operator: next hop down")
-        self.assertTrue(os.path.exists(os.path.join(
-            self.stack.spool_dir, "committed", f"{waiting}.hold")))
+        self.assertTrue(spool_records(self.stack.spool_dir)[
+            f"h/{waiting}"].startswith("held\n"))
         code, _, err = self.cli("hold", waiting)
         self.assertEqual(code, 4, err)
         self.assertIn("FAILED_PRECONDITION", err)
