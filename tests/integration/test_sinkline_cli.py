@@ -211,10 +211,12 @@ class MessagesTest(CliTestCase):
         out = self.ok("delete", waiting)
         self.assertEqual(out, f"{waiting}: deleted\nhistory: deleted by an "
                          "operator (was releasing)\n")
-        for d in ("committed", "failed"):
-            left = [f for f in os.listdir(os.path.join(self.stack.spool_dir, d))
-                    if f.startswith((waiting, kept))]
-            self.assertEqual(left, [])
+        left = [f for f in os.listdir(os.path.join(self.stack.spool_dir,
+                                                   "committed"))
+                if f.startswith((waiting, kept))]
+        self.assertEqual(left, [])
+        self.assertEqual([k for k in spool_records(self.stack.spool_dir)
+                          if waiting in k or kept in k], [])
         code, _, err = self.cli("delete", waiting)
         self.assertEqual(code, 4, err)
         code, _, err = self.cli("show", waiting)
