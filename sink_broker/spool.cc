@@ -6,11 +6,11 @@
 
 #include <filesystem>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "google/protobuf/util/json_util.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
+#include "google/protobuf/util/json_util.h"
 #include "sink_broker/messages.h"
 #include "sinkline/common/durable_file.h"
 #include "sinkline/common/failpoint.h"
@@ -55,20 +55,20 @@ std::string JsonString(absl::string_view s) {
 }  // namespace
 
 absl::Status DumpSpool(const std::string& spool_dir, std::ostream& out) {
-  return SpoolStore::Dump(
-      spool_dir + "/state", [&](absl::string_view key, absl::string_view value) {
-        out << "{\"key\": " << JsonString(key);
-        v1::QueueEntry entry;
-        std::string json;
-        if (absl::StartsWith(key, "e/") &&
-            entry.ParseFromArray(value.data(), static_cast<int>(value.size())) &&
-            google::protobuf::util::MessageToJsonString(entry, &json).ok()) {
-          out << ", \"entry\": " << json;
-        } else {
-          out << ", \"value\": " << JsonString(value);
-        }
-        out << "}\n";
-      });
+  return SpoolStore::Dump(spool_dir + "/state", [&](absl::string_view key,
+                                                    absl::string_view value) {
+    out << "{\"key\": " << JsonString(key);
+    v1::QueueEntry entry;
+    std::string json;
+    if (absl::StartsWith(key, "e/") &&
+        entry.ParseFromArray(value.data(), static_cast<int>(value.size())) &&
+        google::protobuf::util::MessageToJsonString(entry, &json).ok()) {
+      out << ", \"entry\": " << json;
+    } else {
+      out << ", \"value\": " << JsonString(value);
+    }
+    out << "}\n";
+  });
 }
 
 Spool::Spool(std::string dir, const StoreOptions& options)

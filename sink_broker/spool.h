@@ -17,8 +17,8 @@
 
 #include <cstdint>
 #include <map>
-#include <ostream>
 #include <optional>
+#include <ostream>
 #include <set>
 #include <string>
 #include <vector>

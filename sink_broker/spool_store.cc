@@ -161,10 +161,10 @@ void SpoolStore::Scan(
   }
 }
 
-absl::Status SpoolStore::Dump(const std::string& dir,
-                              const std::function<void(absl::string_view key,
-                                                       absl::string_view value)>&
-                                  fn) {
+absl::Status SpoolStore::Dump(
+    const std::string& dir,
+    const std::function<void(absl::string_view key, absl::string_view value)>&
+        fn) {
   rocksdb::Options o;
   o.info_log_level = rocksdb::WARN_LEVEL;
   rocksdb::DB* raw = nullptr;
