@@ -200,14 +200,15 @@ BENCHMARK(BM_ChainDispatch)
 // ---- The store's commit ----------------------------------------------------
 
 // A 5,000-octet message written to incoming/ and committed (content fsync,
-// rename, envelope record written and fsynced with its directory) on a
-// temporary directory.
+// rename, directory fsync, envelope record as one durable store write) on
+// a temporary directory.
 void BM_StoreCommit(benchmark::State& state) {
   const fs::path dir = fs::temp_directory_path() /
                        ("sinkline-micro-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   const std::string spool_dir = (dir / "spool").string();
-  if (!sb::Spool(spool_dir).Prepare().ok()) std::abort();
+  const sb::Spool spool(spool_dir);
+  if (!spool.Prepare().ok()) std::abort();
   const std::string body = Body(5000);
   uint64_t n = 0;
   for (auto _ : state) {
@@ -218,9 +219,9 @@ void BM_StoreCommit(benchmark::State& state) {
     entry.set_queue_id(qid);
     entry.mutable_envelope()->set_mail_from("a@example.net");
     entry.mutable_envelope()->add_recipients()->set_address("b@example.test");
-    if (!(*m)->Commit(entry).ok()) std::abort();
+    if (!(*m)->Commit(spool, entry).ok()) std::abort();
     state.PauseTiming();
-    sb::Spool(spool_dir).RemoveCommitted(qid);
+    spool.RemoveCommitted(qid);
     state.ResumeTiming();
   }
   fs::remove_all(dir);

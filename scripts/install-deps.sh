@@ -10,6 +10,8 @@ packages=(
   libabsl-dev libboost-dev libboost-system-dev libssl-dev libcrypt-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
   libbenchmark-dev libopendkim-dev
+  # the broker's spool store (RocksDB: write-ahead log, group commit)
+  librocksdb-dev
   # the relay's next-hop lookups with a deadline (gRPC pulls it in too)
   libc-ares-dev
   # stack

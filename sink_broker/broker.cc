@@ -16,7 +16,7 @@ Broker::Broker(BrokerOptions options, Config config,
       pool_(std::max(1, options_.workers)),
       messages_(
           MessageTable::Limits{.keep_submitted = options_.keep_submitted}),
-      spool_(options_.spool_dir),
+      spool_(options_.spool_dir, options_.store),
       queue_(std::move(queue)),
       sinks_(sinks ? std::move(sinks) : std::make_unique<GrpcSinkInvoker>()),
       leases_(pool_),

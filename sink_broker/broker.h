@@ -32,6 +32,8 @@ class AdminService;
 
 struct BrokerOptions {
   std::string spool_dir;
+  // The spool store's memory and log sizes (spool_store.h).
+  StoreOptions store;
   std::string broker_id = "broker-1";
   // Content endpoint told to sinks (host:port of this broker).
   std::string advertise;

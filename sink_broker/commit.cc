@@ -41,7 +41,7 @@ NativeResult CommitMessage(const CommitContext& ctx,
   *entry.mutable_committed() = sinkline::NowTimestamp();
   entry.set_broker_id(ctx.broker_id);
   entry.set_size(message.size());
-  if (auto st = message.Commit(entry); !st.ok()) {
+  if (auto st = message.Commit(*ctx.spool, entry); !st.ok()) {
     spdlog::error("COMMIT failed: {}", st.ToString());
     run.set_reply(StoreFailureReply(st));
     return NativeResult::kStop;

@@ -1,7 +1,6 @@
 #include "sink_broker/delivery_state.h"
 
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
 #include <map>
 
@@ -12,7 +11,6 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "sinkline/common/durable_file.h"
 #include "sinkline/common/metrics.h"
 
 namespace sinkline::broker {
@@ -78,10 +76,6 @@ class DeferredMessages {
 
 }  // namespace
 
-std::string DeliveryStatePath(const Spool& spool, const std::string& id) {
-  return absl::StrCat(spool.dir(), "/committed/", id, ".rcpt");
-}
-
 std::string FormatDeliveryState(const std::vector<RecipientRecord>& records) {
   std::string out;
   for (const auto& r : records) {
@@ -138,13 +132,14 @@ DeliveryTracker::DeliveryTracker(const Spool& spool,
     : queue_id_(entry.queue_id()),
       committed_s_(entry.has_committed() ? entry.committed().seconds()
                                          : absl::ToUnixSeconds(absl::Now())),
-      path_(DeliveryStatePath(spool, entry.queue_id())) {
-  if (::access(path_.c_str(), F_OK) != 0) return;
-  auto records = ParseDeliveryState(ReadWholeFile(path_));
+      spool_(spool) {
+  const auto text = spool.ReadDeliveryState(queue_id_);
+  if (!text) return;
+  auto records = ParseDeliveryState(*text);
   if (records.ok()) {
     records_ = std::move(*records);
   } else {
-    spdlog::error("{}: {}", path_, records.status().ToString());
+    spdlog::error("queue_id={}: {}", queue_id_, records.status().ToString());
   }
 }
 
@@ -200,7 +195,7 @@ absl::Status DeliveryTracker::Record(
   // with its DSN): nothing is left to remember across a restart, so the
   // common case costs no write.
   if (!deferred) return absl::OkStatus();
-  return WriteFileDurably(path_, FormatDeliveryState(records_));
+  return spool_.WriteDeliveryState(queue_id_, FormatDeliveryState(records_));
 }
 
 void DeliveryTracker::Expire(const std::string& why) {
@@ -219,9 +214,6 @@ std::vector<RecipientRecord> DeliveryTracker::Failed() const {
   return out;
 }
 
-void DeliveryTracker::Remove() const {
-  SetDeferred(false);
-  ::unlink(path_.c_str());
-}
+void DeliveryTracker::Remove() const { SetDeferred(false); }
 
 }  // namespace sinkline::broker

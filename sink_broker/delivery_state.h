@@ -1,10 +1,10 @@
-// Per-recipient delivery state of a committed message, kept durably next to
-// its envelope record (committed/<id>.rcpt, written through
-// WriteFileDurably): which recipients were delivered, which are deferred
-// with the next hop's last reply, which failed for good with it. The
-// envelope record holds only the recipients still to try, so a restart
-// delivers nobody twice; this record remembers the rest, so that a restart
-// forgets neither a refusal (its DSN is still due) nor a deferral's reason.
+// Per-recipient delivery state of a committed message, kept durably in the
+// spool's store beside its envelope record (r/<id>, spool.h): which recipients
+// were delivered, which are deferred with the next hop's last reply, which
+// failed for good with it. The envelope record holds only the recipients still
+// to try, so a restart delivers nobody twice; this record remembers the rest,
+// so that a restart forgets neither a refusal (its DSN is still due) nor a
+// deferral's reason.
 //
 // One recipient a line: result, address, reply, parameters (k=v joined by
 // spaces), tab-separated, each C-escaped.
@@ -30,7 +30,6 @@ struct RecipientRecord {
   std::string reply;
 };
 
-std::string DeliveryStatePath(const Spool& spool, const std::string& queue_id);
 std::string FormatDeliveryState(const std::vector<RecipientRecord>& records);
 // DATA_LOSS for a line that is not a record.
 absl::StatusOr<std::vector<RecipientRecord>> ParseDeliveryState(
@@ -61,7 +60,9 @@ class DeliveryTracker {
 
   std::vector<RecipientRecord> Failed() const;
   const std::vector<RecipientRecord>& records() const { return records_; }
-  // The message is done (submitted or failed): the record goes.
+  // The message is done (submitted or failed): it no longer counts as
+  // deferred (its record goes with the message's other records:
+  // Spool::RemoveCommitted, Spool::MoveToFailed).
   void Remove() const;
 
  private:
@@ -69,7 +70,7 @@ class DeliveryTracker {
   void SetDeferred(bool deferred) const;
   const std::string queue_id_;
   const int64_t committed_s_;
-  const std::string path_;
+  const Spool& spool_;
   std::vector<RecipientRecord> records_;
 };
 

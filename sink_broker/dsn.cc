@@ -206,11 +206,8 @@ absl::StatusOr<std::optional<v1::QueueEntry>> CommitDsn(
   if (mta.empty()) mta = "localhost";
   v1::QueueEntry dsn;
   dsn.set_queue_id(NewQueueId());
-  // The original is in committed/ still, or in failed/ already.
+  // The original's content stays in committed/, also once it failed.
   std::string header = ReadHeader(spool.ContentPath(original.queue_id()));
-  if (header.empty()) {
-    header = ReadHeader(spool.FailedContentPath(original.queue_id()));
-  }
   const std::string bytes =
       BuildDsn(original, recipients, header, mta, dsn.queue_id(), absl::Now());
   auto* env = dsn.mutable_envelope();

@@ -53,29 +53,29 @@ absl::Status IncomingMessage::ReplaceWith(const std::string& new_path,
   return absl::OkStatus();
 }
 
-absl::Status IncomingMessage::Commit(const v1::QueueEntry& entry) {
+absl::Status IncomingMessage::Commit(const Spool& spool,
+                                     const v1::QueueEntry& entry) {
   SINKLINE_FAILPOINT("commit.content.before_fsync");
   if (::fsync(fd_) != 0) return Errno("fsync " + path_);
   SINKLINE_FAILPOINT("commit.content.after_fsync");
   ::close(fd_);
   fd_ = -1;
-  std::string record;
-  entry.SerializeToString(&record);
-  const Spool spool(spool_dir_);
-  const std::string env = spool.EnvelopePath(entry.queue_id());
   const std::string msg = spool.ContentPath(entry.queue_id());
   // Content first, then the envelope record: recovery treats a message as
-  // committed only when its .env exists.
+  // committed only when its record is in the store.
   if (::rename(path_.c_str(), msg.c_str()) != 0) {
     return Errno("rename " + path_);
   }
   path_ = msg;
   SINKLINE_FAILPOINT("commit.content.after_rename");
-  // The envelope record's directory fsync also makes the content's new name
-  // durable. The old name in incoming/ needs no fsync: should it come back
-  // after a crash, Spool::Prepare unlinks it, and the committed name stays.
+  // The content's new name durable before the record that points at it.
+  // The old name in incoming/ needs no fsync: should it come back after a
+  // crash, Spool::Prepare unlinks it, and the committed name stays.
+  if (auto st = SyncDirectory(spool.dir() + "/committed"); !st.ok()) {
+    return st;
+  }
   SINKLINE_FAILPOINT("commit.envelope.before_write");
-  if (auto st = WriteFileDurably(env, record); !st.ok()) return st;
+  if (auto st = spool.WriteEnvelope(entry); !st.ok()) return st;
   SINKLINE_FAILPOINT("commit.after_durable");
   committed_ = true;
   return absl::OkStatus();

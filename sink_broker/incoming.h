@@ -1,7 +1,8 @@
 // One transaction's content while it arrives: chunks appended to
-// <spool>/incoming/<name>; COMMIT fsyncs it, writes the envelope record (a
-// binary sinkline.v1.QueueEntry) beside it and moves both under
-// <spool>/committed/<queue id>.{msg,env} before the client hears 250.
+// <spool>/incoming/<name>; COMMIT fsyncs it, moves it to
+// <spool>/committed/<queue id>.msg and writes the envelope record (a binary
+// sinkline.v1.QueueEntry) into the spool's store before the client hears
+// 250.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "sink_broker/spool.h"
 #include "sinkline/v1/types.pb.h"
 
 namespace sinkline::broker {
@@ -28,9 +30,10 @@ class IncomingMessage {
   absl::Status ReplaceWith(const std::string& new_path, uint64_t new_size);
 
   // Makes the message durable under `entry.queue_id()`: fsync content, move
-  // it to committed/, write and fsync the envelope record beside it, fsync
-  // committed/ (shared with concurrent COMMITs).
-  absl::Status Commit(const v1::QueueEntry& entry);
+  // it to committed/, fsync committed/ (shared with concurrent COMMITs),
+  // then the envelope record as one durable store write (its WAL fsync
+  // shared the same way).
+  absl::Status Commit(const Spool& spool, const v1::QueueEntry& entry);
 
  private:
   IncomingMessage(std::string spool_dir, std::string path, int fd);

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -60,6 +61,16 @@ ABSL_FLAG(int, lease_max_ms, 600000,
           "how far renewals can push a lease, from its grant");
 ABSL_FLAG(int, config_poll_ms, 1000,
           "check the bindings file for changes this often (0: SIGHUP only)");
+ABSL_FLAG(bool, dump_spool, false,
+          "print every record of --spool-dir's store as JSON lines and exit "
+          "(read-only; also while a broker runs on it)");
+ABSL_FLAG(uint64_t, store_write_buffer_mb, 4,
+          "spool store: size of one memtable (two at most), MB");
+ABSL_FLAG(uint64_t, store_block_cache_mb, 8,
+          "spool store: block cache for reads of flushed records, MB");
+ABSL_FLAG(uint64_t, store_max_wal_mb, 64,
+          "spool store: the write-ahead log is cut (memtables flushed) past "
+          "this size, MB");
 ABSL_FLAG(int, spool_scan_interval_ms, 5000,
           "how often the spool is measured for sinkline_broker_spool_bytes "
           "and _messages (0: never)");
@@ -100,6 +111,14 @@ namespace sb = sinkline::broker;
 
 int main(int argc, char** argv) {
   sinkline::InitProcess(argc, argv, "broker");
+  if (absl::GetFlag(FLAGS_dump_spool)) {
+    if (auto st = sb::DumpSpool(absl::GetFlag(FLAGS_spool_dir), std::cout);
+        !st.ok()) {
+      spdlog::critical("{}", st.ToString());
+      return 1;
+    }
+    return 0;
+  }
   const std::string config_path = absl::GetFlag(FLAGS_config);
   sb::BrokerOptions opts;
   sinkline::ProcessServices process;
@@ -155,6 +174,11 @@ int main(int argc, char** argv) {
   opts.peer_limits.content_max_body_bytes =
       absl::GetFlag(FLAGS_content_max_body_bytes);
   opts.spool_dir = absl::GetFlag(FLAGS_spool_dir);
+  opts.store.write_buffer_bytes = absl::GetFlag(FLAGS_store_write_buffer_mb)
+                                  << 20;
+  opts.store.block_cache_bytes = absl::GetFlag(FLAGS_store_block_cache_mb)
+                                 << 20;
+  opts.store.max_wal_bytes = absl::GetFlag(FLAGS_store_max_wal_mb) << 20;
   const std::string queue_dir = absl::GetFlag(FLAGS_queue_dir);
   const std::string relay_host = absl::GetFlag(FLAGS_relay_host);
   if (config_path.empty() || opts.spool_dir.empty() ||
@@ -169,7 +193,7 @@ int main(int argc, char** argv) {
     spdlog::critical("configuration refused: {}", config.status().ToString());
     return 2;
   }
-  if (auto st = sb::Spool(opts.spool_dir).Prepare(); !st.ok()) {
+  if (auto st = sb::Spool(opts.spool_dir, opts.store).Prepare(); !st.ok()) {
     spdlog::critical("{}", st.ToString());
     return 1;
   }

@@ -135,7 +135,6 @@ absl::StatusOr<v1::ReadMessageResponse> OperatorActions::Read(
   // Edits replace the content file by a rename: an open file stays one
   // version.
   std::ifstream in(spool_.ContentPath(queue_id), std::ios::binary);
-  if (!in) in.open(spool_.FailedContentPath(queue_id), std::ios::binary);
   if (!in) {
     return absl::FailedPreconditionError(
         absl::StrCat("message ", queue_id, " is ", MessageStateName(*state),

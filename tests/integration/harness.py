@@ -59,6 +59,21 @@ def binary(name):
     return path
 
 
+def spool_records(spool_dir):
+    """The records in a broker's spool store (sink_broker/spool.h), read
+    with `sinkline-broker --dump-spool` (read-only, also while a broker
+    runs): key -> the QueueEntry as a dict for e/<id>, else the text."""
+    out = subprocess.run(
+        [binary("sinkline-broker"), "--dump-spool",
+         f"--spool-dir={spool_dir}"], capture_output=True, check=True,
+        timeout=60).stdout
+    records = {}
+    for line in out.decode().splitlines():
+        r = json.loads(line)
+        records[r["key"]] = r["entry"] if "entry" in r else r["value"]
+    return records
+
+
 def wait_for(predicate, timeout_s, what):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -20,7 +20,8 @@ import smtplib
 import time
 import unittest
 
-from harness import BIN_DIR, ROOT, Process, StackTestCase, binary, wait_for
+from harness import (BIN_DIR, ROOT, AdminClient, Process, StackTestCase,
+                     binary, wait_for)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TABLE = os.path.join(ROOT, "common", "sinkline", "common", "failpoint.cc")
@@ -30,10 +31,13 @@ MESSAGE_ID = re.compile(rb"Message-ID: <([^>]+)>")
 # points on their paths are reached.
 KINDS = ["plain", "virus", "reject", "plain", "plain", "plain"]
 AUDIT = "audit@example.test"
-# Later hits of the shared points: the 3rd directory fsync and durable
-# rename (past the first COMMIT: a lease's envelope, a hold, the queue).
+# Held, quarantined, failed (sinkline.v1.MessageState).
+WAITING = (5, 6, 7)
+# Later hits of the shared points: the 3rd directory fsync and store write
+# (past the first COMMIT: a finished binding, a lease's envelope, a hold,
+# the queue).
 LATER_HITS = ["dirsync.before:3", "dirsync.after:4",
-              "durable.before_rename:3", "durable.after_rename:4"]
+              "store.before_write:3", "store.after_write:4"]
 
 
 def failpoints():
@@ -118,11 +122,27 @@ class FailpointTest(StackTestCase):
             qid = QUEUED.search(resp).group(1).decode()
         return mid, kind, code, qid
 
+    def states(self):
+        """Queue id -> state, from the broker's Admin service (the spool's
+        records are in its store)."""
+        admin = AdminClient(self.stack.broker.port)
+        try:
+            return {m.queue_id: m.state for m in admin.messages()}
+        finally:
+            admin.close()
+
     def drained(self, spool):
+        # Every message whose content is still in the spool waits for an
+        # operator (held, quarantined, failed).
         committed = os.path.join(spool, "committed")
-        names = set(os.listdir(committed))
-        return all(n[:-4] + ".hold" in names
-                   for n in names if n.endswith(".msg"))
+        ids = [n[:-4] for n in os.listdir(committed) if n.endswith(".msg")]
+        if not ids:
+            return True
+        try:
+            states = self.states()
+        except Exception:  # the broker still starting
+            return False
+        return all(states.get(i) in WAITING for i in ids)
 
     def check(self, point, sent):
         d = os.path.join(self.workdir, point.replace(":", "-"))
@@ -142,13 +162,14 @@ class FailpointTest(StackTestCase):
                 c = json.loads(line)
                 calls.setdefault(c["queue_id"], []).append(c["redelivery"])
         by_mid = {mid: (kind, code, qid) for mid, kind, code, qid in sent}
+        states = self.states()
         for mid, (kind, code, qid) in by_mid.items():
             got = queued.get(mid, [])
             if kind in ("virus", "reject"):
                 if got:
                     problems.append(f"refused {mid} submitted")
-                if kind == "virus" and code == 250 and not os.path.exists(
-                        f"{spool}/committed/{qid}.hold"):
+                if kind == "virus" and code == 250 and states.get(qid) not in (
+                        5, 6):
                     problems.append(f"refused {mid} ({qid}) not quarantined")
                 continue
             if code == 250 and [q for q, _, _ in got] != [qid]:
@@ -176,10 +197,30 @@ class FailpointTest(StackTestCase):
                                     f"{len(runs)} sink runs")
         return problems
 
+    def write_binding_state(self):
+        """The spool's records are in its store: the durable file writes
+        left (durable.* points) are the Admin bindings' state file and a
+        DSN's content. A disabled binding created through Admin writes the
+        former; the broker dies in the call."""
+        from sinkline.v1 import admin_pb2, types_pb2
+        admin = AdminClient(self.stack.broker.port)
+        try:
+            admin.call("CreateBinding", admin_pb2.CreateBindingRequest(
+                binding=admin_pb2.Binding(
+                    name="fp-admin", sink="policy-post",
+                    event=types_pb2.EVENT_TYPE_EOD, priority=31000,
+                    enabled=False)), admin_pb2.BindingResponse)
+        except Exception:  # killed at the failpoint
+            pass
+        finally:
+            admin.close()
+
     def run_point(self, point):
         broker = self.start_broker(point, 1, failpoint=point)
         if self.stack.edge is None:
             self.stack.start_edge(["--broker-connect-timeout-ms=5000"])
+        if point.startswith("durable."):
+            self.write_binding_state()
         sent = []
         for kind in KINDS:
             if not broker.running():

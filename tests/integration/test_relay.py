@@ -15,7 +15,7 @@ import unittest
 import grpc
 
 from harness import (PYTHON_DIR, ROOT, AdminClient, Process, StackTestCase,
-                     wait_for)
+                     spool_records, wait_for)
 
 from sinkline.v1 import content_pb2, types_pb2  # noqa: E402  (PYTHONPATH)
 
@@ -168,8 +168,11 @@ class RelayTest(StackTestCase):
                          ["nobody@example.test"])
         failed = self.admin.messages(types_pb2.MESSAGE_STATE_FAILED)
         self.assertEqual([m.queue_id for m in failed], [qid])
+        # Its content stays; the store records it failed, with the reason.
         self.assertTrue(os.path.exists(os.path.join(
-            self.stack.spool_dir, "failed", qid + ".msg")))
+            self.stack.spool_dir, "committed", qid + ".msg")))
+        self.assertIn("1 of 3 recipients refused",
+                      spool_records(self.stack.spool_dir)["f/" + qid])
 
         # A restart still shows it failed, with its reason.
         self.stack.broker.stop()

@@ -17,7 +17,7 @@ import re
 import smtplib
 import unittest
 
-from harness import AdminClient, StackTestCase, wait_for
+from harness import AdminClient, StackTestCase, spool_records, wait_for
 from postfix import Postfix
 from test_relay import NextHop
 
@@ -151,10 +151,10 @@ class RelayDsnTest(StackTestCase):
                         20, "later@ deferred")
         wait_for(lambda: [to for to, _ in self.mailbox()] ==
                  ["now@example.test"], 20, "now@ delivered")
-        record = os.path.join(self.stack.spool_dir, "committed",
-                              qid + ".rcpt")
-        with open(record) as f:
-            lines = sorted(line.rstrip("\n").split("\t") for line in f)
+        # The per-recipient record in the spool's store (r/<id>).
+        record = "r/" + qid
+        text = spool_records(self.stack.spool_dir)[record]
+        lines = sorted(line.split("\t") for line in text.splitlines())
         self.assertEqual(lines[0][:3], ["deferred", "later@example.test",
                                         DEFERRAL])
         self.assertEqual(lines[1][:2], ["delivered", "now@example.test"])
@@ -170,7 +170,7 @@ class RelayDsnTest(StackTestCase):
         wait_for(self.postfix.queue_empty, 10, "Postfix's queue empty")
         self.assertEqual(sorted(to for to, _ in self.mailbox()),
                          ["later@example.test", "now@example.test"])
-        self.assertFalse(os.path.exists(record))
+        self.assertNotIn(record, spool_records(self.stack.spool_dir))
         self.assertNotIn(DSN_COUNTER, self.admin.counters())
 
 

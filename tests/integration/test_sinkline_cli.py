@@ -14,7 +14,7 @@ import unittest
 from google.protobuf import json_format
 
 from harness import (PYTHON_DIR, ROOT, AdminClient, Process, RawSmtp,
-                     StackTestCase, binary, wait_for)
+                     StackTestCase, binary, spool_records, wait_for)
 
 QUEUED = re.compile(rb"queued as (\S+)")
 
@@ -188,8 +188,8 @@ class MessagesTest(CliTestCase):
         self.assertEqual(self.state(waiting), "MESSAGE_STATE_HELD")
         self.assertEqual(self.admin.message(waiting).history[-1].what,
                          "held by an operator: next hop down")
-        self.assertTrue(os.path.exists(os.path.join(
-            self.stack.spool_dir, "committed", f"{waiting}.hold")))
+        self.assertTrue(spool_records(self.stack.spool_dir)[
+            f"h/{waiting}"].startswith("held\n"))
         code, _, err = self.cli("hold", waiting)
         self.assertEqual(code, 4, err)
         self.assertIn("FAILED_PRECONDITION", err)
@@ -211,10 +211,12 @@ class MessagesTest(CliTestCase):
         out = self.ok("delete", waiting)
         self.assertEqual(out, f"{waiting}: deleted\nhistory: deleted by an "
                          "operator (was releasing)\n")
-        for d in ("committed", "failed"):
-            left = [f for f in os.listdir(os.path.join(self.stack.spool_dir, d))
-                    if f.startswith((waiting, kept))]
-            self.assertEqual(left, [])
+        left = [f for f in os.listdir(os.path.join(self.stack.spool_dir,
+                                                   "committed"))
+                if f.startswith((waiting, kept))]
+        self.assertEqual(left, [])
+        self.assertEqual([k for k in spool_records(self.stack.spool_dir)
+                          if waiting in k or kept in k], [])
         code, _, err = self.cli("delete", waiting)
         self.assertEqual(code, 4, err)
         code, _, err = self.cli("show", waiting)

@@ -123,7 +123,7 @@ TEST_F(SubmissionTest, TakenMessagesLeaveTheSpool) {
   ASSERT_TRUE(WaitFor("Q1", v1::MESSAGE_STATE_SUBMITTED));
   EXPECT_EQ(backend_.Paths().at(0), spool_->ContentPath("Q1"));
   EXPECT_FALSE(fs::exists(spool_->ContentPath("Q1")));
-  EXPECT_FALSE(fs::exists(spool_->EnvelopePath("Q1")));
+  EXPECT_FALSE(spool_->ReadEnvelope("Q1").ok());
 }
 
 TEST_F(SubmissionTest, DeferredIsRetriedWithOnlyTheDeferredRecipients) {
@@ -156,7 +156,9 @@ TEST_F(SubmissionTest, RefusedForGoodMovesToFailedAndCanBeReleased) {
   auto failed = spool_->ListFailed();
   ASSERT_EQ(failed.size(), 1u);
   EXPECT_EQ(failed[0].reason, "554 5.7.1 relay denied");
-  EXPECT_FALSE(fs::exists(spool_->ContentPath("Q1")));
+  // The content stays for an operator; the message is no longer committed.
+  EXPECT_TRUE(fs::exists(spool_->ContentPath("Q1")));
+  EXPECT_TRUE(spool_->ListCommitted().empty());
 
   ASSERT_TRUE(submitter_->Release("Q1").ok());
   ASSERT_TRUE(WaitFor("Q1", v1::MESSAGE_STATE_SUBMITTED));

@@ -19,7 +19,12 @@ const FailpointInfo kFailpoints[] = {
     {"commit.content.after_fsync", "content fsynced, still in incoming/"},
     {"commit.content.after_rename",
      "content moved to committed/<id>.msg, no envelope record yet"},
-    {"commit.envelope.before_write", "about to write committed/<id>.env"},
+    {"commit.envelope.before_write",
+     "content's name durable, envelope record not yet in the store"},
+    // Any write batch of the spool's store (spool_store.cc): before the
+    // write (and its WAL fsync), after it returned.
+    {"store.before_write", "a store write batch about to be written"},
+    {"store.after_write", "a store write batch written (synced if durable)"},
     // Any durable file write (durable_file.cc): temporary file, rename.
     {"durable.before_rename", "temporary file written and fsynced"},
     {"durable.after_rename", "renamed over its target, directory not synced"},
@@ -32,15 +37,16 @@ const FailpointInfo kFailpoints[] = {
     {"lease.publish.before_rename", "new version fsynced as <id>.msg.edit"},
     {"lease.publish.after_rename", "new version renamed over <id>.msg"},
     {"lease.publish.after_sync", "new version durable, lease not yet ended"},
-    // A lease's envelope edits made durable at its end (spool.cc).
+    // A lease's envelope edits made durable at its end (spool.cc, a store
+    // write).
     {"lease.envelope.before_write", "lease ended, edited envelope not written"},
     {"lease.envelope.after_write", "edited envelope durable, binding not done"},
     // A post-COMMIT binding recorded as finished (spool.cc MarkFinished).
-    {"done.before_write", "binding finished, not yet in <id>.done"},
-    {"done.after_write", "binding recorded in <id>.done"},
+    {"done.before_write", "binding finished, not yet recorded (d/<id>/..)"},
+    {"done.after_write", "binding recorded as finished in the store"},
     // A quarantine or hold recorded (spool.cc WriteHold).
-    {"hold.before_write", "refusal decided, <id>.hold not written"},
-    {"hold.after_write", "<id>.hold durable"},
+    {"hold.before_write", "refusal decided, hold record (h/<id>) not written"},
+    {"hold.after_write", "hold record durable in the store"},
     // The chain is over: the edited envelope rewritten (submission.cc).
     {"envelope.before_rewrite", "chain over, envelope record not rewritten"},
     {"envelope.after_rewrite", "envelope record rewritten"},
@@ -48,7 +54,7 @@ const FailpointInfo kFailpoints[] = {
     {"submit.before_backend", "about to hand the message to the backend"},
     {"submit.after_backend", "the backend took it; spool still holds it"},
     {"submit.before_mark", "about to remove the message from the spool"},
-    {"submit.after_mark", "removed from the spool: submitted"},
+    {"submit.after_mark", "records and content removed: submitted"},
 };
 const size_t kFailpointCount = sizeof(kFailpoints) / sizeof(kFailpoints[0]);
 
