@@ -194,7 +194,9 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
   // RFC 5321 §6.1: the sender hears of recipients that failed for good
   // (dsn.h), through the same backend.
   void Bounce() {
-    auto dsn = CommitDsn(s_->spool_, entry_, tracker_.Failed());
+    auto dsn = CommitDsn(
+        s_->spool_, entry_, tracker_.Failed(),
+        DsnOptions{.max_return_bytes = s_->options_.dsn_max_return_bytes});
     tracker_.Remove();
     if (!dsn.ok()) {
       spdlog::error("queue_id={}: no DSN: {}", entry_.queue_id(),

@@ -33,6 +33,8 @@ struct SubmitOptions {
   std::chrono::milliseconds retry_max{300000};
   // A message still deferred this long after COMMIT fails.
   std::chrono::milliseconds max_queue_age{5LL * 24 * 3600 * 1000};
+  // The largest original a DSN returns whole under RET=FULL (dsn.h).
+  uint64_t dsn_max_return_bytes = 10 * 1024 * 1024;
 };
 
 class Submitter {
