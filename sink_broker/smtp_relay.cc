@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "sink_broker/concurrency_window.h"
 #include "sink_broker/message_edit.h"
 #include "sink_broker/relay_connection.h"
 #include "sinkline/common/address.h"
@@ -81,6 +82,16 @@ Gauge& InFlightGauge() {
       "Messages being handed to the next hop now.");
 }
 
+Gauge& WindowGauge(const std::string& destination) {
+  return MetricsRegistry::Default().GetGauge(
+      "sinkline_broker_relay_concurrency_window",
+      "Messages that may be in flight to the destination now (slow start: "
+      "from --relay-initial-destination-concurrency, one more per delivery "
+      "up to --relay-destination-concurrency, one fewer per failed "
+      "connection).",
+      {{"destination", destination}});
+}
+
 }  // namespace
 
 using relay::Connection;
@@ -88,10 +99,16 @@ using relay::RefuseCrLf;
 using relay::Reply;
 
 // Idle connections to the next hop, newest last, and the bound on messages
-// in flight. A reaper closes connections idle longer than `cache_idle`.
+// in flight (the slow-start window). A reaper closes connections idle
+// longer than `cache_idle`.
 class SmtpRelayBackend::Cache {
  public:
-  explicit Cache(const SmtpRelayOptions& options) : options_(options) {
+  explicit Cache(const SmtpRelayOptions& options)
+      : options_(options),
+        window_(options.initial_destination_concurrency,
+                options.destination_concurrency),
+        window_gauge_(WindowGauge(options.next_hop)) {
+    window_gauge_.Set(window_.window());
     if (options_.cache_idle.count() > 0) {
       reaper_ = std::thread([this] { Reap(); });
     }
@@ -107,7 +124,7 @@ class SmtpRelayBackend::Cache {
     idle_.clear();
   }
 
-  // Blocks while `destination_concurrency` messages are in flight.
+  // Blocks while the window's worth of messages are in flight.
   void Acquire() {
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(this, &Cache::HasSlot));
@@ -118,6 +135,19 @@ class SmtpRelayBackend::Cache {
     absl::MutexLock lock(&mu_);
     --in_flight_;
     InFlightGauge().Add(-1);
+  }
+
+  // Slow start's feedback: a delivery completed in step with the next hop,
+  // or a connection to it failed.
+  void Feedback(bool success) {
+    absl::MutexLock lock(&mu_);
+    const int before = window_.window();
+    if (success) {
+      window_.Success();
+    } else {
+      window_.Failure();
+    }
+    if (window_.window() != before) window_gauge_.Set(window_.window());
   }
 
   // The newest idle connection still fresh enough, or null.
@@ -162,7 +192,7 @@ class SmtpRelayBackend::Cache {
 
  private:
   bool HasSlot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return in_flight_ < std::max(1, options_.destination_concurrency);
+    return window_.Admits(in_flight_);
   }
 
   void Reap() {
@@ -191,6 +221,8 @@ class SmtpRelayBackend::Cache {
   absl::Mutex mu_;
   std::deque<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mu_);
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  ConcurrencyWindow window_ ABSL_GUARDED_BY(mu_);
+  Gauge& window_gauge_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread reaper_;
 };
@@ -463,6 +495,7 @@ absl::StatusOr<SubmitOutcome> SmtpRelayBackend::Submit(
       c = std::make_unique<Connection>(options_, tls_.get());
       ConnectionsCounter("opened").Inc();
       if (auto st = c->Open(*targets); !st.ok()) {
+        cache_->Feedback(false);  // refused, timed out, 4xx at connect, TLS
         result = st;
         break;
       }
@@ -474,6 +507,7 @@ absl::StatusOr<SubmitOutcome> SmtpRelayBackend::Submit(
     result = std::move(t.outcome);
     if (result.ok() ||
         result.status().code() == absl::StatusCode::kFailedPrecondition) {
+      cache_->Feedback(true);
       cache_->Put(std::move(c));  // in step with the next hop: reusable
     } else {
       c->Close();

@@ -62,8 +62,11 @@ struct SmtpRelayOptions {
   // smtp_connection_reuse_count_limit); 0: no limit.
   int reuse_limit = 100;
   // Messages in flight to the next hop at once (Postfix's
-  // default_destination_concurrency_limit).
+  // default_destination_concurrency_limit), reached by slow start from
+  // `initial_destination_concurrency` (Postfix's
+  // initial_destination_concurrency): concurrency_window.h.
   int destination_concurrency = 20;
+  int initial_destination_concurrency = 5;
   // Send MAIL, RCPT and DATA in one write when the next hop offers
   // PIPELINING.
   bool pipelining = true;
