@@ -177,8 +177,10 @@ std::string BuildDsn(const v1::QueueEntry& original,
                      const std::string& original_header,
                      const std::string& reporting_mta,
                      const std::string& message_id, absl::Time now) {
-  return BuildDsn(original, recipients, ReturnedContent{original_header},
-                  reporting_mta, message_id, now);
+  ReturnedContent returned;
+  returned.bytes = original_header;
+  return BuildDsn(original, recipients, returned, reporting_mta, message_id,
+                  now);
 }
 
 std::string BuildDsn(const v1::QueueEntry& original,

@@ -146,7 +146,8 @@ class Handler:
         base = os.path.join(args.out, str(counter[0]))
         with open(base + ".eml", "wb") as f:
             f.write(envelope.original_content)
-        with open(base + ".json", "w") as f:
+        # Whole or not at all: a test may read it at any moment.
+        with open(base + ".json.tmp", "w") as f:
             json.dump({"mail_from": envelope.mail_from,
                        "rcpt_tos": envelope.rcpt_tos,
                        "mail_options": envelope.mail_options,
@@ -155,6 +156,7 @@ class Handler:
                        "completed_before": getattr(server, "completed_before",
                                                    0),
                        "tls": session.ssl is not None}, f)
+        os.rename(base + ".json.tmp", base + ".json")
         return "250 2.0.0 Ok: stored"
 
 

@@ -168,10 +168,16 @@ class RelayDsnTest(StackTestCase):
         # Larger than --dsn-max-return-bytes: the header, and a note.
         big = body(6) + b"x" * 998 + b"\r\n"
         big = big * (MAX_RETURN // len(big) + 1)
-        self.send(6, ["nobody@example.test"], options=["RET=FULL"], data=big)
-        wait_for(lambda: len(self.dsns()) == 2, 30, "the second DSN")
-        report = self.dsns()[1]
-        parts = report.get_payload()
+        qid = self.send(6, ["nobody@example.test"], options=["RET=FULL"],
+                        data=big)
+
+        def second():
+            for report in self.dsns():
+                parts = report.get_payload()
+                if parts[1].get_payload()[0]["X-Sinkline-Queue-ID"] == qid:
+                    return parts
+            return None
+        parts = wait_for(second, 30, "the second DSN")
         self.assertEqual([p.get_content_type() for p in parts],
                          ["text/plain", "message/delivery-status",
                           "text/rfc822-headers"])
