@@ -27,11 +27,13 @@ Broker::Broker(BrokerOptions options, Config config,
       bindings_(std::move(config), options_.config_path,
                 options_.admin_state_path,
                 [this](std::shared_ptr<const Config> c) { Publish(c); }),
-      submitter_(SubmitOptions{.workers = options_.submit_workers,
-                               .retry_min = options_.submit_retry_min,
-                               .retry_max = options_.submit_retry_max,
-                               .max_queue_age = options_.max_queue_age},
-                 *queue_, spool_, messages_, leases_, pool_),
+      submitter_(
+          SubmitOptions{.workers = options_.submit_workers,
+                        .retry_min = options_.submit_retry_min,
+                        .retry_max = options_.submit_retry_max,
+                        .max_queue_age = options_.max_queue_age,
+                        .dsn_max_return_bytes = options_.dsn_max_return_bytes},
+          *queue_, spool_, messages_, leases_, pool_),
       session_gate_(options_.edge_guard,
                     options_.peer_limits.session_streams_per_edge) {
   session_env_.pool = &pool_;

@@ -66,6 +66,8 @@ struct BrokerOptions {
   std::chrono::milliseconds submit_retry_max{300000};
   // A message still deferred this long after COMMIT fails.
   std::chrono::milliseconds max_queue_age{5LL * 24 * 3600 * 1000};
+  // The largest original a DSN returns whole under RET=FULL.
+  uint64_t dsn_max_return_bytes = 10 * 1024 * 1024;
   // Add a Received: trace header (RFC 5321 §4.4) to every message.
   bool received_header = true;
   // Submitted messages the admin service still shows.

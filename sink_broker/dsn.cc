@@ -1,5 +1,6 @@
 #include "sink_broker/dsn.h"
 
+#include <filesystem>
 #include <fstream>
 #include <regex>
 
@@ -92,6 +93,22 @@ bool WantsFailureNotice(const v1::Recipient& r) {
   return false;  // NEVER, or SUCCESS/DELAY only
 }
 
+Counter& ReturnedCounter(const char* content) {
+  return MetricsRegistry::Default().GetCounter(
+      "sinkline_broker_dsn_returned_total",
+      "What of the original DSNs returned: full (RET=FULL), headers, "
+      "headers_over_limit (RET=FULL but larger than --dsn-max-return-bytes, "
+      "or binary).",
+      {{"content", content}});
+}
+
+bool Has8Bit(absl::string_view s) {
+  for (char c : s) {
+    if (static_cast<unsigned char>(c) >= 0x80) return true;
+  }
+  return false;
+}
+
 std::string ReadHeader(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::string data(kMaxReturnedHeader, '\0');
@@ -105,6 +122,44 @@ std::string ReadHeader(const std::string& path) {
 }
 
 }  // namespace
+
+ReturnedContent ContentToReturn(const v1::QueueEntry& original,
+                                const std::string& content_path,
+                                const DsnOptions& options) {
+  const v1::Envelope& env = original.envelope();
+  ReturnedContent out;
+  if (absl::AsciiStrToUpper(Param(env.mail_params(), "RET")) == "FULL") {
+    std::error_code ec;
+    const uint64_t size = std::filesystem::file_size(content_path, ec);
+    if (ec) {
+      out.note = "The original message could not be read: " + ec.message();
+    } else if (absl::AsciiStrToUpper(Param(env.mail_params(), "BODY")) ==
+               "BINARYMIME") {
+      out.note = absl::StrCat(
+          "The original message (", size,
+          " bytes) is binary (BODY=BINARYMIME), which a report cannot "
+          "carry: only its header is returned.");
+    } else if (size > options.max_return_bytes) {
+      out.note = absl::StrCat("The original message (", size,
+                              " bytes) is larger than this system returns (",
+                              options.max_return_bytes,
+                              " bytes): only its header is returned.");
+    } else {
+      std::ifstream in(content_path, std::ios::binary);
+      std::string data(size, '\0');
+      in.read(data.data(), data.size());
+      data.resize(in.gcount());
+      if (!data.empty() && !absl::EndsWith(data, "\r\n")) data += "\r\n";
+      out.bytes = std::move(data);
+      out.full = true;
+      ReturnedCounter("full").Inc();
+      return out;
+    }
+  }
+  out.bytes = ReadHeader(content_path);
+  ReturnedCounter(out.note.empty() ? "headers" : "headers_over_limit").Inc();
+  return out;
+}
 
 std::vector<RecipientRecord> DsnRecipients(
     const v1::QueueEntry& original,
@@ -120,6 +175,17 @@ std::vector<RecipientRecord> DsnRecipients(
 std::string BuildDsn(const v1::QueueEntry& original,
                      const std::vector<RecipientRecord>& recipients,
                      const std::string& original_header,
+                     const std::string& reporting_mta,
+                     const std::string& message_id, absl::Time now) {
+  ReturnedContent returned;
+  returned.bytes = original_header;
+  return BuildDsn(original, recipients, returned, reporting_mta, message_id,
+                  now);
+}
+
+std::string BuildDsn(const v1::QueueEntry& original,
+                     const std::vector<RecipientRecord>& recipients,
+                     const ReturnedContent& returned,
                      const std::string& reporting_mta,
                      const std::string& message_id, absl::Time now) {
   const v1::Envelope& env = original.envelope();
@@ -152,6 +218,9 @@ std::string BuildDsn(const v1::QueueEntry& original,
                     ">: ", FieldValue(r.reply), "\r\n");
   }
   absl::StrAppend(&out, "\r\n");
+  if (!returned.note.empty()) {
+    absl::StrAppend(&out, FieldValue(returned.note), "\r\n\r\n");
+  }
 
   // 2: for a program (RFC 3464 §2; RFC 6533 for UTF-8 addresses).
   const char* addr_type = utf8 ? "utf-8" : "rfc822";
@@ -188,18 +257,29 @@ std::string BuildDsn(const v1::QueueEntry& original,
   }
   absl::StrAppend(&out, "\r\n");
 
-  // 3: what was sent, its header only.
-  absl::StrAppend(
-      &out, "--", boundary, "\r\n",
-      "Content-Description: Undelivered Message Headers\r\n",
-      "Content-Type: ", utf8 ? "message/global-headers" : "text/rfc822-headers",
-      "\r\n\r\n", original_header, "\r\n", "--", boundary, "--\r\n");
+  // 3: what was sent, whole (RET=FULL) or its header.
+  absl::StrAppend(&out, "--", boundary, "\r\n");
+  if (returned.full) {
+    absl::StrAppend(
+        &out, "Content-Description: Undelivered Message\r\n",
+        "Content-Type: ", utf8 ? "message/global" : "message/rfc822", "\r\n");
+    if (Has8Bit(returned.bytes)) {
+      absl::StrAppend(&out, "Content-Transfer-Encoding: 8bit\r\n");
+    }
+  } else {
+    absl::StrAppend(
+        &out, "Content-Description: Undelivered Message Headers\r\n",
+        "Content-Type: ",
+        utf8 ? "message/global-headers" : "text/rfc822-headers", "\r\n");
+  }
+  absl::StrAppend(&out, "\r\n", returned.bytes, "\r\n", "--", boundary,
+                  "--\r\n");
   return out;
 }
 
 absl::StatusOr<std::optional<v1::QueueEntry>> CommitDsn(
     const Spool& spool, const v1::QueueEntry& original,
-    const std::vector<RecipientRecord>& failed) {
+    const std::vector<RecipientRecord>& failed, const DsnOptions& options) {
   const auto recipients = DsnRecipients(original, failed);
   if (recipients.empty()) return std::nullopt;
   std::string mta = original.session().server_hostname();
@@ -207,14 +287,22 @@ absl::StatusOr<std::optional<v1::QueueEntry>> CommitDsn(
   v1::QueueEntry dsn;
   dsn.set_queue_id(NewQueueId());
   // The original's content stays in committed/, also once it failed.
-  std::string header = ReadHeader(spool.ContentPath(original.queue_id()));
-  const std::string bytes =
-      BuildDsn(original, recipients, header, mta, dsn.queue_id(), absl::Now());
+  const std::string path = spool.ContentPath(original.queue_id());
+  const ReturnedContent returned = ContentToReturn(original, path, options);
+  const std::string bytes = BuildDsn(original, recipients, returned, mta,
+                                     dsn.queue_id(), absl::Now());
   auto* env = dsn.mutable_envelope();
   env->set_mail_from("");  // a DSN never causes another
   env->add_recipients()->set_address(original.envelope().mail_from());
   if (EnvelopeIsUtf8(original.envelope())) {
     env->add_mail_params()->set_key("SMTPUTF8");
+  }
+  if (returned.full && Has8Bit(returned.bytes)) {
+    // The returned original is 8-bit: the report is too (never
+    // downgraded; a next hop without 8BITMIME refuses it).
+    auto* p = env->add_mail_params();
+    p->set_key("BODY");
+    p->set_value("8BITMIME");
   }
   *dsn.mutable_session() = original.session();
   dsn.set_transaction_id(absl::StrCat("dsn-", original.queue_id()));

@@ -42,6 +42,9 @@ ABSL_FLAG(int, submit_retry_max_ms, 300000,
           "longest delay between attempts (the delay doubles up to it)");
 ABSL_FLAG(int64_t, max_queue_age_s, 5 * 24 * 3600,
           "a message still deferred this long after COMMIT fails");
+ABSL_FLAG(uint64_t, dsn_max_return_bytes, 10 * 1024 * 1024,
+          "a DSN for a message sent with RET=FULL returns the whole message "
+          "up to this size, its header only when larger");
 ABSL_FLAG(bool, received_header, true,
           "add a Received: trace header with the queue id to every message");
 ABSL_FLAG(uint64_t, keep_submitted, 1000,
@@ -225,6 +228,7 @@ int main(int argc, char** argv) {
       std::chrono::milliseconds(absl::GetFlag(FLAGS_submit_retry_max_ms));
   opts.max_queue_age =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_max_queue_age_s) * 1000);
+  opts.dsn_max_return_bytes = absl::GetFlag(FLAGS_dsn_max_return_bytes);
   opts.keep_submitted = absl::GetFlag(FLAGS_keep_submitted);
   opts.max_messages_in_flight = absl::GetFlag(FLAGS_max_messages_in_flight);
   opts.in_flight_wait =

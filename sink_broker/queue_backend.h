@@ -2,6 +2,7 @@
 // (queue_dir.h: a spool queue directory; smtp_relay.h: a next-hop MTA).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,9 @@ struct SubmitOutcome {
   std::vector<std::string> refusals;
 };
 
+// Where an asynchronous Submit reports, once.
+using SubmitDone = std::function<void(absl::StatusOr<SubmitOutcome>)>;
+
 class QueueBackend {
  public:
   virtual ~QueueBackend() = default;
@@ -33,6 +37,14 @@ class QueueBackend {
   // FAILED_PRECONDITION: refused for good, the message says why.
   virtual absl::StatusOr<SubmitOutcome> Submit(
       const v1::QueueEntry& entry, const std::string& content_path) = 0;
+  // The same without waiting: `done` gets what Submit would return, on a
+  // thread of the backend's (or on the caller's, before SubmitAsync
+  // returns). The default runs Submit on the caller's thread; the relay
+  // never blocks a thread on the network.
+  virtual void SubmitAsync(const v1::QueueEntry& entry,
+                           const std::string& content_path, SubmitDone done) {
+    done(Submit(entry, content_path));
+  }
   // e.g. "queue-dir /var/spool/sinkline/queue", "smtp-relay mx:25".
   virtual std::string Describe() const = 0;
 };

@@ -6,7 +6,11 @@
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/read_until.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <memory>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -78,97 +82,137 @@ absl::StatusOr<std::unique_ptr<ssl::context>> MakeTlsContext(
   return ctx;
 }
 
-Connection::Connection(const SmtpRelayOptions& options, ssl::context* tls)
-    : options_(options), tls_context_(tls) {}
+Connection::Connection(asio::io_context& io, const SmtpRelayOptions& options,
+                       ssl::context* tls)
+    : options_(options), tls_context_(tls), socket_(io) {}
+
+template <typename Op>
+Awaitable<boost::system::error_code> Connection::Timed(
+    std::chrono::milliseconds timeout, Op op) {
+  // The timer's handler may run after this step ended (its expiry already
+  // queued): `state` tells it so, and it then touches nothing.
+  struct State {
+    bool done = false;
+    bool fired = false;
+  };
+  auto state = std::make_shared<State>();
+  asio::steady_timer timer(socket_.get_executor());
+  timer.expires_after(timeout);
+  timer.async_wait([state, this](const boost::system::error_code& ec) {
+    if (ec || state->done) return;
+    state->fired = true;
+    boost::system::error_code ignored;
+    socket_.close(ignored);  // the step ends with operation_aborted
+  });
+  boost::system::error_code ec;
+  co_await op(asio::redirect_error(asio::use_awaitable, ec));
+  state->done = true;
+  timer.cancel();
+  if (state->fired) ec = asio::error::timed_out;
+  co_return ec;
+}
+
+absl::Status Connection::Check(const boost::system::error_code& ec,
+                               const char* what) {
+  if (!ec) return absl::OkStatus();
+  Close();
+  if (ec == asio::error::timed_out) {
+    return absl::UnavailableError(
+        absl::StrCat(What(), ": timed out (", what, ")"));
+  }
+  return absl::UnavailableError(
+      absl::StrCat(What(), ": ", what, ": ", ec.message()));
+}
 
 std::string Connection::What() const {
   return absl::StrCat("next hop ", options_.next_hop,
                       peer_.empty() ? "" : " (" + peer_ + ")");
 }
 
-absl::Status Connection::Connect(const std::vector<RelayTarget>& targets) {
+Awaitable<absl::Status> Connection::Connect(
+    const std::vector<RelayTarget>& targets) {
   absl::Status last = absl::UnavailableError(
       absl::StrCat("next hop ", options_.next_hop, ": no address to try"));
   for (const auto& target : targets) {
-    std::optional<boost::system::error_code> result;
-    tcp::endpoint connected;
-    asio::async_connect(
-        socket_, target.endpoints,
-        [&](const boost::system::error_code& e, const tcp::endpoint& ep) {
-          result = e;
-          connected = ep;
-        });
     peer_ = target.name;
-    last = RunUntil(result, options_.connect_timeout, "connect");
+    const auto ec = co_await Timed(options_.connect_timeout, [&](auto token) {
+      return asio::async_connect(socket_, target.endpoints, std::move(token));
+    });
+    last = Check(ec, "connect");
     if (!last.ok()) continue;  // the next MX, if any
+    boost::system::error_code ep_ec;
+    const tcp::endpoint connected = socket_.remote_endpoint(ep_ec);
     target_name_ = target.name;
     peer_ = absl::StrCat(target.name, "[", connected.address().to_string(),
                          "]:", connected.port());
     // Each command is a small write that waits for its reply: without
     // TCP_NODELAY, Nagle holds it back behind the previous delayed ACK.
-    boost::system::error_code ec;
-    socket_.set_option(tcp::no_delay(true), ec);
-    return absl::OkStatus();
+    boost::system::error_code nodelay_ec;
+    socket_.set_option(tcp::no_delay(true), nodelay_ec);
+    co_return absl::OkStatus();
   }
-  return last;
+  co_return last;
 }
 
-absl::Status Connection::Ehlo() {
-  auto ehlo = Command("EHLO " + options_.helo_name);
-  if (!ehlo.ok()) return ehlo.status();
+Awaitable<absl::Status> Connection::Ehlo() {
+  auto ehlo = co_await Command("EHLO " + options_.helo_name);
+  if (!ehlo.ok()) co_return ehlo.status();
   keywords_.clear();
   if (ehlo->code != 250) {
-    if (tls_) return Refusal("EHLO after STARTTLS", *ehlo);
-    auto helo = Command("HELO " + options_.helo_name);
-    if (!helo.ok()) return helo.status();
-    if (helo->code != 250) return Refusal("HELO", *helo);
-    return absl::OkStatus();
+    if (tls_) co_return Refusal("EHLO after STARTTLS", *ehlo);
+    auto helo = co_await Command("HELO " + options_.helo_name);
+    if (!helo.ok()) co_return helo.status();
+    if (helo->code != 250) co_return Refusal("HELO", *helo);
+    co_return absl::OkStatus();
   }
   std::vector<std::string> lines = absl::StrSplit(ehlo->text, " / ");
   keywords_.assign(lines.begin() + (lines.empty() ? 0 : 1), lines.end());
-  return absl::OkStatus();
+  co_return absl::OkStatus();
 }
 
-absl::Status Connection::Open(const std::vector<RelayTarget>& targets) {
-  if (auto st = Connect(targets); !st.ok()) return st;
-  auto greeting = ReadReply();
-  if (!greeting.ok()) return greeting.status();
-  if (greeting->code != 220) return Refusal("the greeting", *greeting);
-  if (auto st = Ehlo(); !st.ok()) return st;
-  if (options_.tls == RelayTls::kNone) return absl::OkStatus();
+Awaitable<absl::Status> Connection::Open(std::vector<RelayTarget> targets) {
+  absl::Status st = co_await Connect(targets);
+  if (!st.ok()) co_return st;
+  auto greeting = co_await ReadReply();
+  if (!greeting.ok()) co_return greeting.status();
+  if (greeting->code != 220) co_return Refusal("the greeting", *greeting);
+  st = co_await Ehlo();
+  if (!st.ok()) co_return st;
+  if (options_.tls == RelayTls::kNone) co_return absl::OkStatus();
   if (!Offers("STARTTLS")) {
     if (options_.tls == RelayTls::kMay) {
       TlsCounter("plaintext").Inc();
-      return absl::OkStatus();
+      co_return absl::OkStatus();
     }
     TlsCounter("required").Inc();
-    Quit();
-    return absl::UnavailableError(
+    co_await Quit();
+    co_return absl::UnavailableError(
         absl::StrCat(What(), " does not offer STARTTLS, which --relay-tls=",
                      RelayTlsName(options_.tls), " requires"));
   }
-  if (auto st = StartTls(); !st.ok()) {
+  st = co_await StartTls();
+  if (!st.ok()) {
     TlsCounter("failed").Inc();
     Close();
-    return st;
+    co_return st;
   }
   // RFC 3207 §4.2: everything learnt before TLS is forgotten.
-  return Ehlo();
+  co_return co_await Ehlo();
 }
 
-absl::Status Connection::StartTls() {
-  auto r = Command("STARTTLS");
-  if (!r.ok()) return r.status();
+Awaitable<absl::Status> Connection::StartTls() {
+  auto r = co_await Command("STARTTLS");
+  if (!r.ok()) co_return r.status();
   if (r->code != 220) {
     // Offered, then refused: never carry on in plaintext on this
     // connection (a man in the middle would do exactly that).
-    return absl::UnavailableError(
+    co_return absl::UnavailableError(
         absl::StrCat(What(), " answered STARTTLS with ", r->ToString(),
                      "; not going on in plaintext"));
   }
   if (!buffer_.empty()) {
     // Plaintext after the 220 would be read as if it came over TLS.
-    return absl::UnavailableError(absl::StrCat(
+    co_return absl::UnavailableError(absl::StrCat(
         What(), " sent data after its STARTTLS reply; not going on"));
   }
   tls_.emplace(socket_, *tls_context_);
@@ -190,26 +234,24 @@ absl::Status Connection::StartTls() {
       SSL_set1_host(ssl, name.c_str());
     }
   }
-  std::optional<boost::system::error_code> result;
-  tls_->async_handshake(
-      ssl::stream_base::client,
-      [&](const boost::system::error_code& e) { result = e; });
-  if (auto st = RunUntil(result, options_.command_timeout, "TLS handshake");
-      !st.ok()) {
+  const auto ec = co_await Timed(options_.command_timeout, [&](auto token) {
+    return tls_->async_handshake(ssl::stream_base::client, std::move(token));
+  });
+  if (auto st = Check(ec, "TLS handshake"); !st.ok()) {
     const long v = SSL_get_verify_result(ssl);
     if (verify && v != X509_V_OK) {
-      return absl::UnavailableError(
+      co_return absl::UnavailableError(
           absl::StrCat(What(), ": TLS certificate not verified for ", name,
                        ": ", X509_verify_cert_error_string(v)));
     }
-    return st;
+    co_return st;
   }
   tls_state_ = verify ? "verified" : "encrypted";
   TlsCounter(tls_state_).Inc();
   spdlog::info("relay: TLS to {} {} ({}, {}, name {})", peer_,
                verify ? "verified" : "encrypted, not verified",
                SSL_get_version(ssl), SSL_get_cipher_name(ssl), name);
-  return absl::OkStatus();
+  co_return absl::OkStatus();
 }
 
 bool Connection::Offers(absl::string_view kw) const {
@@ -234,20 +276,19 @@ uint64_t Connection::SizeLimit() const {
   return 0;
 }
 
-absl::StatusOr<Reply> Connection::ReadReply() {
+Awaitable<absl::StatusOr<Reply>> Connection::ReadReply() {
   Reply reply;
   for (;;) {
-    std::optional<boost::system::error_code> result;
-    auto done = [&](const boost::system::error_code& e, size_t) { result = e; };
-    auto buf = asio::dynamic_buffer(buffer_, 1 << 16);
-    if (tls_) {
-      asio::async_read_until(*tls_, buf, "\r\n", done);
-    } else {
-      asio::async_read_until(socket_, buf, "\r\n", done);
-    }
-    if (auto st = RunUntil(result, options_.command_timeout, "reply");
-        !st.ok()) {
-      return st;
+    // A whole line may be buffered already (pipelined replies).
+    if (buffer_.find("\r\n") == std::string::npos) {
+      const auto ec = co_await Timed(options_.command_timeout, [&](auto token) {
+        auto buf = asio::dynamic_buffer(buffer_, 1 << 16);
+        if (tls_) {
+          return asio::async_read_until(*tls_, buf, "\r\n", std::move(token));
+        }
+        return asio::async_read_until(socket_, buf, "\r\n", std::move(token));
+      });
+      if (auto st = Check(ec, "reply"); !st.ok()) co_return st;
     }
     const auto end = buffer_.find("\r\n");
     std::string line = buffer_.substr(0, end);
@@ -257,37 +298,38 @@ absl::StatusOr<Reply> Connection::ReadReply() {
         code < 200 || code > 599 ||
         (line.size() > 3 && line[3] != ' ' && line[3] != '-')) {
       Close();
-      return absl::UnavailableError(absl::StrCat(
+      co_return absl::UnavailableError(absl::StrCat(
           What(), " sent a malformed reply: ", line.substr(0, 200)));
     }
     reply.code = code;
     if (!reply.text.empty()) reply.text += " / ";
     reply.text += line.size() > 4 ? line.substr(4) : "";
-    if (line.size() == 3 || line[3] == ' ') return reply;
+    if (line.size() == 3 || line[3] == ' ') co_return reply;
   }
 }
 
-absl::Status Connection::Write(const std::string& data,
-                               std::optional<std::chrono::milliseconds> t) {
-  std::optional<boost::system::error_code> result;
-  auto done = [&](const boost::system::error_code& e, size_t) { result = e; };
-  if (tls_) {
-    asio::async_write(*tls_, asio::buffer(data), done);
-  } else {
-    asio::async_write(socket_, asio::buffer(data), done);
-  }
-  return RunUntil(result, t.value_or(options_.command_timeout), "write");
+Awaitable<absl::Status> Connection::Write(
+    std::string data, std::optional<std::chrono::milliseconds> t) {
+  const auto ec =
+      co_await Timed(t.value_or(options_.command_timeout), [&](auto token) {
+        if (tls_) {
+          return asio::async_write(*tls_, asio::buffer(data), std::move(token));
+        }
+        return asio::async_write(socket_, asio::buffer(data), std::move(token));
+      });
+  co_return Check(ec, "write");
 }
 
-absl::StatusOr<Reply> Connection::Command(const std::string& line) {
-  if (auto st = RefuseCrLf(line); !st.ok()) return st;
-  if (auto st = Write(line + "\r\n"); !st.ok()) return st;
-  return ReadReply();
+Awaitable<absl::StatusOr<Reply>> Connection::Command(std::string line) {
+  if (auto st = RefuseCrLf(line); !st.ok()) co_return st;
+  absl::Status st = co_await Write(line + "\r\n");
+  if (!st.ok()) co_return st;
+  co_return co_await ReadReply();
 }
 
-void Connection::Quit() {
+Awaitable<void> Connection::Quit() {
   if (socket_.is_open()) {
-    (void)Write("QUIT\r\n", std::chrono::milliseconds(1000));
+    (void)co_await Write("QUIT\r\n", std::chrono::milliseconds(1000));
   }
   Close();
 }
@@ -302,26 +344,6 @@ absl::Status Connection::Refusal(const std::string& step, const Reply& r) {
       absl::StrCat("next hop answered ", step, " with ", r.ToString());
   if (r.code >= 500) return absl::FailedPreconditionError(what);
   return absl::UnavailableError(what);
-}
-
-absl::Status Connection::RunUntil(
-    std::optional<boost::system::error_code>& result,
-    std::chrono::milliseconds timeout, const char* what) {
-  io_.restart();
-  io_.run_for(timeout);
-  if (!result) {
-    Close();
-    io_.restart();
-    io_.run();  // lets the cancelled operation finish
-    return absl::UnavailableError(
-        absl::StrCat(What(), ": timed out (", what, ")"));
-  }
-  if (*result) {
-    Close();
-    return absl::UnavailableError(
-        absl::StrCat(What(), ": ", what, ": ", result->message()));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace sinkline::broker::relay

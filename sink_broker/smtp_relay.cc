@@ -4,10 +4,19 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <cerrno>
 #include <cstring>
 #include <deque>
-#include <optional>
+#include <future>
 #include <thread>
 
 #include "absl/strings/ascii.h"
@@ -15,12 +24,16 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "sink_broker/concurrency_window.h"
 #include "sink_broker/message_edit.h"
 #include "sink_broker/relay_connection.h"
+#include "sink_broker/relay_transaction.h"
 #include "sinkline/common/address.h"
 #include "sinkline/common/metrics.h"
 
 namespace sinkline::broker {
+
+namespace asio = boost::asio;
 
 absl::StatusOr<RelayTls> ParseRelayTls(absl::string_view name) {
   if (name == "none") return RelayTls::kNone;
@@ -81,316 +94,284 @@ Gauge& InFlightGauge() {
       "Messages being handed to the next hop now.");
 }
 
+Gauge& WindowGauge(const std::string& destination) {
+  return MetricsRegistry::Default().GetGauge(
+      "sinkline_broker_relay_concurrency_window",
+      "Messages that may be in flight to the destination now (slow start: "
+      "from --relay-initial-destination-concurrency, one more per delivery "
+      "up to --relay-destination-concurrency, one fewer per failed "
+      "connection).",
+      {{"destination", destination}});
+}
+
 }  // namespace
 
+using relay::Awaitable;
 using relay::Connection;
-using relay::RefuseCrLf;
-using relay::Reply;
 
-// Idle connections to the next hop, newest last, and the bound on messages
-// in flight. A reaper closes connections idle longer than `cache_idle`.
-class SmtpRelayBackend::Cache {
+// What one message carries through the relay.
+struct SmtpRelayBackend::Delivery {
+  v1::QueueEntry entry;
+  std::string content_path;
+  int fd = -1;
+  SubmitDone done;
+  ~Delivery() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// The relay's asynchronous side: one I/O thread runs every delivery as a
+// coroutine; the connection cache (idle connections, newest last, reaped
+// after `cache_idle`); the slow-start window that bounds deliveries in
+// flight (the rest wait in order, holding no thread); a small pool for the
+// next hop's DNS lookups (c-ares polled with a deadline), which only a new
+// connection needs.
+class SmtpRelayBackend::Engine {
  public:
-  explicit Cache(const SmtpRelayOptions& options) : options_(options) {
+  Engine(const SmtpRelayOptions& options, const SmtpRelayBackend& backend)
+      : options_(options),
+        backend_(backend),
+        window_(options.initial_destination_concurrency,
+                options.destination_concurrency),
+        window_gauge_(WindowGauge(options.next_hop)),
+        work_(asio::make_work_guard(io_)),
+        reaper_(io_) {
+    window_gauge_.Set(window_.window());
+    thread_ = std::thread([this] { io_.run(); });
     if (options_.cache_idle.count() > 0) {
-      reaper_ = std::thread([this] { Reap(); });
+      asio::post(io_, [this] { ScheduleReap(); });
     }
   }
-  ~Cache() {
+
+  ~Engine() {
     {
+      // Deliveries end on their own (every step has a deadline); the
+      // submitter waits for them before the backend goes.
       absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(this, &Engine::Idle));
       stopping_ = true;
     }
-    if (reaper_.joinable()) reaper_.join();
-    absl::MutexLock lock(&mu_);
-    for (auto& c : idle_) c->Quit();
-    idle_.clear();
+    // On the I/O thread: the reaper stops and idle connections get QUIT.
+    asio::post(io_, [this] {
+      reaper_.cancel();
+      std::deque<std::unique_ptr<Connection>> idle;
+      {
+        absl::MutexLock lock(&mu_);
+        idle.swap(idle_);
+      }
+      for (auto& c : idle) Quit(std::move(c));
+    });
+    work_.reset();
+    thread_.join();  // once the QUITs are written (each bounded by 1 s)
+    dns_.join();
   }
 
-  // Blocks while `destination_concurrency` messages are in flight.
-  void Acquire() {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(this, &Cache::HasSlot));
-    ++in_flight_;
+  // Starts the delivery now if the window admits it, or once it does.
+  void Start(std::shared_ptr<Delivery> d) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!window_.Admits(in_flight_)) {
+        waiting_.push_back(std::move(d));
+        return;
+      }
+      ++in_flight_;
+    }
     InFlightGauge().Add(1);
+    Spawn(std::move(d));
   }
-  void ReleaseSlot() {
+
+ private:
+  bool Idle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return in_flight_ == 0 && waiting_.empty();
+  }
+
+  void Spawn(std::shared_ptr<Delivery> d) {
+    asio::co_spawn(io_, Deliver(std::move(d)), asio::detached);
+  }
+
+  // A delivery is over: its place goes to the next one waiting.
+  void Finished() {
+    std::vector<std::shared_ptr<Delivery>> next;
+    {
+      absl::MutexLock lock(&mu_);
+      --in_flight_;
+      while (!waiting_.empty() && window_.Admits(in_flight_)) {
+        next.push_back(std::move(waiting_.front()));
+        waiting_.pop_front();
+        ++in_flight_;
+      }
+    }
+    InFlightGauge().Add(static_cast<double>(next.size()) - 1);
+    for (auto& d : next) Spawn(std::move(d));
+  }
+
+  // Slow start's feedback: a delivery completed in step with the next hop,
+  // or a connection to it failed.
+  void Feedback(bool success) {
     absl::MutexLock lock(&mu_);
-    --in_flight_;
-    InFlightGauge().Add(-1);
+    const int before = window_.window();
+    if (success) {
+      window_.Success();
+    } else {
+      window_.Failure();
+    }
+    if (window_.window() != before) window_gauge_.Set(window_.window());
   }
 
   // The newest idle connection still fresh enough, or null.
   std::unique_ptr<Connection> Take() {
-    std::vector<std::unique_ptr<Connection>> stale;
-    std::unique_ptr<Connection> out;
-    {
-      absl::MutexLock lock(&mu_);
-      const auto now = std::chrono::steady_clock::now();
-      while (!idle_.empty()) {
-        auto c = std::move(idle_.back());
-        idle_.pop_back();
-        if (now - c->idle_since < options_.cache_idle) {
-          out = std::move(c);
-          break;
-        }
-        stale.push_back(std::move(c));
-      }
+    absl::MutexLock lock(&mu_);
+    const auto now = std::chrono::steady_clock::now();
+    while (!idle_.empty()) {
+      auto c = std::move(idle_.back());
+      idle_.pop_back();
+      if (now - c->idle_since < options_.cache_idle) return c;
+      Quit(std::move(c));
     }
-    for (auto& c : stale) c->Quit();
-    return out;
+    return nullptr;
   }
 
   // After a transaction: kept for the next message, or closed.
   void Put(std::unique_ptr<Connection> c) {
     if (options_.cache_idle.count() <= 0 || !c->open() ||
         (options_.reuse_limit > 0 && c->transactions >= options_.reuse_limit)) {
-      c->Quit();
-      return;
+      return Quit(std::move(c));
     }
     c->idle_since = std::chrono::steady_clock::now();
-    {
-      absl::MutexLock lock(&mu_);
-      if (!stopping_ && static_cast<int>(idle_.size()) <
-                            std::max(1, options_.destination_concurrency)) {
-        idle_.push_back(std::move(c));
-        return;
-      }
+    absl::MutexLock lock(&mu_);
+    if (!stopping_ && static_cast<int>(idle_.size()) <
+                          std::max(1, options_.destination_concurrency)) {
+      idle_.push_back(std::move(c));
+      return;
     }
-    c->Quit();
+    Quit(std::move(c));
   }
 
- private:
-  bool HasSlot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return in_flight_ < std::max(1, options_.destination_concurrency);
+  // QUIT (bounded by 1 s) and close, on the I/O thread, nobody waiting.
+  void Quit(std::unique_ptr<Connection> c) {
+    asio::co_spawn(io_, QuitAndClose(std::move(c)), asio::detached);
+  }
+  static Awaitable<void> QuitAndClose(std::unique_ptr<Connection> c) {
+    co_await c->Quit();
   }
 
-  void Reap() {
-    const auto period =
-        std::max(std::chrono::milliseconds(50), options_.cache_idle / 2);
-    for (;;) {
-      std::vector<std::unique_ptr<Connection>> stale;
+  void ScheduleReap() {
+    reaper_.expires_after(
+        std::max(std::chrono::milliseconds(50), options_.cache_idle / 2));
+    reaper_.async_wait([this](const boost::system::error_code& ec) {
+      if (ec) return;
       {
         absl::MutexLock lock(&mu_);
-        mu_.AwaitWithTimeout(absl::Condition(&stopping_),
-                             absl::FromChrono(period));
         if (stopping_) return;
         const auto now = std::chrono::steady_clock::now();
         // Oldest first: idle_ is in the order connections were put back.
         while (!idle_.empty() &&
                now - idle_.front()->idle_since >= options_.cache_idle) {
-          stale.push_back(std::move(idle_.front()));
+          Quit(std::move(idle_.front()));
           idle_.pop_front();
         }
       }
-      for (auto& c : stale) c->Quit();
+      ScheduleReap();
+    });
+  }
+
+  // The next hop's addresses, looked up off the I/O thread.
+  Awaitable<absl::StatusOr<std::vector<RelayTarget>>> Resolve() {
+    co_return co_await asio::co_spawn(
+        dns_,
+        [this]() -> Awaitable<absl::StatusOr<std::vector<RelayTarget>>> {
+          co_return ResolveNextHop(*backend_.hop_, options_.dns);
+        },
+        asio::use_awaitable);
+  }
+
+  Awaitable<void> Deliver(std::shared_ptr<Delivery> d) {
+    absl::StatusOr<SubmitOutcome> result;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      std::unique_ptr<Connection> c = Take();
+      const bool reused = c != nullptr;
+      if (reused) {
+        ConnectionsCounter("reused").Inc();
+      } else {
+        if (!backend_.init_.ok()) {
+          result = absl::UnavailableError(backend_.init_.message());
+          break;
+        }
+        auto targets = co_await Resolve();
+        if (!targets.ok()) {
+          result = targets.status();
+          break;
+        }
+        c = std::make_unique<Connection>(io_, options_, backend_.tls_.get());
+        ConnectionsCounter("opened").Inc();
+        absl::Status st = co_await c->Open(std::move(*targets));
+        if (!st.ok()) {
+          Feedback(false);  // refused, timed out, 4xx at connect, TLS
+          result = st;
+          break;
+        }
+      }
+      auto t = co_await relay::Transaction(*c, reused, d->entry, d->fd,
+                                           d->content_path);
+      if (t.stale && reused && ::lseek(d->fd, 0, SEEK_SET) == 0) {
+        continue;  // the cached connection was dead: try a fresh one
+      }
+      result = std::move(t.outcome);
+      if (result.ok() ||
+          result.status().code() == absl::StatusCode::kFailedPrecondition) {
+        Feedback(true);
+        Put(std::move(c));  // in step with the next hop: reusable
+      } else {
+        c->Close();
+      }
+      break;
+    }
+    CountDeliveries(d->entry, result);
+    SubmitDone done = std::move(d->done);
+    d.reset();  // the content file is closed before the caller hears
+    Finished();
+    done(std::move(result));
+  }
+
+  static void CountDeliveries(const v1::QueueEntry& entry,
+                              const absl::StatusOr<SubmitOutcome>& result) {
+    const int all = entry.envelope().recipients_size();
+    if (result.ok()) {
+      const int refused = result->refused.size();
+      const int deferred = result->deferred.size();
+      DeliveriesCounter("delivered").Inc(all - refused - deferred);
+      if (refused) DeliveriesCounter("refused").Inc(refused);
+      if (deferred) DeliveriesCounter("deferred").Inc(deferred);
+    } else {
+      DeliveriesCounter(result.status().code() ==
+                                absl::StatusCode::kFailedPrecondition
+                            ? "refused"
+                            : "deferred")
+          .Inc(all);
     }
   }
 
+  // First: destroyed last, after every socket and timer bound to it.
+  asio::io_context io_{1};
   const SmtpRelayOptions& options_;
+  const SmtpRelayBackend& backend_;
   absl::Mutex mu_;
   std::deque<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::shared_ptr<Delivery>> waiting_ ABSL_GUARDED_BY(mu_);
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  ConcurrencyWindow window_ ABSL_GUARDED_BY(mu_);
+  Gauge& window_gauge_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread reaper_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  asio::steady_timer reaper_;
+  // Lookups wait on c-ares with a deadline: two at once is plenty for one
+  // next hop (only new connections look it up).
+  asio::thread_pool dns_{2};
+  std::thread thread_;
 };
-
-namespace {
-
-// MAIL's parameters for this next hop, or why the message cannot go to it
-// without a downgrade (FAILED_PRECONDITION: refused for good, with the
-// enhanced status code a DSN would carry).
-absl::StatusOr<std::string> MailParams(const v1::QueueEntry& entry,
-                                       const Connection& c) {
-  const v1::Envelope& env = entry.envelope();
-  std::string out;
-  if (c.Offers("SIZE")) {
-    const uint64_t limit = c.SizeLimit();
-    if (limit > 0 && entry.size() > limit) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("5.3.4 message size ", entry.size(),
-                       " exceeds the next hop's SIZE limit ", limit));
-    }
-    absl::StrAppend(&out, " SIZE=", entry.size());
-  }
-  for (const auto& p : env.mail_params()) {
-    const std::string key = absl::AsciiStrToUpper(p.key());
-    const std::string value = absl::AsciiStrToUpper(p.value());
-    std::string need;
-    if (key == "BODY") {
-      if (value == "8BITMIME") need = "8BITMIME";
-      if (value == "BINARYMIME") need = "BINARYMIME";
-      // BODY=7BIT is the default: sent only where it means something.
-      if (value == "7BIT" && !c.Offers("8BITMIME")) continue;
-    } else if (key == "SMTPUTF8") {
-      need = "SMTPUTF8";
-    } else if (key == "RET" || key == "ENVID") {
-      // DSN requests: without DSN the next hop's own defaults apply, which
-      // is what RFC 3461 §4.3 (relay to a non-DSN server) describes.
-      if (!c.Offers("DSN")) continue;
-    } else if (key == "SIZE") {
-      continue;  // ours, above
-    } else {
-      continue;  // not ours to pass on (AUTH and the like end at the edge)
-    }
-    if (!need.empty() && !c.Offers(need)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          need == "SMTPUTF8" ? "5.6.7" : "5.6.3",
-          " the next hop does not offer ", need, ", which the message needs (",
-          key, "=", p.value(), ")"));
-    }
-    absl::StrAppend(&out, " ", key);
-    if (!p.value().empty()) absl::StrAppend(&out, "=", p.value());
-  }
-  return out;
-}
-
-// RCPT's parameters: DSN's NOTIFY and ORCPT when the next hop offers DSN.
-std::string RcptParams(const v1::Recipient& rcpt, const Connection& c) {
-  std::string out;
-  if (!c.Offers("DSN")) return out;
-  for (const auto& p : rcpt.params()) {
-    const std::string key = absl::AsciiStrToUpper(p.key());
-    if (key != "NOTIFY" && key != "ORCPT") continue;
-    absl::StrAppend(&out, " ", key, "=", p.value());
-  }
-  return out;
-}
-
-// Why a transaction on a cached connection ended: `stale` when the
-// connection turned out dead before the next hop answered anything of this
-// transaction (then a fresh connection is tried; nothing was delivered).
-struct TransactionResult {
-  absl::StatusOr<SubmitOutcome> outcome;
-  bool stale = false;
-};
-
-TransactionResult Transaction(Connection& c, bool reused,
-                              const v1::QueueEntry& entry, int fd,
-                              const std::string& content_path) {
-  const v1::Envelope& env = entry.envelope();
-  auto params = MailParams(entry, c);
-  if (!params.ok()) return {params.status()};
-  std::vector<std::string> lines;
-  lines.push_back(absl::StrCat("MAIL FROM:<", env.mail_from(), ">", *params));
-  for (const auto& rcpt : env.recipients()) {
-    lines.push_back(
-        absl::StrCat("RCPT TO:<", rcpt.address(), ">", RcptParams(rcpt, c)));
-  }
-  for (const auto& l : lines) {
-    if (auto st = RefuseCrLf(l); !st.ok()) return {st};
-  }
-  ++c.transactions;
-  const bool pipelining = c.pipelining_allowed() && c.Offers("PIPELINING");
-  if (reused) {
-    // A cached connection: RSET first, pipelined with the rest when the
-    // next hop allows; a dead one shows here.
-    absl::Status st = absl::OkStatus();
-    if (pipelining) {
-      std::string batch = "RSET\r\n";
-      for (const auto& l : lines) absl::StrAppend(&batch, l, "\r\n");
-      batch += "DATA\r\n";
-      st = c.Write(batch);
-    } else {
-      st = c.Write("RSET\r\n");
-    }
-    if (!st.ok()) return {st, true};
-    auto rset = c.ReadReply();
-    if (!rset.ok()) return {rset.status(), true};
-    if (rset->code != 250) {
-      c.Close();
-      return {Connection::Refusal("RSET", *rset)};
-    }
-  } else if (pipelining) {
-    std::string batch;
-    for (const auto& l : lines) absl::StrAppend(&batch, l, "\r\n");
-    batch += "DATA\r\n";
-    if (auto st = c.Write(batch); !st.ok()) return {st};
-  }
-  // One reply per line, in order: written already when pipelining, one
-  // command at a time otherwise.
-  auto next = [&](const std::string& line) -> absl::StatusOr<Reply> {
-    if (pipelining) return c.ReadReply();
-    return c.Command(line);
-  };
-  auto mail = next(lines[0]);
-  if (!mail.ok()) return {mail.status()};
-  SubmitOutcome outcome;
-  std::vector<std::string> deferrals;
-  int accepted = 0;
-  for (int i = 0; i < env.recipients_size(); ++i) {
-    if (!pipelining && mail->code != 250) break;
-    const auto& rcpt = env.recipients(i);
-    auto r = next(lines[i + 1]);
-    if (!r.ok()) return {r.status()};
-    if (mail->code != 250) continue;  // pipelined: the replies still come
-    if (r->code == 250 || r->code == 251) {
-      ++accepted;
-    } else if (r->code >= 500) {
-      outcome.refused.push_back(rcpt);
-      outcome.refusals.push_back(
-          absl::StrCat("<", rcpt.address(), ">: ", r->ToString()));
-    } else {
-      outcome.deferred.push_back(rcpt);
-      outcome.deferrals.push_back(r->ToString());
-      deferrals.push_back(
-          absl::StrCat("<", rcpt.address(), ">: ", r->ToString()));
-    }
-  }
-  outcome.deferred_reason = absl::StrJoin(deferrals, "; ");
-  std::optional<Reply> data;
-  if (pipelining) {
-    auto d = c.ReadReply();
-    if (!d.ok()) return {d.status()};
-    data = *d;
-  }
-  if (mail->code != 250 || accepted == 0) {
-    if (data && data->code == 354) {
-      // The next hop took DATA without a recipient: end the empty message
-      // and do not trust this connection again.
-      (void)c.Command(".");
-      c.Close();
-    }
-    if (mail->code != 250) return {Connection::Refusal("MAIL", *mail)};
-    return {outcome};  // nothing to send: every recipient deferred or refused
-  }
-  if (!data) {
-    auto d = c.Command("DATA");
-    if (!d.ok()) return {d.status()};
-    data = *d;
-  }
-  if (data->code != 354) return {Connection::Refusal("DATA", *data)};
-  DotStuffState stuff;
-  char buf[65536];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      c.Close();  // in the middle of DATA: the connection cannot go on
-      return {absl::UnavailableError(
-          absl::StrCat("read ", content_path, ": ", strerror(errno)))};
-    }
-    if (n == 0) break;
-    if (auto st = c.Write(DotStuff(absl::string_view(buf, n), stuff));
-        !st.ok()) {
-      return {st};
-    }
-  }
-  // The body ends in CRLF (bare LFs became CRLF) or gets one.
-  auto end = c.Write(stuff.at_line_start ? ".\r\n" : "\r\n.\r\n");
-  if (!end.ok()) return {end};
-  auto done = c.ReadReply();
-  if (!done.ok()) return {done.status()};
-  if (done->code != 250) return {Connection::Refusal("the end of DATA", *done)};
-  return {outcome};
-}
-
-}  // namespace
 
 SmtpRelayBackend::SmtpRelayBackend(SmtpRelayOptions options)
-    : options_(std::move(options)),
-      hop_(ParseNextHop(options_.next_hop)),
-      cache_(std::make_unique<Cache>(options_)) {
+    : options_(std::move(options)), hop_(ParseNextHop(options_.next_hop)) {
   init_ = hop_.status();
   if (options_.tls != RelayTls::kNone) {
     auto ctx = relay::MakeTlsContext(options_);
@@ -400,6 +381,7 @@ SmtpRelayBackend::SmtpRelayBackend(SmtpRelayOptions options)
       init_ = ctx.status();
     }
   }
+  engine_ = std::make_unique<Engine>(options_, *this);
 }
 
 absl::StatusOr<std::unique_ptr<SmtpRelayBackend>> SmtpRelayBackend::Create(
@@ -411,90 +393,45 @@ absl::StatusOr<std::unique_ptr<SmtpRelayBackend>> SmtpRelayBackend::Create(
 
 SmtpRelayBackend::~SmtpRelayBackend() = default;
 
-absl::StatusOr<SubmitOutcome> SmtpRelayBackend::Submit(
-    const v1::QueueEntry& entry, const std::string& content_path) {
+void SmtpRelayBackend::SubmitAsync(const v1::QueueEntry& entry,
+                                   const std::string& content_path,
+                                   SubmitDone done) {
   // Nothing that is not a mailbox goes into MAIL FROM / RCPT TO, whatever
   // wrote the envelope (the edits were checked; a spool file may be old).
   const bool utf8 = EnvelopeIsUtf8(entry.envelope());
   if (auto st =
           ValidateEnvelopeAddress(entry.envelope().mail_from(), true, utf8);
       !st.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("sender: ", st.message()));
+    return done(
+        absl::FailedPreconditionError(absl::StrCat("sender: ", st.message())));
   }
   for (const auto& r : entry.envelope().recipients()) {
     if (auto st = ValidateEnvelopeAddress(r.address(), false, utf8); !st.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("recipient: ", st.message()));
+      return done(absl::FailedPreconditionError(
+          absl::StrCat("recipient: ", st.message())));
     }
   }
   int fd = ::open(content_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    return absl::UnavailableError(
-        absl::StrCat("open ", content_path, ": ", strerror(errno)));
+    return done(absl::UnavailableError(
+        absl::StrCat("open ", content_path, ": ", strerror(errno))));
   }
-  struct FdCloser {
-    int fd;
-    ~FdCloser() { ::close(fd); }
-  } closer{fd};
+  auto d = std::make_shared<Delivery>();
+  d->entry = entry;
+  d->content_path = content_path;
+  d->fd = fd;
+  d->done = std::move(done);
+  engine_->Start(std::move(d));
+}
 
-  cache_->Acquire();
-  struct SlotReleaser {
-    Cache* cache;
-    ~SlotReleaser() { cache->ReleaseSlot(); }
-  } releaser{cache_.get()};
-
-  absl::StatusOr<SubmitOutcome> result;
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    std::unique_ptr<Connection> c = cache_->Take();
-    const bool reused = c != nullptr;
-    if (reused) {
-      ConnectionsCounter("reused").Inc();
-    } else {
-      if (!init_.ok()) {
-        result = absl::UnavailableError(init_.message());
-        break;
-      }
-      auto targets = ResolveNextHop(*hop_, options_.dns);
-      if (!targets.ok()) {
-        result = targets.status();
-        break;
-      }
-      c = std::make_unique<Connection>(options_, tls_.get());
-      ConnectionsCounter("opened").Inc();
-      if (auto st = c->Open(*targets); !st.ok()) {
-        result = st;
-        break;
-      }
-    }
-    auto t = Transaction(*c, reused, entry, fd, content_path);
-    if (t.stale && reused && ::lseek(fd, 0, SEEK_SET) == 0) {
-      continue;  // the cached connection was dead: try a fresh one
-    }
-    result = std::move(t.outcome);
-    if (result.ok() ||
-        result.status().code() == absl::StatusCode::kFailedPrecondition) {
-      cache_->Put(std::move(c));  // in step with the next hop: reusable
-    } else {
-      c->Close();
-    }
-    break;
-  }
-  if (result.ok()) {
-    const int refused = result->refused.size();
-    const int deferred = result->deferred.size();
-    DeliveriesCounter("delivered")
-        .Inc(entry.envelope().recipients_size() - refused - deferred);
-    if (refused) DeliveriesCounter("refused").Inc(refused);
-    if (deferred) DeliveriesCounter("deferred").Inc(deferred);
-  } else {
-    DeliveriesCounter(result.status().code() ==
-                              absl::StatusCode::kFailedPrecondition
-                          ? "refused"
-                          : "deferred")
-        .Inc(entry.envelope().recipients_size());
-  }
-  return result;
+absl::StatusOr<SubmitOutcome> SmtpRelayBackend::Submit(
+    const v1::QueueEntry& entry, const std::string& content_path) {
+  std::promise<absl::StatusOr<SubmitOutcome>> promise;
+  auto result = promise.get_future();
+  SubmitAsync(entry, content_path, [&promise](absl::StatusOr<SubmitOutcome> r) {
+    promise.set_value(std::move(r));
+  });
+  return result.get();
 }
 
 }  // namespace sinkline::broker

@@ -8,9 +8,11 @@
 // Connections are cached: after a transaction the connection waits idle for
 // the next message (RSET first), for a bounded time and a bounded number of
 // transactions, as Postfix's smtp_connection_cache_* do. MAIL, RCPT and
-// DATA go in one write when the next hop offers PIPELINING (RFC 2920). At
-// most `destination_concurrency` messages are in flight at once; Submit
-// blocks per call, so concurrency comes from the submitter's threads.
+// DATA go in one write when the next hop offers PIPELINING (RFC 2920).
+// Deliveries are asynchronous: coroutines on one I/O thread, so no thread
+// waits on the network; at most the slow-start window of messages is in
+// flight (concurrency_window.h: from `initial_destination_concurrency` up
+// to `destination_concurrency`), the others wait in order.
 //
 // The next hop is found as Postfix's relayhost is (relay_dns.h: MX or
 // [host]:port, with a DNS deadline) and reached over STARTTLS as --relay-tls
@@ -62,8 +64,11 @@ struct SmtpRelayOptions {
   // smtp_connection_reuse_count_limit); 0: no limit.
   int reuse_limit = 100;
   // Messages in flight to the next hop at once (Postfix's
-  // default_destination_concurrency_limit).
+  // default_destination_concurrency_limit), reached by slow start from
+  // `initial_destination_concurrency` (Postfix's
+  // initial_destination_concurrency): concurrency_window.h.
   int destination_concurrency = 20;
+  int initial_destination_concurrency = 5;
   // Send MAIL, RCPT and DATA in one write when the next hop offers
   // PIPELINING.
   bool pipelining = true;
@@ -84,6 +89,11 @@ class SmtpRelayBackend : public QueueBackend {
   // Options that do not hold make every Submit defer with the reason.
   explicit SmtpRelayBackend(SmtpRelayOptions options);
   ~SmtpRelayBackend() override;
+  // Never blocks on the network: `done` runs on the relay's I/O thread
+  // (or at once, for an envelope or content that cannot go).
+  void SubmitAsync(const v1::QueueEntry& entry, const std::string& content_path,
+                   SubmitDone done) override;
+  // Waits for SubmitAsync (tests, tools); never on the relay's I/O thread.
   absl::StatusOr<SubmitOutcome> Submit(
       const v1::QueueEntry& entry, const std::string& content_path) override;
   std::string Describe() const override {
@@ -91,12 +101,14 @@ class SmtpRelayBackend : public QueueBackend {
   }
 
  private:
-  class Cache;
+  class Engine;
+  struct Delivery;
   const SmtpRelayOptions options_;
   absl::StatusOr<NextHopSpec> hop_;
   absl::Status init_;
   std::unique_ptr<boost::asio::ssl::context> tls_;
-  std::unique_ptr<Cache> cache_;
+  // Last: goes first (it uses the members above).
+  std::unique_ptr<Engine> engine_;
 };
 
 // What dot-stuffing carries from one chunk to the next.

@@ -24,7 +24,11 @@ ABSL_FLAG(int, relay_reuse_limit, 100,
           "transactions on one cached connection before it is closed (0: no "
           "limit)");
 ABSL_FLAG(int, relay_destination_concurrency, 20,
-          "messages in flight to the next hop at once");
+          "most messages in flight to the next hop at once");
+ABSL_FLAG(int, relay_initial_destination_concurrency, 5,
+          "slow start: messages in flight to the next hop at first; one more "
+          "per completed delivery up to --relay-destination-concurrency, one "
+          "fewer per failed connection");
 ABSL_FLAG(bool, relay_pipelining, true,
           "pipeline MAIL, RCPT and DATA when the next hop offers PIPELINING");
 ABSL_FLAG(std::string, relay_tls, "may",
@@ -68,6 +72,8 @@ absl::StatusOr<SmtpRelayOptions> RelayOptionsFromFlags() {
   relay.reuse_limit = absl::GetFlag(FLAGS_relay_reuse_limit);
   relay.destination_concurrency =
       absl::GetFlag(FLAGS_relay_destination_concurrency);
+  relay.initial_destination_concurrency =
+      absl::GetFlag(FLAGS_relay_initial_destination_concurrency);
   relay.pipelining = absl::GetFlag(FLAGS_relay_pipelining);
   auto tls = ParseRelayTls(absl::GetFlag(FLAGS_relay_tls));
   if (!tls.ok()) return tls.status();

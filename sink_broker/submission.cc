@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <cstdlib>
 #include <filesystem>
@@ -53,19 +54,27 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
     }
   }
 
-  // On the submission threads (a relay may block on the network; chains
-  // never wait for it).
+  // On the submission threads (chains never wait for the backend). The
+  // attempt counts as in progress (Join waits for it) until its result is
+  // handled.
   void Start() {
     auto self = shared_from_this();
-    asio::post(s_->pool_, [self] { self->Try(); });
+    auto going = s_->AttemptGoing();
+    asio::post(s_->pool_, [self, going] { self->Try(going); });
   }
 
  private:
-  void Try() {
+  void Try(const std::shared_ptr<void>& going) {
     // The in-flight slot goes with the first attempt, whatever its end.
     auto slot = std::move(slot_);
-    const auto attempt = s_->operator_.BeginAttempt(entry_.queue_id());
-    if (!attempt) {  // held or deleted by an operator meanwhile
+    // Held until the backend's result is recorded: no operator action
+    // lands in the middle of the attempt.
+    struct Turn {
+      OperatorActions::Attempt attempt;
+    };
+    std::shared_ptr<const Turn> attempt(
+        new Turn{s_->operator_.BeginAttempt(entry_.queue_id())});
+    if (!attempt->attempt) {  // held or deleted by an operator meanwhile
       if (record_) s_->leases_.MessageReleased(*record_);
       return;
     }
@@ -81,8 +90,22 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
       std::abort();
     }
     SINKLINE_FAILPOINT("submit.before_backend");
-    auto result =
-        s_->backend_.Submit(entry_, s_->spool_.ContentPath(entry_.queue_id()));
+    // The backend answers on its own thread (the relay's I/O thread) or at
+    // once; what follows writes to the spool, so it goes back to the
+    // submission threads (at once when already on one).
+    auto self = shared_from_this();
+    s_->backend_.SubmitAsync(
+        entry_, s_->spool_.ContentPath(entry_.queue_id()),
+        [self, going, slot, attempt](absl::StatusOr<SubmitOutcome> result) {
+          asio::dispatch(self->s_->pool_,
+                         [self, going, slot, attempt,
+                          result = std::move(result)]() mutable {
+                           self->Finish(std::move(result));
+                         });
+        });
+  }
+
+  void Finish(absl::StatusOr<SubmitOutcome> result) {
     SINKLINE_FAILPOINT("submit.after_backend");
     // Per recipient, durably, before the envelope record changes.
     if (auto st = tracker_.Record(entry_.envelope(), result); !st.ok()) {
@@ -118,7 +141,7 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
           refusals_.size(), " of ", recipients_,
           " recipients refused: ", absl::StrJoin(refusals_, "; ")));
     }
-    Done(active);
+    Done(0);  // no lease was active when the attempt began
   }
 
   void Done(int active) {
@@ -194,7 +217,9 @@ class Submitter::Attempt : public std::enable_shared_from_this<Attempt> {
   // RFC 5321 §6.1: the sender hears of recipients that failed for good
   // (dsn.h), through the same backend.
   void Bounce() {
-    auto dsn = CommitDsn(s_->spool_, entry_, tracker_.Failed());
+    auto dsn = CommitDsn(
+        s_->spool_, entry_, tracker_.Failed(),
+        DsnOptions{.max_return_bytes = s_->options_.dsn_max_return_bytes});
     tracker_.Remove();
     if (!dsn.ok()) {
       spdlog::error("queue_id={}: no DSN: {}", entry_.queue_id(),
@@ -355,6 +380,26 @@ void Submitter::CancelRetries() {
   }
 }
 
-void Submitter::Join() { pool_.join(); }
+std::shared_ptr<void> Submitter::AttemptGoing() {
+  {
+    absl::MutexLock lock(&attempts_mu_);
+    ++attempts_;
+  }
+  return std::shared_ptr<void>(nullptr, [this](void*) {
+    absl::MutexLock lock(&attempts_mu_);
+    --attempts_;
+  });
+}
+
+void Submitter::Join() {
+  {
+    // Attempts whose backend has not answered yet hold no submission
+    // thread: wait for them first.
+    absl::MutexLock lock(&attempts_mu_);
+    attempts_mu_.Await(absl::Condition(
+        +[](int* n) { return *n == 0; }, &attempts_));
+  }
+  pool_.join();
+}
 
 }  // namespace sinkline::broker

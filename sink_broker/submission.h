@@ -24,8 +24,8 @@
 namespace sinkline::broker {
 
 struct SubmitOptions {
-  // Threads that hand messages to the queue backend (a relay blocks on the
-  // network while it talks to the next hop).
+  // Threads that hand messages to the queue backend and record what it
+  // did (the spool's writes; the relay itself is asynchronous).
   int workers = 20;
   // Backoff between attempts while the backend defers: from the minimum,
   // doubling up to the maximum.
@@ -33,6 +33,8 @@ struct SubmitOptions {
   std::chrono::milliseconds retry_max{300000};
   // A message still deferred this long after COMMIT fails.
   std::chrono::milliseconds max_queue_age{5LL * 24 * 3600 * 1000};
+  // The largest original a DSN returns whole under RET=FULL (dsn.h).
+  uint64_t dsn_max_return_bytes = 10 * 1024 * 1024;
 };
 
 class Submitter {
@@ -76,6 +78,8 @@ class Submitter {
 
  private:
   class Attempt;
+  // Counts an attempt in progress until the returned token goes.
+  std::shared_ptr<void> AttemptGoing();
   bool AddRetryTimer(const std::shared_ptr<boost::asio::steady_timer>& t);
   void RemoveRetryTimer(boost::asio::steady_timer* t);
 
@@ -87,6 +91,8 @@ class Submitter {
   boost::asio::thread_pool& timers_;
   OperatorActions operator_;
   boost::asio::thread_pool pool_;
+  absl::Mutex attempts_mu_;
+  int attempts_ ABSL_GUARDED_BY(attempts_mu_) = 0;
   absl::Mutex retry_mu_;
   bool draining_ ABSL_GUARDED_BY(retry_mu_) = false;
   std::map<boost::asio::steady_timer*, std::weak_ptr<boost::asio::steady_timer>>

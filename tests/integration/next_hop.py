@@ -10,11 +10,14 @@ change them while it runs:
    "reject_mail": false,    # 554 5.7.1 at MAIL FROM
    "ehlo_drop": ["8BITMIME"],  # EHLO keywords not offered
    "ehlo_add": ["DSN"],     # EHLO keywords offered besides aiosmtpd's
-   "size": 1000}            # the SIZE limit offered
+   "size": 1000,            # the SIZE limit offered
+   "data_delay_ms": 300}    # wait this long before answering the final dot
 
 DSN's parameters (RET, ENVID, NOTIFY, ORCPT) are taken only while "DSN" is
 offered. Every MAIL and RCPT line is stored as received, in <n>.json's
-"commands". With --tls-cert/--tls-key it offers STARTTLS; with
+"commands", with "active_at_mail" (transactions between MAIL and the end of
+DATA at this one's MAIL, itself included) and "completed_before" (messages
+stored before this one's MAIL). With --tls-cert/--tls-key it offers STARTTLS; with
 --tls-broken its TLS allows only TLS 1.0 and 1.1, so every handshake with
 a client that wants TLS 1.2 or later fails.
 
@@ -42,6 +45,9 @@ args = parser.parse_args()
 os.makedirs(args.out, exist_ok=True)
 seen = set()
 counter = [0]
+# Transactions between MAIL and the end of DATA now, and messages stored.
+active = [0]
+completed = [0]
 
 
 def rules():
@@ -65,8 +71,26 @@ class RecordingSMTP(SMTP):
 
     async def smtp_MAIL(self, arg):
         self.commands = [f"MAIL {arg}"]
+        if not getattr(self, "in_transaction", False):
+            self.in_transaction = True
+            active[0] += 1
+        self.active_at_mail = active[0]
+        self.completed_before = completed[0]
         await super().smtp_MAIL(DSN_PARAM.sub("", arg or "")
                                 if dsn_offered() else arg)
+
+    async def smtp_RSET(self, arg):
+        self.end_transaction()
+        await super().smtp_RSET(arg)
+
+    def end_transaction(self):
+        if getattr(self, "in_transaction", False):
+            self.in_transaction = False
+            active[0] -= 1
+
+    def connection_lost(self, exc):
+        self.end_transaction()
+        super().connection_lost(exc)
 
     async def smtp_RCPT(self, arg):
         getattr(self, "commands", []).append(f"RCPT {arg}")
@@ -113,16 +137,26 @@ class Handler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server, session, envelope):
+        delay = rules().get("data_delay_ms", 0)
+        if delay:
+            await asyncio.sleep(delay / 1000)
+        server.end_transaction()
+        completed[0] += 1
         counter[0] += 1
         base = os.path.join(args.out, str(counter[0]))
         with open(base + ".eml", "wb") as f:
             f.write(envelope.original_content)
-        with open(base + ".json", "w") as f:
+        # Whole or not at all: a test may read it at any moment.
+        with open(base + ".json.tmp", "w") as f:
             json.dump({"mail_from": envelope.mail_from,
                        "rcpt_tos": envelope.rcpt_tos,
                        "mail_options": envelope.mail_options,
                        "commands": getattr(server, "commands", []),
+                       "active_at_mail": getattr(server, "active_at_mail", 0),
+                       "completed_before": getattr(server, "completed_before",
+                                                   0),
                        "tls": session.ssl is not None}, f)
+        os.rename(base + ".json.tmp", base + ".json")
         return "250 2.0.0 Ok: stored"
 
 

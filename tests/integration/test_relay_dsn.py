@@ -5,6 +5,8 @@ recipient with 550 and defers another with 451):
   - a recipient refused for good: the sender gets an RFC 3464 report,
     from the null sender, through the same relay, in Postfix's Maildir;
     none for a message from the null sender;
+  - with RET=FULL the report returns the whole original as message/rfc822,
+    up to --dsn-max-return-bytes; a larger one gets its header and a note;
   - a recipient deferred, then the broker SIGKILLed: the state survives in
     the spool, the restarted broker delivers the deferred recipient, and
     every recipient gets the message exactly once.
@@ -32,6 +34,8 @@ REFUSAL = ("550 5.1.1 <nobody@example.test>: Recipient address rejected: "
 DEFERRAL = ("451 4.2.0 <later@example.test>: Recipient address rejected: "
             "Greylisted, try later")
 DSN_COUNTER = "sinkline_broker_dsn_total"
+RETURNED = 'sinkline_broker_dsn_returned_total{{content="{}"}}'
+MAX_RETURN = 4096
 
 
 def body(n):
@@ -61,7 +65,8 @@ class RelayDsnTest(StackTestCase):
             "--relay-connect-timeout-ms=2000",
             "--relay-timeout-ms=10000",
             "--submit-retry-min-ms=300",
-            "--submit-retry-max-ms=1000"]
+            "--submit-retry-max-ms=1000",
+            f"--dsn-max-return-bytes={MAX_RETURN}"]
         self.start_broker()
         self.stack.start_edge()
 
@@ -75,13 +80,14 @@ class RelayDsnTest(StackTestCase):
             for k, v in table.items():
                 f.write(f"{k} {v}\n")
 
-    def send(self, n, rcpts, sender="sender@example.test"):
+    def send(self, n, rcpts, sender="sender@example.test", options=(),
+             data=None):
         with smtplib.SMTP("127.0.0.1", self.stack.edge.port, timeout=30) as s:
             s.ehlo("client.example.net")
-            s.mail(sender)
+            self.assertEqual(s.mail(sender, list(options))[0], 250)
             for r in rcpts:
                 self.assertEqual(s.rcpt(r)[0], 250)
-            code, resp = s.data(body(n))
+            code, resp = s.data(data or body(n))
             self.assertEqual(code, 250, resp)
             return QUEUED.search(resp).group(1).decode()
 
@@ -141,6 +147,48 @@ class RelayDsnTest(StackTestCase):
         wait_for(lambda: self.state(qid2) == types_pb2.MESSAGE_STATE_FAILED,
                  20, "the null sender's message fails")
         self.assertEqual(self.admin.counters()[DSN_COUNTER], 1)
+
+    def dsns(self):
+        return [msg for to, msg in self.mailbox()
+                if to == "sender@example.test"]
+
+    def test_ret_full_returns_the_whole_message_up_to_the_limit(self):
+        qid = self.send(5, ["nobody@example.test"], options=["RET=FULL"])
+        [report] = wait_for(lambda: self.dsns() or None, 30,
+                            "the DSN in the sender's mailbox")
+        parts = report.get_payload()
+        self.assertEqual([p.get_content_type() for p in parts],
+                         ["text/plain", "message/delivery-status",
+                          "message/rfc822"])
+        [original] = parts[2].get_payload()
+        self.assertEqual(original["Message-ID"], "<dsn-5@sinkline.test>")
+        self.assertIn(qid, original["Received"])  # the broker's trace header
+        self.assertEqual(original.get_payload().strip(), "body 5")
+
+        # Larger than --dsn-max-return-bytes: the header, and a note.
+        big = body(6) + b"x" * 998 + b"\r\n"
+        big = big * (MAX_RETURN // len(big) + 1)
+        qid = self.send(6, ["nobody@example.test"], options=["RET=FULL"],
+                        data=big)
+
+        def second():
+            for report in self.dsns():
+                parts = report.get_payload()
+                if parts[1].get_payload()[0]["X-Sinkline-Queue-ID"] == qid:
+                    return parts
+            return None
+        parts = wait_for(second, 30, "the second DSN")
+        self.assertEqual([p.get_content_type() for p in parts],
+                         ["text/plain", "message/delivery-status",
+                          "text/rfc822-headers"])
+        self.assertIn("only its header is returned", parts[0].get_payload())
+        self.assertIn(f"({MAX_RETURN} bytes)", parts[0].get_payload())
+        self.assertIn("Message-ID: <dsn-6@sinkline.test>",
+                      parts[2].get_payload())
+        self.assertNotIn("x" * 998, parts[2].get_payload())
+        counters = self.admin.counters()
+        self.assertEqual(counters[RETURNED.format("full")], 1)
+        self.assertEqual(counters[RETURNED.format("headers_over_limit")], 1)
 
     def test_deferred_recipient_survives_sigkill_delivered_once(self):
         qid = self.send(3, ["now@example.test", "later@example.test"])

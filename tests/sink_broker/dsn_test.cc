@@ -1,6 +1,10 @@
 #include "sink_broker/dsn.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
 
 #include "absl/strings/match.h"
 #include "sink_broker/delivery_state.h"
@@ -103,6 +107,96 @@ TEST(Dsn, ReportQuotesTheReplyPerRecipient) {
       ASSERT_TRUE(i > 0 && dsn[i - 1] == '\r') << i;
     }
   }
+}
+
+// A content file for ContentToReturn, removed at the end of the test.
+class ContentFile {
+ public:
+  explicit ContentFile(const std::string& bytes) {
+    char tmpl[] = "/tmp/dsn_test_XXXXXX";
+    const int fd = ::mkstemp(tmpl);
+    path_ = tmpl;
+    ::close(fd);
+    std::ofstream(path_, std::ios::binary) << bytes;
+  }
+  ~ContentFile() { ::unlink(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+v1::QueueEntry WithParam(v1::QueueEntry e, const std::string& key,
+                         const std::string& value) {
+  auto* p = e.mutable_envelope()->add_mail_params();
+  p->set_key(key);
+  p->set_value(value);
+  return e;
+}
+
+constexpr char kMessage[] =
+    "Subject: hi\r\nMessage-ID: <m@x>\r\n\r\nthe body\r\n.dot line\r\n";
+
+TEST(Dsn, HeadersOnlyWithoutRetOrWithRetHdrs) {
+  ContentFile f(kMessage);
+  for (const auto& e : {Original(), WithParam(Original(), "RET", "HDRS")}) {
+    const ReturnedContent r = ContentToReturn(e, f.path(), {});
+    EXPECT_FALSE(r.full);
+    EXPECT_EQ(r.bytes, "Subject: hi\r\nMessage-ID: <m@x>\r\n");
+    EXPECT_TRUE(r.note.empty());
+  }
+}
+
+TEST(Dsn, RetFullReturnsTheWholeMessageAsMessageRfc822) {
+  ContentFile f(kMessage);
+  const auto e = WithParam(Original(), "RET", "FULL");
+  const ReturnedContent r =
+      ContentToReturn(e, f.path(), {.max_return_bytes = sizeof kMessage - 1});
+  ASSERT_TRUE(r.full);
+  EXPECT_EQ(r.bytes, kMessage);
+  const std::string dsn =
+      BuildDsn(e, {Failed("a@example.test", "550 5.1.1 no")}, r,
+               "mx.example.test", "D1", absl::FromUnixSeconds(1800000000));
+  EXPECT_TRUE(absl::StrContains(
+      dsn, absl::StrCat("Content-Type: message/rfc822\r\n\r\n", kMessage,
+                        "\r\n--=_dsn_D1_")))
+      << dsn;
+  EXPECT_FALSE(absl::StrContains(dsn, "text/rfc822-headers"));
+  EXPECT_FALSE(absl::StrContains(dsn, "Content-Transfer-Encoding"));
+}
+
+TEST(Dsn, RetFullLargerThanTheLimitFallsBackToTheHeaderWithANote) {
+  ContentFile f(kMessage);
+  const auto e = WithParam(Original(), "RET", "full");
+  const ReturnedContent r =
+      ContentToReturn(e, f.path(), {.max_return_bytes = sizeof kMessage - 2});
+  EXPECT_FALSE(r.full);
+  EXPECT_EQ(r.bytes, "Subject: hi\r\nMessage-ID: <m@x>\r\n");
+  EXPECT_TRUE(absl::StrContains(r.note, "only its header is returned"))
+      << r.note;
+  const std::string dsn =
+      BuildDsn(e, {Failed("a@example.test", "550 5.1.1 no")}, r,
+               "mx.example.test", "D1", absl::FromUnixSeconds(1800000000));
+  EXPECT_TRUE(absl::StrContains(dsn, r.note)) << dsn;
+  EXPECT_TRUE(absl::StrContains(dsn, "text/rfc822-headers"));
+  // Binary content is never returned whole.
+  const ReturnedContent b =
+      ContentToReturn(WithParam(e, "BODY", "BINARYMIME"), f.path(), {});
+  EXPECT_FALSE(b.full);
+  EXPECT_TRUE(absl::StrContains(b.note, "BINARYMIME")) << b.note;
+}
+
+TEST(Dsn, EightBitContentIsMarked8Bit) {
+  ContentFile f("Subject: caf\xc3\xa9\r\n\r\nna\xc3\xafve\r\n");
+  const auto e = WithParam(Original(), "RET", "FULL");
+  const ReturnedContent r = ContentToReturn(e, f.path(), {});
+  ASSERT_TRUE(r.full);
+  const std::string dsn =
+      BuildDsn(e, {Failed("a@example.test", "550 5.1.1 no")}, r,
+               "mx.example.test", "D1", absl::FromUnixSeconds(1800000000));
+  EXPECT_TRUE(absl::StrContains(
+      dsn, "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit"))
+      << dsn;
 }
 
 }  // namespace

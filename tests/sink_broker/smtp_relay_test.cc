@@ -9,6 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 
 namespace sinkline::broker {
 namespace {
@@ -57,6 +58,7 @@ class FakeNextHop {
       // connection wakes it.
       absl::MutexLock lock(&mu_);
       stopping_ = true;
+      held_ = false;
     }
     tcp::socket wake(io_);
     wake.connect(acceptor_.local_endpoint(), ec);
@@ -85,6 +87,11 @@ class FakeNextHop {
     absl::MutexLock lock(&mu_);
     return static_cast<int>(sockets_.size());
   }
+  // While held, a new connection gets no greeting.
+  void Hold(bool held) {
+    absl::MutexLock lock(&mu_);
+    held_ = held;
+  }
 
  private:
   void Accept() {
@@ -104,6 +111,11 @@ class FakeNextHop {
     auto say = [&](const std::string& r) {
       asio::write(s, asio::buffer(r), ec);
     };
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](bool* held) { return !*held; }, &held_));
+    }
     say("220 fake ESMTP\r\n");
     std::string in;
     bool data = false;
@@ -155,6 +167,7 @@ class FakeNextHop {
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> chunks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool held_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 class SmtpRelayTest : public ::testing::Test {
@@ -254,6 +267,49 @@ TEST_F(SmtpRelayTest, WithoutPipeliningOneCommandAtATimeAndTheReuseLimit) {
                  absl::StrContains(c, "RCPT TO"))
         << c;
   }
+}
+
+TEST_F(SmtpRelayTest, DeliveriesInFlightHoldNoThreadAndWaitForTheWindow) {
+  FakeNextHop hop(true);
+  hop.Hold(true);  // connections open, but nothing is answered
+  WriteMessage("Subject: x\r\n\r\nbody\r\n");
+  SmtpRelayOptions o = Options(hop);
+  o.command_timeout = std::chrono::milliseconds(20000);
+  o.initial_destination_concurrency = 3;
+  o.destination_concurrency = 3;
+  SmtpRelayBackend relay(o);
+  absl::Mutex mu;
+  int done = 0;
+  int ok = 0;
+  constexpr int kMessages = 10;
+  // Every call returns at once, from this one thread.
+  for (int i = 0; i < kMessages; ++i) {
+    relay.SubmitAsync(Entry(), path_, [&](absl::StatusOr<SubmitOutcome> r) {
+      absl::MutexLock lock(&mu);
+      ++done;
+      ok += r.ok();
+    });
+  }
+  for (int i = 0; i < 100 && hop.connections() < 3; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_EQ(hop.connections(), 3);  // the window, not one per message
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(done, 0);
+  }
+  hop.Hold(false);
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_TRUE(
+        mu.AwaitWithTimeout(absl::Condition(
+                                +[](int* n) { return *n == kMessages; }, &done),
+                            absl::Seconds(30)));
+    EXPECT_EQ(ok, kMessages);
+  }
+  // The three connections carried them all, from the cache.
+  EXPECT_EQ(hop.connections(), 3);
 }
 
 TEST(SmtpRelay, UnreachableNextHopDefers) {
