@@ -20,9 +20,11 @@
 #include "sinkline/common/time.h"
 #include "smtp_edge/broker_client.h"
 #include "smtp_edge/output_queue.h"
+#include "smtp_edge/proxy_reader.h"
 #include "smtp_edge/server.h"
 #include "smtp_edge/session.h"
 #include "smtp_edge/watchdog.h"
+#include "smtp_edge/watchdog_loop.h"
 
 namespace sinkline::edge {
 
@@ -35,17 +37,6 @@ namespace {
 std::string RandomId() {
   static thread_local std::mt19937_64 rng(std::random_device{}());
   return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
-}
-
-// An address as the edge writes it: IPv4-mapped IPv6 as IPv4.
-std::string NormalizeIp(const std::string& ip) {
-  boost::system::error_code ec;
-  auto addr = asio::ip::make_address(ip, ec);
-  if (ec) return ip;
-  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
-    addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
-  }
-  return addr.to_string();
 }
 
 Gauge& SessionsGauge() {
@@ -78,6 +69,7 @@ WatchdogLimits LimitsOf(const EdgeOptions& opts) {
 class AsioConnection final
     : public Connection,
       public SessionOutput,
+      public WatchdogHost,
       public std::enable_shared_from_this<AsioConnection> {
  public:
   AsioConnection(Server* server, tcp::socket socket)
@@ -85,7 +77,7 @@ class AsioConnection final
         strand_(socket.get_executor()),
         socket_(std::move(socket)),
         wake_(strand_),
-        idle_(strand_),
+        watchdog_timer_(strand_),
         clocks_(LimitsOf(server->options()), started_at_) {}
 
   void Start() override {
@@ -134,7 +126,18 @@ class AsioConnection final
     std::string early;  // input after the PROXY header
     if (opts.proxy_protocol) {
       const v1::Address proxy = info.client();
-      if (!co_await ReadProxyHeader(info, early)) co_return;
+      // Within --idle-timeout-s; whatever follows the header is early.
+      ProxyRead header = co_await ReadProxyHeader(
+          socket_, buf_, *opts.proxy_protocol, opts.idle_timeout);
+      if (!header.ok) {
+        finished_ = true;
+        spdlog::warn("session {}: refused proxy {}: {}", session_id_,
+                     proxy.ip(), header.error);
+        co_await RefuseProxy(socket_, opts.hostname);
+        co_return;
+      }
+      ApplyProxyAddresses(header.header, info);
+      early = std::move(header.early);
       std::string why;
       if (!server_->Track(shared_from_this(), info.client().ip(), &why)) {
         spdlog::info("refused a session from {} (through proxy {}): {}",
@@ -205,7 +208,10 @@ class AsioConnection final
     }
     if (draining_) session_->SetDraining();
     session_->Start();
-    asio::co_spawn(strand_, Watchdog(shared_from_this()), asio::detached);
+    asio::co_spawn(strand_,
+                   RunWatchdog(shared_from_this(),
+                               {opts.hostname, session_id_, opts.idle_timeout}),
+                   asio::detached);
     for (;;) {
       co_await Flush();
       if (out_.writing() && socket_.is_open()) {
@@ -309,65 +315,30 @@ class AsioConnection final
   void Close() override { close_after_flush_ = true; }
   void StartTls() override { start_tls_ = true; }
 
- private:
-  // Reads the PROXY header (within --idle-timeout-s) and takes the
-  // addresses it gives; whatever follows it is left in `early`. False when
-  // the connection was closed: no header, a broken one, or none in time.
-  asio::awaitable<bool> ReadProxyHeader(v1::SessionInfo& info,
-                                        std::string& early) {
-    const auto& opts = server_->options();
-    const std::string peer = info.client().ip();
-    idle_.expires_after(opts.idle_timeout);
-    idle_.async_wait([self = shared_from_this()](boost::system::error_code e) {
-      if (e || self->proxy_read_) return;
-      self->proxy_timed_out_ = true;
-      boost::system::error_code ignored;
-      self->socket_.close(ignored);
-    });
-    std::string in;
-    ProxyParse p;
-    while (p.state == ProxyParse::State::kNeedMore) {
-      boost::system::error_code ec;
-      size_t n = co_await socket_.async_read_some(
-          asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
-      if (ec) {
-        p.error = proxy_timed_out_ ? "no PROXY header in time"
-                                   : "closed before the PROXY header";
-        break;
-      }
-      in.append(buf_.data(), n);
-      p = ParseProxyHeader(in, *opts.proxy_protocol);
-    }
-    proxy_read_ = true;
-    idle_.cancel();
-    finished_ = p.state != ProxyParse::State::kDone;
-    if (finished_) {
-      spdlog::warn("session {}: refused proxy {}: {}", session_id_, peer,
-                   p.error);
-      boost::system::error_code ec;
-      if (socket_.is_open()) {
-        const std::string reply =
-            MakeReply(421, "4.7.0",
-                      absl::StrCat(opts.hostname, " Error: bad PROXY header"))
-                .Format();
-        co_await asio::async_write(
-            socket_, asio::buffer(reply),
-            asio::redirect_error(asio::use_awaitable, ec));
-      }
-      socket_.shutdown(tcp::socket::shutdown_both, ec);
-      socket_.close(ec);
-      co_return false;
-    }
-    early = in.substr(p.consumed);
-    if (p.header.has_addresses) {
-      info.mutable_client()->set_ip(NormalizeIp(p.header.source_ip));
-      info.mutable_client()->set_port(p.header.source_port);
-      info.mutable_server()->set_ip(NormalizeIp(p.header.dest_ip));
-      info.mutable_server()->set_port(p.header.dest_port);
-    }
-    co_return true;
+  // WatchdogHost.
+  WatchdogClocks& clocks() override { return clocks_; }
+  asio::steady_timer& watchdog_timer() override { return watchdog_timer_; }
+  bool over() const override { return finished_ || !socket_.is_open(); }
+  bool session_waiting() const override { return session_->waiting(); }
+  bool handshaking() const override { return handshaking_; }
+  void CloseNow() override {
+    boost::system::error_code ec;
+    socket_.close(ec);
+  }
+  void SendLastAndClose(std::string reply) override {
+    out_.AppendLast(reply);
+    close_after_flush_ = true;
+    if (out_.writing()) return;  // the writer under way takes it
+    asio::co_spawn(
+        strand_,
+        [self = shared_from_this()]() -> asio::awaitable<void> {
+          co_await self->Flush();
+          self->Wake();
+        },
+        asio::detached);
   }
 
+ private:
   // Reads and writes go through TLS once STARTTLS completed.
   asio::awaitable<size_t> ReadSome(asio::mutable_buffer b,
                                    boost::system::error_code& ec) {
@@ -521,58 +492,7 @@ class AsioConnection final
   void Progress(size_t n) {
     const bool partial = !session_->waiting() && session_->buffered() > 0;
     if (clocks_.Progress(Clock::now(), n, session_->in_content(), partial)) {
-      idle_.cancel();
-    }
-  }
-
-  // Closes idle sessions (RFC 5321 §4.5.3.2 timeouts), and slow drips: a
-  // command line not whole within --command-timeout-s, message content
-  // slower than --data-min-rate.
-  // Also ends sessions older than --max-session-s, busy or not.
-  static asio::awaitable<void> Watchdog(std::shared_ptr<AsioConnection> self) {
-    const auto& opts = self->server_->options();
-    const auto idle = opts.idle_timeout;
-    while (self->socket_.is_open() && !self->finished_) {
-      self->idle_.expires_at(self->clocks_.NextCheck(Clock::now()));
-      boost::system::error_code ec;
-      co_await self->idle_.async_wait(
-          asio::redirect_error(asio::use_awaitable, ec));
-      if (self->finished_ || !self->socket_.is_open()) co_return;
-      const auto expiry =
-          self->clocks_.Expired(Clock::now(), self->session_->waiting());
-      const char* why = WatchdogClocks::Why(expiry);
-      const char* text = WatchdogClocks::ReplyText(expiry);
-      if (why != nullptr) {
-        spdlog::info("session {}: {}", self->session_id_, why);
-        if (self->handshaking_) {
-          // No reply can go out in the middle of a handshake.
-          self->socket_.close(ec);
-          co_return;
-        }
-        // The 421 is the last thing queued, written after whatever is
-        // under way (two writes at once would mix on a TLS stream), then
-        // the connection closes. With no write under way the watchdog
-        // starts the writer; a client that does not read gets at most
-        // another idle timeout for it.
-        self->out_.AppendLast(
-            MakeReply(421, "4.4.2", absl::StrCat(opts.hostname, text))
-                .Format());
-        self->close_after_flush_ = true;
-        if (!self->out_.writing()) {
-          asio::co_spawn(
-              self->strand_,
-              [self]() -> asio::awaitable<void> {
-                co_await self->Flush();
-                self->Wake();
-              },
-              asio::detached);
-        }
-        self->idle_.expires_after(idle);
-        co_await self->idle_.async_wait(
-            asio::redirect_error(asio::use_awaitable, ec));
-        if (!self->finished_) self->socket_.close(ec);
-        co_return;
-      }
+      watchdog_timer_.cancel();
     }
   }
 
@@ -580,7 +500,7 @@ class AsioConnection final
     if (finished_) return;
     finished_ = true;
     boost::system::error_code ec;
-    idle_.cancel();
+    watchdog_timer_.cancel();
     if (stream_) {
       if (!stream_done_ && got_map_) {
         v1::Event bye;
@@ -617,7 +537,7 @@ class AsioConnection final
   // Sized on demand: an idle session keeps kFirstReadBuffer octets.
   std::vector<char> buf_ = std::vector<char>(kFirstReadBuffer);
   asio::steady_timer wake_;
-  asio::steady_timer idle_;
+  asio::steady_timer watchdog_timer_;
   bool woken_ = false;
   std::unique_ptr<Session> session_;
   mutable absl::Mutex snap_mu_;
@@ -632,8 +552,6 @@ class AsioConnection final
   bool stream_done_ = false;
   std::string stream_error_;
   bool finished_ = false;
-  bool proxy_read_ = false;
-  bool proxy_timed_out_ = false;
   // The idle, command, content and session clocks the watchdog enforces.
   WatchdogClocks clocks_;
 };
