@@ -1,13 +1,11 @@
 #include "smtp_edge/connection.h"
 
-#include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
-#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -19,6 +17,7 @@
 #include "sinkline/common/metrics.h"
 #include "sinkline/common/time.h"
 #include "smtp_edge/broker_client.h"
+#include "smtp_edge/client_stream.h"
 #include "smtp_edge/output_queue.h"
 #include "smtp_edge/proxy_reader.h"
 #include "smtp_edge/server.h"
@@ -42,6 +41,13 @@ std::string RandomId() {
 Gauge& SessionsGauge() {
   return MetricsRegistry::Default().GetGauge("sinkline_edge_sessions",
                                              "Open SMTP sessions.");
+}
+
+Counter& StreamsParkedCounter() {
+  return MetricsRegistry::Default().GetCounter(
+      "sinkline_edge_broker_streams_parked_total",
+      "Broker streams closed because their session was idle "
+      "(--broker-stream-idle-ms); each opens again at the next command.");
 }
 
 Counter& SessionsCounter() {
@@ -78,6 +84,7 @@ class AsioConnection final
         socket_(std::move(socket)),
         wake_(strand_),
         watchdog_timer_(strand_),
+        park_timer_(strand_),
         clocks_(LimitsOf(server->options()), started_at_) {}
 
   void Start() override {
@@ -166,36 +173,7 @@ class AsioConnection final
     }
     Publish();
 
-    // A broker that is restarting may refuse for a moment: try again until
-    // the connect timeout, then give up with 421.
-    const auto connect_deadline = Clock::now() + opts.broker_connect_timeout;
-    for (;;) {
-      stream_done_ = false;
-      OpenStream(info);
-      while (!got_map_ && !stream_done_) {
-        if (!co_await WaitWake(connect_deadline)) break;
-      }
-      if (got_map_ || !stream_done_ ||
-          Clock::now() + kRetryDelay >= connect_deadline) {
-        break;
-      }
-      wake_.expires_after(kRetryDelay);
-      co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      woken_ = false;
-    }
-    if (!got_map_) {
-      CountBrokerUnavailable("connect");
-      spdlog::warn("session {}: no broker ({}); 421", session_id_,
-                   stream_error_.empty() ? "timeout" : stream_error_);
-      out_.Append(MakeReply(421, "4.3.0",
-                            absl::StrCat(opts.hostname,
-                                         " Service not available, try again "
-                                         "later"))
-                      .Format());
-      co_await Flush();
-      Finish();
-      co_return;
-    }
+    if (!co_await ConnectBroker(info)) co_return;
     // The greeting waits (--greeting-delay-ms); a client that talks before
     // it is refused by the session.
     const auto greet_at = started_at_ + opts.greeting_delay;
@@ -239,8 +217,9 @@ class AsioConnection final
         continue;
       }
       clocks_.Activity(Clock::now());
+      ArmPark();
       reading_ = true;
-      size_t n = co_await ReadSome(asio::buffer(buf_), ec);
+      size_t n = co_await client_.ReadSome(asio::buffer(buf_), ec);
       reading_ = false;
       if (ec == asio::error::operation_aborted && session_->closed() &&
           socket_.is_open()) {
@@ -249,6 +228,7 @@ class AsioConnection final
       if (ec) break;
       if (out_.sealed()) continue;  // after the watchdog's 421: dropped
       clocks_.Activity(Clock::now());
+      if (parked_ && !co_await Unpark()) co_return;
       session_->Feed(absl::string_view(buf_.data(), n));
       Progress(n);
       // Commands fit the first buffer; content that fills it gets a
@@ -277,7 +257,8 @@ class AsioConnection final
   void BeginDrain() override {
     asio::post(strand_, [self = shared_from_this()] {
       self->draining_ = true;
-      if (!self->session_ || self->finished_ || !self->got_map_) return;
+      if (!self->session_ || self->finished_) return;
+      if (!self->got_map_ && !self->parked_) return;
       self->session_->SetDraining();
       if (self->session_->closed() && self->reading_) {
         // Stop the read so that the loop sends the 421.
@@ -339,62 +320,104 @@ class AsioConnection final
   }
 
  private:
-  // Reads and writes go through TLS once STARTTLS completed.
-  asio::awaitable<size_t> ReadSome(asio::mutable_buffer b,
-                                   boost::system::error_code& ec) {
-    if (tls_) {
-      co_return co_await tls_->async_read_some(
-          b, asio::redirect_error(asio::use_awaitable, ec));
-    }
-    co_return co_await socket_.async_read_some(
-        b, asio::redirect_error(asio::use_awaitable, ec));
-  }
-  asio::awaitable<void> WriteAll(asio::const_buffer b,
-                                 boost::system::error_code& ec) {
-    if (tls_) {
-      co_await asio::async_write(*tls_, b,
-                                 asio::redirect_error(asio::use_awaitable, ec));
-    } else {
-      co_await asio::async_write(socket_, b,
-                                 asio::redirect_error(asio::use_awaitable, ec));
-    }
-  }
-
   // The server side of the TLS handshake after STARTTLS's 220. Nothing was
   // read from the socket since the STARTTLS line: whatever the client sends
   // now goes to the handshake, and what it sent before was dropped by the
   // session.
   asio::awaitable<bool> Handshake() {
-    tls_context_ = server_->tls_context();
+    auto context = server_->tls_context();
     boost::system::error_code ec;
-    if (tls_context_ == nullptr) {
+    if (context == nullptr) {
       socket_.close(ec);
       co_return false;
     }
-    tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_,
-                                                             *tls_context_);
     handshaking_ = true;
     clocks_.Activity(Clock::now());
-    co_await tls_->async_handshake(
-        asio::ssl::stream_base::server,
-        asio::redirect_error(asio::use_awaitable, ec));
+    auto state = co_await client_.Handshake(std::move(context));
     handshaking_ = false;
     clocks_.Activity(Clock::now());
-    if (ec) {
+    if (!state.ok()) {
       spdlog::info("session {}: TLS handshake failed: {}", session_id_,
-                   ec.message());
+                   std::string(state.status().message()));
       socket_.close(ec);
       co_return false;
     }
-    SSL* ssl = tls_->native_handle();
-    v1::TlsState state;
-    state.set_active(true);
-    state.set_version(SSL_get_version(ssl));
-    state.set_cipher(SSL_get_cipher_name(ssl));
-    spdlog::info("session {}: TLS {} {}", session_id_, state.version(),
-                 state.cipher());
-    session_->OnTlsStarted(state);
+    spdlog::info("session {}: TLS {} {}", session_id_, state->version(),
+                 state->cipher());
+    session_->OnTlsStarted(*state);
     co_return true;
+  }
+
+  // Opens the session's stream and waits for its binding map. A broker
+  // that is restarting may refuse for a moment: try again until the
+  // connect timeout, then give up with 421 4.3.0 and end the session.
+  asio::awaitable<bool> ConnectBroker(const v1::SessionInfo& info) {
+    const auto& opts = server_->options();
+    const auto connect_deadline = Clock::now() + opts.broker_connect_timeout;
+    boost::system::error_code ec;
+    for (;;) {
+      stream_done_ = false;
+      OpenStream(info);
+      while (!got_map_ && !stream_done_) {
+        if (!co_await WaitWake(connect_deadline)) break;
+      }
+      if (got_map_ || !stream_done_ ||
+          Clock::now() + kRetryDelay >= connect_deadline) {
+        break;
+      }
+      wake_.expires_after(kRetryDelay);
+      co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      woken_ = false;
+    }
+    if (got_map_) co_return true;
+    CountBrokerUnavailable("connect");
+    spdlog::warn("session {}: no broker ({}); 421", session_id_,
+                 stream_error_.empty() ? "timeout" : stream_error_);
+    out_.Append(MakeReply(421, "4.3.0",
+                          absl::StrCat(opts.hostname,
+                                       " Service not available, try again "
+                                       "later"))
+                    .Format());
+    co_await Flush();
+    Finish();
+    co_return false;
+  }
+
+  // --broker-stream-idle-ms: a session idle between transactions for that
+  // long gives its stream back (half-closed, the broker frees its side);
+  // the next input opens a new one and waits for its binding map before
+  // the session sees it. A parked session's DISCONNECT (notify-only) is
+  // not sent.
+  void ArmPark() {
+    const auto delay = server_->options().broker_stream_idle;
+    if (delay.count() <= 0 || parked_ || !stream_ || !got_map_) return;
+    park_timer_.expires_after(delay);
+    park_timer_.async_wait(
+        [weak = weak_from_this()](boost::system::error_code e) {
+          if (auto c = weak.lock(); c && !e) c->MaybePark();
+        });
+  }
+  void MaybePark() {
+    if (finished_ || parked_ || !reading_ || !got_map_ || !stream_ ||
+        stream_done_ || draining_ || close_after_flush_ || out_.writing() ||
+        !session_->idle() || stream_->queued() > 0) {
+      return;
+    }
+    parked_ = true;
+    got_map_ = false;
+    ++stream_gen_;  // the old stream's callbacks are ignored
+    stream_->Close();
+    stream_.reset();
+    StreamsParkedCounter().Inc();
+    spdlog::debug("session {}: idle, broker stream closed", session_id_);
+  }
+  asio::awaitable<bool> Unpark() {
+    parked_ = false;
+    clocks_.Pause(Clock::now());  // the client waits for the broker
+    const bool ok = co_await ConnectBroker(session_->info());
+    clocks_.Resume(Clock::now());
+    if (ok && draining_) session_->SetDraining();
+    co_return ok;
   }
 
   void OpenStream(const v1::SessionInfo& info) {
@@ -473,7 +496,7 @@ class AsioConnection final
       const std::string w = out_.Take();
       if (w.empty()) break;
       boost::system::error_code ec;
-      co_await WriteAll(asio::buffer(w), ec);
+      co_await client_.WriteAll(asio::buffer(w), ec);
       out_.Done();
       if (ec) {
         socket_.close(ec);
@@ -501,6 +524,7 @@ class AsioConnection final
     finished_ = true;
     boost::system::error_code ec;
     watchdog_timer_.cancel();
+    park_timer_.cancel();
     if (stream_) {
       if (!stream_done_ && got_map_) {
         v1::Event bye;
@@ -525,10 +549,8 @@ class AsioConnection final
   // run at once.
   asio::any_io_executor strand_;
   tcp::socket socket_;
-  // Set once STARTTLS's handshake began.
-  // The context the session's handshake used: a reload does not touch it.
-  std::shared_ptr<asio::ssl::context> tls_context_;
-  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
+  // Plain, then TLS after STARTTLS.
+  ClientStream client_{socket_};
   bool start_tls_ = false;
   bool handshaking_ = false;
   bool reading_ = false;
@@ -538,6 +560,9 @@ class AsioConnection final
   std::vector<char> buf_ = std::vector<char>(kFirstReadBuffer);
   asio::steady_timer wake_;
   asio::steady_timer watchdog_timer_;
+  // --broker-stream-idle-ms; parked_: the idle session has no stream now.
+  asio::steady_timer park_timer_;
+  bool parked_ = false;
   bool woken_ = false;
   std::unique_ptr<Session> session_;
   mutable absl::Mutex snap_mu_;
