@@ -1,9 +1,11 @@
 """--broker-stream-idle-ms: a session idle between transactions gives its
 broker stream back, and its next command opens a new one and waits for the
 binding map before the session handles it; with no broker then, 421 4.3.0.
-A session in a transaction keeps its stream however long it idles."""
+A session in a transaction keeps its stream however long it idles; a
+parked session is closed with 421 4.3.2 when the edge drains."""
 
 import re
+import signal
 import time
 import unittest
 
@@ -89,6 +91,20 @@ class EdgeStreamIdleTest(StackTestCase):
         conn.close()
         self.assertTrue(edge.running())
         self.assertEqual(self.stack.queue_ids(), [])
+
+    def test_drain_closes_a_parked_session_with_421(self):
+        edge = self.start(["--drain-grace-s=30"])
+        conn = RawSmtp(edge.port)
+        self.assertEqual(conn.reply()[0], 220)
+        self.assertEqual(conn.cmd("EHLO client.example.net")[0], 250)
+        wait_for(lambda: self.parked(edge) >= 1, 10, "the idle stream closed")
+        edge.proc.send_signal(signal.SIGTERM)
+        code, lines = conn.reply()
+        self.assertEqual(code, 421, lines)
+        self.assertIn("4.3.2", lines[0])
+        self.assertTrue(conn.closed_by_peer())
+        conn.close()
+        wait_for(lambda: not edge.running(), 15, "the edge exited")
 
 
 if __name__ == "__main__":
