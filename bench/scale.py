@@ -14,8 +14,10 @@ on loopback, printed as one table:
 
 RSS is VmRSS when the load is in place (peak VmHWM for `large`), read
 from /proc. The edge's session limits are raised for the idle probe
-(--max-sessions, --max-sessions-per-client 0) and the open-file limit to
-the hard limit.
+(--max-sessions, --max-sessions-per-client 0), the broker's per-edge
+stream limit (--session-streams-per-edge 0) and the open-file limit to the
+hard limit. --edge-flag and --broker-flag (repeatable) add flags to the
+idle probe's edge and broker, to compare settings.
 
     /usr/bin/python3 bench/scale.py [--bin DIR] [--idle 10000]
         [--leases 1000] [--large-mb 50] [--probes idle,leases,large]
@@ -43,6 +45,11 @@ parser.add_argument("--leases", type=int, default=1000)
 parser.add_argument("--large-mb", type=int, default=50)
 parser.add_argument("--probes", default="idle,leases,large")
 parser.add_argument("--timeout", type=float, default=300)
+# Extra flags for the idle probe's processes (repeatable), to compare
+# settings: --edge-flag=--broker-stream-lookahead-bytes=16384
+parser.add_argument("--edge-flag", action="append", default=[])
+parser.add_argument("--settle-s", type=float, default=1.0)
+parser.add_argument("--broker-flag", action="append", default=[])
 args = parser.parse_args()
 os.environ["SINKLINE_BIN_DIR"] = args.bin
 os.environ.setdefault("SINKLINE_PYTHON_DIR", os.path.join(
@@ -70,9 +77,14 @@ def idle_probe(workdir):
     stack = Stack(workdir)
     try:
         stack.write_config([])
-        stack.start_broker(extra=["--log-level=warn"])
+        # One edge holds every session's stream: the broker's per-edge
+        # limit (--session-streams-per-edge, 2000) is lifted too.
+        stack.start_broker(extra=["--log-level=warn",
+                                  "--session-streams-per-edge=0"]
+                           + args.broker_flag)
         stack.start_edge(["--log-level=warn", "--idle-timeout-s=600",
-                          "--max-sessions=0", "--max-sessions-per-client=0"])
+                          "--max-sessions=0", "--max-sessions-per-client=0"]
+                         + args.edge_flag)
         edge, broker = stack.edge.pid, stack.broker.pid
         base = (bl.rss_kb(edge), bl.rss_kb(broker))
         sel = selectors.DefaultSelector()
@@ -118,7 +130,9 @@ def idle_probe(workdir):
                     done += 1
         if done < n:
             raise RuntimeError(f"only {done} of {n} sessions opened")
-        time.sleep(1)  # let the edge and broker settle after the burst
+        # Let the edge and broker settle after the burst (and idle streams
+        # close, with --broker-stream-idle-ms below --settle-s).
+        time.sleep(args.settle_s)
         edge_kb, broker_kb = bl.rss_kb(edge), bl.rss_kb(broker)
         for s in socks:
             s.close()

@@ -1,13 +1,11 @@
 #include "smtp_edge/connection.h"
 
-#include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
-#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -19,10 +17,13 @@
 #include "sinkline/common/metrics.h"
 #include "sinkline/common/time.h"
 #include "smtp_edge/broker_client.h"
+#include "smtp_edge/client_stream.h"
 #include "smtp_edge/output_queue.h"
+#include "smtp_edge/proxy_reader.h"
 #include "smtp_edge/server.h"
 #include "smtp_edge/session.h"
 #include "smtp_edge/watchdog.h"
+#include "smtp_edge/watchdog_loop.h"
 
 namespace sinkline::edge {
 
@@ -37,20 +38,16 @@ std::string RandomId() {
   return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
 }
 
-// An address as the edge writes it: IPv4-mapped IPv6 as IPv4.
-std::string NormalizeIp(const std::string& ip) {
-  boost::system::error_code ec;
-  auto addr = asio::ip::make_address(ip, ec);
-  if (ec) return ip;
-  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
-    addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
-  }
-  return addr.to_string();
-}
-
 Gauge& SessionsGauge() {
   return MetricsRegistry::Default().GetGauge("sinkline_edge_sessions",
                                              "Open SMTP sessions.");
+}
+
+Counter& StreamsParkedCounter() {
+  return MetricsRegistry::Default().GetCounter(
+      "sinkline_edge_broker_streams_parked_total",
+      "Broker streams closed because their session was idle "
+      "(--broker-stream-idle-ms); each opens again at the next command.");
 }
 
 Counter& SessionsCounter() {
@@ -78,6 +75,7 @@ WatchdogLimits LimitsOf(const EdgeOptions& opts) {
 class AsioConnection final
     : public Connection,
       public SessionOutput,
+      public WatchdogHost,
       public std::enable_shared_from_this<AsioConnection> {
  public:
   AsioConnection(Server* server, tcp::socket socket)
@@ -85,7 +83,8 @@ class AsioConnection final
         strand_(socket.get_executor()),
         socket_(std::move(socket)),
         wake_(strand_),
-        idle_(strand_),
+        watchdog_timer_(strand_),
+        park_timer_(strand_),
         clocks_(LimitsOf(server->options()), started_at_) {}
 
   void Start() override {
@@ -134,7 +133,18 @@ class AsioConnection final
     std::string early;  // input after the PROXY header
     if (opts.proxy_protocol) {
       const v1::Address proxy = info.client();
-      if (!co_await ReadProxyHeader(info, early)) co_return;
+      // Within --idle-timeout-s; whatever follows the header is early.
+      ProxyRead header = co_await ReadProxyHeader(
+          socket_, buf_, *opts.proxy_protocol, opts.idle_timeout);
+      if (!header.ok) {
+        finished_ = true;
+        spdlog::warn("session {}: refused proxy {}: {}", session_id_,
+                     proxy.ip(), header.error);
+        co_await RefuseProxy(socket_, opts.hostname);
+        co_return;
+      }
+      ApplyProxyAddresses(header.header, info);
+      early = std::move(header.early);
       std::string why;
       if (!server_->Track(shared_from_this(), info.client().ip(), &why)) {
         spdlog::info("refused a session from {} (through proxy {}): {}",
@@ -163,36 +173,7 @@ class AsioConnection final
     }
     Publish();
 
-    // A broker that is restarting may refuse for a moment: try again until
-    // the connect timeout, then give up with 421.
-    const auto connect_deadline = Clock::now() + opts.broker_connect_timeout;
-    for (;;) {
-      stream_done_ = false;
-      OpenStream(info);
-      while (!got_map_ && !stream_done_) {
-        if (!co_await WaitWake(connect_deadline)) break;
-      }
-      if (got_map_ || !stream_done_ ||
-          Clock::now() + kRetryDelay >= connect_deadline) {
-        break;
-      }
-      wake_.expires_after(kRetryDelay);
-      co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      woken_ = false;
-    }
-    if (!got_map_) {
-      CountBrokerUnavailable("connect");
-      spdlog::warn("session {}: no broker ({}); 421", session_id_,
-                   stream_error_.empty() ? "timeout" : stream_error_);
-      out_.Append(MakeReply(421, "4.3.0",
-                            absl::StrCat(opts.hostname,
-                                         " Service not available, try again "
-                                         "later"))
-                      .Format());
-      co_await Flush();
-      Finish();
-      co_return;
-    }
+    if (!co_await ConnectBroker(info)) co_return;
     // The greeting waits (--greeting-delay-ms); a client that talks before
     // it is refused by the session.
     const auto greet_at = started_at_ + opts.greeting_delay;
@@ -205,7 +186,10 @@ class AsioConnection final
     }
     if (draining_) session_->SetDraining();
     session_->Start();
-    asio::co_spawn(strand_, Watchdog(shared_from_this()), asio::detached);
+    asio::co_spawn(strand_,
+                   RunWatchdog(shared_from_this(),
+                               {opts.hostname, session_id_, opts.idle_timeout}),
+                   asio::detached);
     for (;;) {
       co_await Flush();
       if (out_.writing() && socket_.is_open()) {
@@ -233,8 +217,9 @@ class AsioConnection final
         continue;
       }
       clocks_.Activity(Clock::now());
+      ArmPark();
       reading_ = true;
-      size_t n = co_await ReadSome(asio::buffer(buf_), ec);
+      size_t n = co_await client_.ReadSome(asio::buffer(buf_), ec);
       reading_ = false;
       if (ec == asio::error::operation_aborted && session_->closed() &&
           socket_.is_open()) {
@@ -243,6 +228,7 @@ class AsioConnection final
       if (ec) break;
       if (out_.sealed()) continue;  // after the watchdog's 421: dropped
       clocks_.Activity(Clock::now());
+      if (parked_ && !co_await Unpark()) co_return;
       session_->Feed(absl::string_view(buf_.data(), n));
       Progress(n);
       // Commands fit the first buffer; content that fills it gets a
@@ -271,7 +257,8 @@ class AsioConnection final
   void BeginDrain() override {
     asio::post(strand_, [self = shared_from_this()] {
       self->draining_ = true;
-      if (!self->session_ || self->finished_ || !self->got_map_) return;
+      if (!self->session_ || self->finished_) return;
+      if (!self->got_map_ && !self->parked_) return;
       self->session_->SetDraining();
       if (self->session_->closed() && self->reading_) {
         // Stop the read so that the loop sends the 421.
@@ -309,121 +296,128 @@ class AsioConnection final
   void Close() override { close_after_flush_ = true; }
   void StartTls() override { start_tls_ = true; }
 
+  // WatchdogHost.
+  WatchdogClocks& clocks() override { return clocks_; }
+  asio::steady_timer& watchdog_timer() override { return watchdog_timer_; }
+  bool over() const override { return finished_ || !socket_.is_open(); }
+  bool session_waiting() const override { return session_->waiting(); }
+  bool handshaking() const override { return handshaking_; }
+  void CloseNow() override {
+    boost::system::error_code ec;
+    socket_.close(ec);
+  }
+  void SendLastAndClose(std::string reply) override {
+    out_.AppendLast(reply);
+    close_after_flush_ = true;
+    if (out_.writing()) return;  // the writer under way takes it
+    asio::co_spawn(
+        strand_,
+        [self = shared_from_this()]() -> asio::awaitable<void> {
+          co_await self->Flush();
+          self->Wake();
+        },
+        asio::detached);
+  }
+
  private:
-  // Reads the PROXY header (within --idle-timeout-s) and takes the
-  // addresses it gives; whatever follows it is left in `early`. False when
-  // the connection was closed: no header, a broken one, or none in time.
-  asio::awaitable<bool> ReadProxyHeader(v1::SessionInfo& info,
-                                        std::string& early) {
-    const auto& opts = server_->options();
-    const std::string peer = info.client().ip();
-    idle_.expires_after(opts.idle_timeout);
-    idle_.async_wait([self = shared_from_this()](boost::system::error_code e) {
-      if (e || self->proxy_read_) return;
-      self->proxy_timed_out_ = true;
-      boost::system::error_code ignored;
-      self->socket_.close(ignored);
-    });
-    std::string in;
-    ProxyParse p;
-    while (p.state == ProxyParse::State::kNeedMore) {
-      boost::system::error_code ec;
-      size_t n = co_await socket_.async_read_some(
-          asio::buffer(buf_), asio::redirect_error(asio::use_awaitable, ec));
-      if (ec) {
-        p.error = proxy_timed_out_ ? "no PROXY header in time"
-                                   : "closed before the PROXY header";
-        break;
-      }
-      in.append(buf_.data(), n);
-      p = ParseProxyHeader(in, *opts.proxy_protocol);
-    }
-    proxy_read_ = true;
-    idle_.cancel();
-    finished_ = p.state != ProxyParse::State::kDone;
-    if (finished_) {
-      spdlog::warn("session {}: refused proxy {}: {}", session_id_, peer,
-                   p.error);
-      boost::system::error_code ec;
-      if (socket_.is_open()) {
-        const std::string reply =
-            MakeReply(421, "4.7.0",
-                      absl::StrCat(opts.hostname, " Error: bad PROXY header"))
-                .Format();
-        co_await asio::async_write(
-            socket_, asio::buffer(reply),
-            asio::redirect_error(asio::use_awaitable, ec));
-      }
-      socket_.shutdown(tcp::socket::shutdown_both, ec);
-      socket_.close(ec);
-      co_return false;
-    }
-    early = in.substr(p.consumed);
-    if (p.header.has_addresses) {
-      info.mutable_client()->set_ip(NormalizeIp(p.header.source_ip));
-      info.mutable_client()->set_port(p.header.source_port);
-      info.mutable_server()->set_ip(NormalizeIp(p.header.dest_ip));
-      info.mutable_server()->set_port(p.header.dest_port);
-    }
-    co_return true;
-  }
-
-  // Reads and writes go through TLS once STARTTLS completed.
-  asio::awaitable<size_t> ReadSome(asio::mutable_buffer b,
-                                   boost::system::error_code& ec) {
-    if (tls_) {
-      co_return co_await tls_->async_read_some(
-          b, asio::redirect_error(asio::use_awaitable, ec));
-    }
-    co_return co_await socket_.async_read_some(
-        b, asio::redirect_error(asio::use_awaitable, ec));
-  }
-  asio::awaitable<void> WriteAll(asio::const_buffer b,
-                                 boost::system::error_code& ec) {
-    if (tls_) {
-      co_await asio::async_write(*tls_, b,
-                                 asio::redirect_error(asio::use_awaitable, ec));
-    } else {
-      co_await asio::async_write(socket_, b,
-                                 asio::redirect_error(asio::use_awaitable, ec));
-    }
-  }
-
   // The server side of the TLS handshake after STARTTLS's 220. Nothing was
   // read from the socket since the STARTTLS line: whatever the client sends
   // now goes to the handshake, and what it sent before was dropped by the
   // session.
   asio::awaitable<bool> Handshake() {
-    tls_context_ = server_->tls_context();
+    auto context = server_->tls_context();
     boost::system::error_code ec;
-    if (tls_context_ == nullptr) {
+    if (context == nullptr) {
       socket_.close(ec);
       co_return false;
     }
-    tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_,
-                                                             *tls_context_);
     handshaking_ = true;
     clocks_.Activity(Clock::now());
-    co_await tls_->async_handshake(
-        asio::ssl::stream_base::server,
-        asio::redirect_error(asio::use_awaitable, ec));
+    auto state = co_await client_.Handshake(std::move(context));
     handshaking_ = false;
     clocks_.Activity(Clock::now());
-    if (ec) {
+    if (!state.ok()) {
       spdlog::info("session {}: TLS handshake failed: {}", session_id_,
-                   ec.message());
+                   std::string(state.status().message()));
       socket_.close(ec);
       co_return false;
     }
-    SSL* ssl = tls_->native_handle();
-    v1::TlsState state;
-    state.set_active(true);
-    state.set_version(SSL_get_version(ssl));
-    state.set_cipher(SSL_get_cipher_name(ssl));
-    spdlog::info("session {}: TLS {} {}", session_id_, state.version(),
-                 state.cipher());
-    session_->OnTlsStarted(state);
+    spdlog::info("session {}: TLS {} {}", session_id_, state->version(),
+                 state->cipher());
+    session_->OnTlsStarted(*state);
     co_return true;
+  }
+
+  // Opens the session's stream and waits for its binding map. A broker
+  // that is restarting may refuse for a moment: try again until the
+  // connect timeout, then give up with 421 4.3.0 and end the session.
+  asio::awaitable<bool> ConnectBroker(const v1::SessionInfo& info) {
+    const auto& opts = server_->options();
+    const auto connect_deadline = Clock::now() + opts.broker_connect_timeout;
+    boost::system::error_code ec;
+    for (;;) {
+      stream_done_ = false;
+      OpenStream(info);
+      while (!got_map_ && !stream_done_) {
+        if (!co_await WaitWake(connect_deadline)) break;
+      }
+      if (got_map_ || !stream_done_ ||
+          Clock::now() + kRetryDelay >= connect_deadline) {
+        break;
+      }
+      wake_.expires_after(kRetryDelay);
+      co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      woken_ = false;
+    }
+    if (got_map_) co_return true;
+    CountBrokerUnavailable("connect");
+    spdlog::warn("session {}: no broker ({}); 421", session_id_,
+                 stream_error_.empty() ? "timeout" : stream_error_);
+    out_.Append(MakeReply(421, "4.3.0",
+                          absl::StrCat(opts.hostname,
+                                       " Service not available, try again "
+                                       "later"))
+                    .Format());
+    co_await Flush();
+    Finish();
+    co_return false;
+  }
+
+  // --broker-stream-idle-ms: a session idle between transactions for that
+  // long gives its stream back (half-closed, the broker frees its side);
+  // the next input opens a new one and waits for its binding map before
+  // the session sees it. A parked session's DISCONNECT (notify-only) is
+  // not sent.
+  void ArmPark() {
+    const auto delay = server_->options().broker_stream_idle;
+    if (delay.count() <= 0 || parked_ || !stream_ || !got_map_) return;
+    park_timer_.expires_after(delay);
+    park_timer_.async_wait(
+        [weak = weak_from_this()](boost::system::error_code e) {
+          if (auto c = weak.lock(); c && !e) c->MaybePark();
+        });
+  }
+  void MaybePark() {
+    if (finished_ || parked_ || !reading_ || !got_map_ || !stream_ ||
+        stream_done_ || draining_ || close_after_flush_ || out_.writing() ||
+        !session_->idle() || stream_->queued() > 0) {
+      return;
+    }
+    parked_ = true;
+    got_map_ = false;
+    ++stream_gen_;  // the old stream's callbacks are ignored
+    stream_->Close();
+    stream_.reset();
+    StreamsParkedCounter().Inc();
+    spdlog::debug("session {}: idle, broker stream closed", session_id_);
+  }
+  asio::awaitable<bool> Unpark() {
+    parked_ = false;
+    clocks_.Pause(Clock::now());  // the client waits for the broker
+    const bool ok = co_await ConnectBroker(session_->info());
+    clocks_.Resume(Clock::now());
+    if (ok && draining_) session_->SetDraining();
+    co_return ok;
   }
 
   void OpenStream(const v1::SessionInfo& info) {
@@ -502,7 +496,7 @@ class AsioConnection final
       const std::string w = out_.Take();
       if (w.empty()) break;
       boost::system::error_code ec;
-      co_await WriteAll(asio::buffer(w), ec);
+      co_await client_.WriteAll(asio::buffer(w), ec);
       out_.Done();
       if (ec) {
         socket_.close(ec);
@@ -521,58 +515,7 @@ class AsioConnection final
   void Progress(size_t n) {
     const bool partial = !session_->waiting() && session_->buffered() > 0;
     if (clocks_.Progress(Clock::now(), n, session_->in_content(), partial)) {
-      idle_.cancel();
-    }
-  }
-
-  // Closes idle sessions (RFC 5321 §4.5.3.2 timeouts), and slow drips: a
-  // command line not whole within --command-timeout-s, message content
-  // slower than --data-min-rate.
-  // Also ends sessions older than --max-session-s, busy or not.
-  static asio::awaitable<void> Watchdog(std::shared_ptr<AsioConnection> self) {
-    const auto& opts = self->server_->options();
-    const auto idle = opts.idle_timeout;
-    while (self->socket_.is_open() && !self->finished_) {
-      self->idle_.expires_at(self->clocks_.NextCheck(Clock::now()));
-      boost::system::error_code ec;
-      co_await self->idle_.async_wait(
-          asio::redirect_error(asio::use_awaitable, ec));
-      if (self->finished_ || !self->socket_.is_open()) co_return;
-      const auto expiry =
-          self->clocks_.Expired(Clock::now(), self->session_->waiting());
-      const char* why = WatchdogClocks::Why(expiry);
-      const char* text = WatchdogClocks::ReplyText(expiry);
-      if (why != nullptr) {
-        spdlog::info("session {}: {}", self->session_id_, why);
-        if (self->handshaking_) {
-          // No reply can go out in the middle of a handshake.
-          self->socket_.close(ec);
-          co_return;
-        }
-        // The 421 is the last thing queued, written after whatever is
-        // under way (two writes at once would mix on a TLS stream), then
-        // the connection closes. With no write under way the watchdog
-        // starts the writer; a client that does not read gets at most
-        // another idle timeout for it.
-        self->out_.AppendLast(
-            MakeReply(421, "4.4.2", absl::StrCat(opts.hostname, text))
-                .Format());
-        self->close_after_flush_ = true;
-        if (!self->out_.writing()) {
-          asio::co_spawn(
-              self->strand_,
-              [self]() -> asio::awaitable<void> {
-                co_await self->Flush();
-                self->Wake();
-              },
-              asio::detached);
-        }
-        self->idle_.expires_after(idle);
-        co_await self->idle_.async_wait(
-            asio::redirect_error(asio::use_awaitable, ec));
-        if (!self->finished_) self->socket_.close(ec);
-        co_return;
-      }
+      watchdog_timer_.cancel();
     }
   }
 
@@ -580,7 +523,8 @@ class AsioConnection final
     if (finished_) return;
     finished_ = true;
     boost::system::error_code ec;
-    idle_.cancel();
+    watchdog_timer_.cancel();
+    park_timer_.cancel();
     if (stream_) {
       if (!stream_done_ && got_map_) {
         v1::Event bye;
@@ -605,10 +549,8 @@ class AsioConnection final
   // run at once.
   asio::any_io_executor strand_;
   tcp::socket socket_;
-  // Set once STARTTLS's handshake began.
-  // The context the session's handshake used: a reload does not touch it.
-  std::shared_ptr<asio::ssl::context> tls_context_;
-  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
+  // Plain, then TLS after STARTTLS.
+  ClientStream client_{socket_};
   bool start_tls_ = false;
   bool handshaking_ = false;
   bool reading_ = false;
@@ -617,7 +559,10 @@ class AsioConnection final
   // Sized on demand: an idle session keeps kFirstReadBuffer octets.
   std::vector<char> buf_ = std::vector<char>(kFirstReadBuffer);
   asio::steady_timer wake_;
-  asio::steady_timer idle_;
+  asio::steady_timer watchdog_timer_;
+  // --broker-stream-idle-ms; parked_: the idle session has no stream now.
+  asio::steady_timer park_timer_;
+  bool parked_ = false;
   bool woken_ = false;
   std::unique_ptr<Session> session_;
   mutable absl::Mutex snap_mu_;
@@ -632,8 +577,6 @@ class AsioConnection final
   bool stream_done_ = false;
   std::string stream_error_;
   bool finished_ = false;
-  bool proxy_read_ = false;
-  bool proxy_timed_out_ = false;
   // The idle, command, content and session clocks the watchdog enforces.
   WatchdogClocks clocks_;
 };

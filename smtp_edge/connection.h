@@ -1,7 +1,9 @@
 // One SMTP connection: it moves bytes between its socket (plain, then TLS
-// after STARTTLS), its Session and its broker stream. It reads the PROXY
-// header, waits for the broker's binding map and the greeting delay, and
-// enforces the watchdog's clocks (watchdog.h). The server accepts it and
+// after STARTTLS), its Session and its broker stream. It waits for the
+// broker's binding map and the greeting delay, runs the read loop and the
+// STARTTLS handshake, and writes to the client one write at a time. The
+// PROXY header is read by proxy_reader.h, the watchdog's clocks
+// (watchdog.h) are enforced by watchdog_loop.h. The server accepts it and
 // tracks it (server.h).
 #pragma once
 

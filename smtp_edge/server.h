@@ -32,6 +32,10 @@ struct EdgeOptions {
   SessionLimits limits;
   std::chrono::milliseconds broker_connect_timeout{5000};
   std::chrono::milliseconds broker_timeout{120000};
+  // A session idle between transactions this long closes its broker
+  // stream and opens a new one at its next command (0: never; the stream
+  // lives as long as the session).
+  std::chrono::milliseconds broker_stream_idle{0};
   std::chrono::seconds idle_timeout{300};
   // A command line must be whole this long after its first octet
   // (RFC 5321 §4.5.3.2: 5 minutes); 0: no limit.

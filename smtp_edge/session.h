@@ -120,6 +120,13 @@ class Session {
   };
   bool closed() const { return closed_; }
   bool in_transaction() const { return mail_from_.has_value(); }
+  // Greeted and between transactions, with nothing pending or buffered:
+  // no command waits, no AUTH exchange or STARTTLS under way.
+  bool idle() const {
+    return started_ && !closed_ && mode_ == Mode::kCommand &&
+           !pending_.has_value() && !mail_from_.has_value() && in_.empty() &&
+           !starting_tls_;
+  }
   size_t buffered() const { return in_.size(); }
   const std::string& state_name() const;
   const v1::SessionInfo& info() const { return info_; }
