@@ -11,12 +11,24 @@ The client is Postfix's smtp-source (a new connection per message, several
 sessions at once), the next hop Postfix's smtp-sink (it writes each message
 to a file, so the bench checks every one was delivered and DKIM-signed).
 Prints messages/s (until the last message reached the next hop) and CPU ms
-per message of every server-side process (from /proc/<pid>/stat: utime +
-stime, plus cutime + cstime for children already reaped; the client and
-the next hop are left out), then the ratio. Loopback only, bounded time.
+per message of every server-side process, then the ratio. CPU is counted the
+same way for both servers and as bench/compare.py counts it (benchlib's
+Sampler): user + system time from /proc/<pid>/stat of the whole process tree
+of each server (Postfix's master and every child, or edge, broker and
+bridge) and of OpenDKIM, sampled every 200 ms, children that exited between
+samples counted through their parent's reaped time; the client and the next
+hop are left out. Both sides get the same OpenDKIM configuration and key
+size, the same number of messages, sessions and message size; the runs
+alternate (Postfix, Sinkline, Postfix, ...) and the median of
+--repetitions is printed. Loopback only, bounded time.
 
     /usr/bin/python3 bench/milter_bench.py [--messages N] [--sessions S]
-        [--bin DIR]
+        [--repetitions R] [--breakdown] [--profile DIR] [--bin DIR]
+
+--profile DIR records the Sinkline processes of the last repetition with
+`perf record -g` into DIR/perf.data (with --strace: counts their system
+calls with `strace -c -f` instead, one strace per process, into
+DIR/strace-<process>.txt), for the whole run.
 """
 
 import argparse
@@ -38,6 +50,18 @@ parser.add_argument("--sessions", type=int, default=10)
 parser.add_argument("--size", type=int, default=5120)
 parser.add_argument("--timeout", type=float, default=300,
                     help="seconds each run may take")
+parser.add_argument("--repetitions", type=int, default=1)
+parser.add_argument("--breakdown", action="store_true",
+                    help="CPU ms per message by process")
+parser.add_argument("--profile", default="",
+                    help="perf record of the Sinkline processes, here")
+parser.add_argument("--strace", action="store_true",
+                    help="with --profile: strace -c -f instead of perf")
+parser.add_argument("--bare", action="store_true",
+                    help="also Sinkline with nothing bound (no milter called), "
+                    "to separate the bridge's cost from the stack's")
+parser.add_argument("--bridge-arg", action="append", default=[],
+                    help="one more flag for sinkline-sink-milter")
 args = parser.parse_args()
 os.environ["SINKLINE_BIN_DIR"] = args.bin
 os.environ.setdefault("SINKLINE_PYTHON_DIR", os.path.join(
@@ -49,21 +73,7 @@ from milter_tools import External  # noqa: E402
 from postfix import Postfix, free_port  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import stat_of, tree  # noqa: E402
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(roots):
-    total = 0
-    for pid in tree(roots):
-        try:
-            f = stat_of(pid)
-        except OSError:
-            continue
-        # utime, stime, cutime, cstime: fields 14-17 of the whole line.
-        total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-    return total / TICKS
+from benchlib import Sampler  # noqa: E402
 
 
 def start_opendkim(workdir):
@@ -141,14 +151,16 @@ def start_postfix(workdir, milter_sock, hop_port):
     return pf, [pf.pid]
 
 
-def start_sinkline(workdir, milter_sock, hop_port):
+def start_sinkline(workdir, milter_sock, hop_port, bound=True):
     stack = Stack(workdir)
     stack.start_sink("milter", "sinkline-sink-milter",
-                     [f"--milter=unix:{milter_sock}", "--log-level=warn"])
+                     [f"--milter=unix:{milter_sock}", "--log-level=warn"] +
+                     args.bridge_arg)
     stack.write_config([
         {"name": "opendkim", "sink": "milter", "event": "EOD",
          "priority": 20000, "content_access": "read-write",
-         "deadline_ms": 10000, "failure_policy": "tempfail"}])
+         "deadline_ms": 10000, "failure_policy": "tempfail"}]
+        if bound else [])
     stack.start_broker(extra=["--log-level=warn",
                               f"--relay-host=127.0.0.1:{hop_port}",
                               "--relay-helo=broker.example.test"],
@@ -158,7 +170,36 @@ def start_sinkline(workdir, milter_sock, hop_port):
     return stack, [p.pid for p in stack.processes], stack.edge.port
 
 
-def run(kind):
+def start_profile(pids, out):
+    """perf record -g of `pids` and one strace -c -f each; returns stop."""
+    os.makedirs(out, exist_ok=True)
+    procs = []
+    for pid in pids if args.strace else []:
+        name = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        procs.append(subprocess.Popen(
+            ["strace", "-qq", "-c", "-f", "-p", str(pid),
+             "-o", os.path.join(out, f"strace-{name}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    if not args.strace:
+        procs.append(subprocess.Popen(
+            ["perf", "record", "-g", "-o", os.path.join(out, "perf.data"),
+             "-p", ",".join(str(p) for p in pids)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1)
+
+    def stop():
+        for p in procs:
+            p.send_signal(2)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    return stop
+
+
+def run(kind, profile=""):
     workdir = tempfile.mkdtemp(prefix="sinkline-milter-bench-")
     os.chmod(workdir, 0o755)
     stoppers = []
@@ -172,10 +213,12 @@ def run(kind):
             stoppers.append(pf.stop)
             port = pf.port
         else:
-            stack, roots, port = start_sinkline(workdir, dkim.sock, hop_port)
+            stack, roots, port = start_sinkline(workdir, dkim.sock, hop_port,
+                                                kind == "sinkline")
             stoppers.append(stack.stop)
         roots = roots + [dkim.pid]
-        cpu0 = cpu_seconds(roots)
+        stop_profile = start_profile(roots, profile) if profile else None
+        sampler = Sampler(roots)
         t0 = time.monotonic()
         result = subprocess.run(
             ["/usr/sbin/smtp-source", "-s", str(args.sessions),
@@ -190,39 +233,76 @@ def run(kind):
                  args.timeout - (time.monotonic() - t0),
                  "every message at the next hop")
         elapsed = time.monotonic() - t0
-        cpu = cpu_seconds(roots) - cpu0
+        per, cpu, _, _ = sampler.finish()
+        if stop_profile:
+            stop_profile()
+        per = {k: v / args.messages * 1000.0 for k, v in per.items()}
         return (args.messages / elapsed, cpu / args.messages * 1000.0,
-                len(delivered(dump)), signed(dump))
+                len(delivered(dump)), signed(dump), per)
     finally:
         for stop in reversed(stoppers):
             stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
 def main():
     print(f"OpenDKIM (signing, RSA-2048) behind Postfix and behind Sinkline; "
           f"{args.messages} messages of {args.size} octets, "
           f"{args.sessions} sessions, a connection per message "
-          f"(smtp-source -> server -> smtp-sink)")
+          f"(smtp-source -> server -> smtp-sink), median of "
+          f"{args.repetitions}")
     print()
+    names = {"postfix": "Postfix 3.7 + OpenDKIM (smtpd_milters)",
+             "sinkline": "Sinkline edge + broker + sinkline-sink-milter + "
+                         "OpenDKIM"}
+    names["bare"] = "(Sinkline edge + broker, nothing bound: not signed)"
+    kinds = ("postfix", "sinkline") + (("bare",) if args.bare else ())
+    runs = {k: [] for k in kinds}
+    for r in range(args.repetitions):
+        for kind in kinds:
+            last = r == args.repetitions - 1
+            runs[kind].append(run(kind, args.profile if last and
+                                  kind == "sinkline" else ""))
     print("| server | messages/s | CPU ms/message | delivered | signed |")
     print("|---|---:|---:|---:|---:|")
     results = {}
-    for kind, name in (("postfix", "Postfix 3.7 + OpenDKIM (smtpd_milters)"),
-                       ("sinkline", "Sinkline edge + broker + "
-                                    "sinkline-sink-milter + OpenDKIM")):
-        rate, cpu_ms, n, s = run(kind)
-        results[kind] = (rate, cpu_ms)
-        print(f"| {name} | {rate:.0f} | {cpu_ms:.2f} | {n} | {s} |",
-              flush=True)
-    print(f"| Sinkline / Postfix | "
-          f"{results['sinkline'][0] / results['postfix'][0]:.2f} | "
-          f"{results['sinkline'][1] / results['postfix'][1]:.2f} | | |")
+    for kind in kinds:
+        rs = runs[kind]
+        rate = median([x[0] for x in rs])
+        mid = sorted(rs, key=lambda x: x[1])[len(rs) // 2]
+        results[kind] = (rate, mid[1], mid[4])
+    for kind in kinds:
+        rate, cpu_ms = results[kind][:2]
+        print(f"| {names[kind]} | {rate:.0f} | {cpu_ms:.2f} | "
+              f"{min(x[2] for x in runs[kind])} | "
+              f"{min(x[3] for x in runs[kind])} |")
+        if kind == "sinkline":
+            print(f"| Sinkline / Postfix | "
+                  f"{results['sinkline'][0] / results['postfix'][0]:.2f} | "
+                  f"{results['sinkline'][1] / results['postfix'][1]:.2f} "
+                  f"| | |")
     print()
     print("CPU = user + system time of every server-side process over the "
           "run (Postfix's master and all its children, or edge, broker and "
           "bridge; OpenDKIM in both), until the last message reached the "
-          "next hop.")
+          "next hop; delivered and signed: the fewest of the repetitions.")
+    if args.breakdown:
+        print()
+        print("CPU ms per message by process (the median run):")
+        for kind in kinds:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(
+                results[kind][2].items(), key=lambda kv: -kv[1])
+                if v >= 0.005)
+            print(f"- {kind}: {parts}")
+        print()
+        print("CPU ms per message of each repetition: " + "; ".join(
+            f"{kind} " + ", ".join(f"{x[1]:.2f}" for x in runs[kind])
+            for kind in kinds))
 
 
 if __name__ == "__main__":

@@ -102,7 +102,10 @@ MessageRecord::ApplyEdits ArrivingEdits(
     if (!rec) return absl::FailedPreconditionError("message released");
     if (!rec->queue_id().empty()) return committed(edits);
     const std::string tmp = rec->path() + ".edit";
-    auto size = RewriteMessage(rec->path(), tmp, edits);
+    // Not fsynced: COMMIT fsyncs the file that takes its place (the
+    // message is not acknowledged before that).
+    auto size = RewriteMessage(rec->path(), tmp, edits, 1 << 20,
+                               /*sync=*/false);
     if (!size.ok()) return size.status();
     return message->ReplaceWith(tmp, *size);
   };

@@ -182,7 +182,8 @@ namespace {
 // the body streamed.
 absl::StatusOr<uint64_t> RewriteHeaderAndBody(
     const std::string& in_path, const std::string& out_path,
-    const std::vector<v1::ContentEdit>& edits, size_t max_header_bytes) {
+    const std::vector<v1::ContentEdit>& edits, size_t max_header_bytes,
+    bool sync) {
   int in = ::open(in_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (in < 0) {
     return absl::NotFoundError(absl::StrCat(in_path, ": ", strerror(errno)));
@@ -254,7 +255,7 @@ absl::StatusOr<uint64_t> RewriteHeaderAndBody(
       size += static_cast<uint64_t>(n);
     }
   }
-  if (st.ok() && ::fsync(out) != 0) {
+  if (st.ok() && sync && ::fsync(out) != 0) {
     st = absl::UnavailableError(absl::StrCat("fsync: ", strerror(errno)));
   }
   ::close(out);
@@ -267,7 +268,7 @@ absl::StatusOr<uint64_t> RewriteHeaderAndBody(
 // the rest cut if asked.
 absl::StatusOr<uint64_t> RewriteRange(const std::string& in_path,
                                       const std::string& out_path,
-                                      const v1::WriteRange& w) {
+                                      const v1::WriteRange& w, bool sync) {
   int in = ::open(in_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (in < 0) {
     return absl::NotFoundError(absl::StrCat(in_path, ": ", strerror(errno)));
@@ -320,7 +321,7 @@ absl::StatusOr<uint64_t> RewriteRange(const std::string& in_path,
       size = std::max(size, end);
     }
   }
-  if (st.ok() && ::fsync(out) != 0) {
+  if (st.ok() && sync && ::fsync(out) != 0) {
     st = absl::UnavailableError(absl::StrCat("fsync: ", strerror(errno)));
   }
   ::close(out);
@@ -333,7 +334,8 @@ absl::StatusOr<uint64_t> RewriteRange(const std::string& in_path,
 
 absl::StatusOr<uint64_t> RewriteMessage(
     const std::string& in_path, const std::string& out_path,
-    const std::vector<v1::ContentEdit>& edits, size_t max_header_bytes) {
+    const std::vector<v1::ContentEdit>& edits, size_t max_header_bytes,
+    bool sync) {
   // Runs of header and body edits go through one header rewrite each; a
   // range write addresses the message as the edits before it left it.
   std::string current = in_path;
@@ -348,11 +350,15 @@ absl::StatusOr<uint64_t> RewriteMessage(
     }
     const std::string next =
         j >= edits.size() ? out_path : absl::StrCat(out_path, ".", ++step);
+    // Intermediate files are unlinked at the next step: only the last is
+    // synced, and only when asked.
+    const bool sync_this = sync && next == out_path;
     if (i < edits.size() && edits[i].has_write_range()) {
-      size = RewriteRange(current, next, edits[i].write_range());
+      size = RewriteRange(current, next, edits[i].write_range(), sync_this);
     } else {
       std::vector<v1::ContentEdit> run(edits.begin() + i, edits.begin() + j);
-      size = RewriteHeaderAndBody(current, next, run, max_header_bytes);
+      size =
+          RewriteHeaderAndBody(current, next, run, max_header_bytes, sync_this);
     }
     if (current != in_path) ::unlink(current.c_str());
     if (!size.ok()) {

@@ -42,12 +42,13 @@ absl::Status ApplyHeaderEdits(
     const std::string** new_body);
 
 // Rewrites the message at `in_path` into `out_path` with `edits` applied,
-// fsyncs it, and returns its size. The header block is read whole (at most
-// `max_header_bytes`); the body is streamed.
+// fsyncs it (unless `sync` is false: a message before COMMIT, whose COMMIT
+// fsyncs the file it ends up in), and returns its size. The header block is
+// read whole (at most `max_header_bytes`); the body is streamed.
 absl::StatusOr<uint64_t> RewriteMessage(
     const std::string& in_path, const std::string& out_path,
     const std::vector<sinkline::v1::ContentEdit>& edits,
-    size_t max_header_bytes = 1 << 20);
+    size_t max_header_bytes = 1 << 20, bool sync = true);
 
 // The one check every envelope edit passes, whoever asks for it (a verdict,
 // the Content service, an operator): set_sender a mailbox or "" (the null

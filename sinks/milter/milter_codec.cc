@@ -84,11 +84,15 @@ bool IsProtocolError(const absl::Status& status) {
 
 std::string Encode(char code, absl::string_view data) {
   std::string out;
-  out.reserve(5 + data.size());
+  AppendPacket(out, code, data);
+  return out;
+}
+
+void AppendPacket(std::string& out, char code, absl::string_view data) {
+  out.reserve(out.size() + 5 + data.size());
   PutU32(out, static_cast<uint32_t>(data.size() + 1));
   out.push_back(code);
   out.append(data.data(), data.size());
-  return out;
 }
 
 absl::StatusOr<std::optional<Packet>> Decoder::Next() {

@@ -135,6 +135,8 @@ struct Packet {
 
 // Frames one packet: 4-octet big-endian length (code + data), code, data.
 std::string Encode(char code, absl::string_view data);
+// The same, appended to `out` (several packets go out in one write).
+void AppendPacket(std::string& out, char code, absl::string_view data);
 
 // Incremental packet decoder; feed it bytes as they arrive.
 class Decoder {

@@ -52,6 +52,10 @@ class Connection {
 
   absl::Status Send(char code, absl::string_view data,
                     Clock::time_point deadline);
+  // Writes `bytes`, one or more encoded packets, in as few writes as the
+  // socket takes (a command and its macros go out together: one wake-up of
+  // the milter instead of two).
+  absl::Status SendRaw(absl::string_view bytes, Clock::time_point deadline);
   // The next packet; UNAVAILABLE when the milter closed the connection,
   // DEADLINE_EXCEEDED at the deadline, a protocol error for a bad packet.
   absl::StatusOr<Packet> Receive(Clock::time_point deadline);

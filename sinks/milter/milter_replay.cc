@@ -60,7 +60,7 @@ std::vector<std::string> MacroConfig::Parse(absl::string_view list) {
 }
 
 std::string MacroValue(absl::string_view name, const v1::Event& event,
-                       const MacroConfig& config) {
+                       const MacroConfig& config, const v1::Recipient* rcpt) {
   const auto& s = event.session();
   const std::string client_name = "unknown";
   if (name == "j" || name == "if_name") return s.server_hostname();
@@ -78,7 +78,8 @@ std::string MacroValue(absl::string_view name, const v1::Event& event,
   if (name == "mail_addr") return event.envelope().mail_from();
   if (name == "mail_mailer" || name == "rcpt_mailer") return "smtp";
   if (name == "rcpt_addr" || name == "rcpt_host") {
-    const std::string& a = event.type() == v1::EVENT_TYPE_RCPT
+    const std::string& a = rcpt != nullptr ? rcpt->address()
+                           : event.type() == v1::EVENT_TYPE_RCPT
                                ? event.recipient().address()
                            : event.envelope().recipients_size() > 0
                                ? event.envelope().recipients(0).address()
@@ -92,7 +93,7 @@ std::string MacroValue(absl::string_view name, const v1::Event& event,
 }
 
 Macros MacrosFor(Stage stage, const v1::Event& event, const MacroConfig& config,
-                 const MilterSession& session) {
+                 const MilterSession& session, const v1::Recipient* rcpt) {
   std::vector<std::string> names;
   const std::string asked = session.RequestedMacros(stage);
   if (!session.options().macros.empty()) {
@@ -102,7 +103,7 @@ Macros MacrosFor(Stage stage, const v1::Event& event, const MacroConfig& config,
   }
   Macros out;
   for (const auto& n : names) {
-    std::string value = MacroValue(n, event, config);
+    std::string value = MacroValue(n, event, config, rcpt);
     if (value.empty()) continue;
     // Single letters go bare, longer names in braces, as Sendmail does.
     out.emplace_back(n.size() == 1 ? n : absl::StrCat("{", n, "}"),
@@ -202,11 +203,8 @@ absl::StatusOr<StepResult> CatchUp(
              .second) {
       continue;
     }
-    v1::Event e = event;
-    e.set_type(v1::EVENT_TYPE_RCPT);
-    *e.mutable_recipient() = rcpt;
     auto o = m.Rcpt(rcpt.address(), EsmtpArgs(rcpt.params()),
-                    MacrosFor(Stage::kRcpt, e, macros, m));
+                    MacrosFor(Stage::kRcpt, event, macros, m, &rcpt));
     if (!o.ok()) return o.status();
     if (!IsContinue(*o)) {
       if (o->final.kind == Reply::Kind::kDiscard) {

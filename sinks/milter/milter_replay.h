@@ -31,10 +31,14 @@ struct MacroConfig {
 };
 
 // The values this bridge knows for a macro in an event, "" when unknown.
+// `rcpt`, when given, is the recipient of {rcpt_addr} and {rcpt_host}
+// (else the event's).
 std::string MacroValue(absl::string_view name, const v1::Event& event,
-                       const MacroConfig& config);
+                       const MacroConfig& config,
+                       const v1::Recipient* rcpt = nullptr);
 Macros MacrosFor(Stage stage, const v1::Event& event, const MacroConfig& config,
-                 const MilterSession& session);
+                 const MilterSession& session,
+                 const v1::Recipient* rcpt = nullptr);
 
 // A message split for the milter: header fields (value as in the message,
 // leading space and CRLF folding included) and the body.

@@ -65,15 +65,14 @@ absl::StatusOr<Outcome> MilterSession::Step(char code, absl::string_view data,
   }
   const auto start = Clock::now();
   const auto deadline = start + timeouts_.command;
+  // The macros and the command in one write.
+  std::string packets;
   if (!macros.empty()) {
-    if (auto s = conn_->Send(cmd::kMacro,
-                             EncodeMacros(MacroCommand(macro_stage), macros),
-                             deadline);
-        !s.ok()) {
-      return Fail(s);
-    }
+    AppendPacket(packets, cmd::kMacro,
+                 EncodeMacros(MacroCommand(macro_stage), macros));
   }
-  if (auto s = conn_->Send(code, data, deadline); !s.ok()) return Fail(s);
+  AppendPacket(packets, code, data);
+  if (auto s = conn_->SendRaw(packets, deadline); !s.ok()) return Fail(s);
   if (nr_flag != 0 && (options().protocol & nr_flag) != 0) return out;
   auto r = ReadFinal(deadline);
   if (!r.ok()) return r.status();
@@ -178,15 +177,12 @@ absl::StatusOr<Outcome> MilterSession::EndOfMessage(
   }
   const auto start = Clock::now();
   auto deadline = start + timeouts_.eom;
+  std::string packets;
   if (!macros.empty()) {
-    if (auto s = conn_->Send(cmd::kMacro, EncodeMacros(cmd::kBodyEob, macros),
-                             deadline);
-        !s.ok()) {
-      return Fail(s);
-    }
+    AppendPacket(packets, cmd::kMacro, EncodeMacros(cmd::kBodyEob, macros));
   }
-  if (auto s = conn_->Send(cmd::kBodyEob, "", deadline); !s.ok())
-    return Fail(s);
+  AppendPacket(packets, cmd::kBodyEob, "");
+  if (auto s = conn_->SendRaw(packets, deadline); !s.ok()) return Fail(s);
   size_t body_size = 0;
   for (;;) {
     auto p = conn_->Receive(deadline);
