@@ -248,8 +248,10 @@ void ChainRun::Finished(const std::shared_ptr<Call>& call,
     if (v.hold_lease()) {
       // All of them or none: edits past the lease's limits end the lease
       // with nothing of it published.
-      if (auto st = leases.Stage(call->token, std::move(content),
-                                 std::move(envelope));
+      if (auto st = content.empty() && envelope.empty()
+                        ? absl::OkStatus()
+                        : leases.Stage(call->token, std::move(content),
+                                       std::move(envelope));
           !st.ok()) {
         leases.Fail(call->token);
         Failure(spec, absl::StrCat("edits refused: ", st.message()));
