@@ -41,7 +41,9 @@ Broker::Broker(BrokerOptions options, Config config,
   space_.Check();
   session_env_.pool = &pool_;
   session_env_.config = [this] { return bindings_.config(); };
-  session_env_.binding_map = [this] { return EdgeBindingMap(*bindings_.config()); };
+  session_env_.binding_map = [this] {
+    return EdgeBindingMap(*bindings_.config());
+  };
   session_env_.space = &space_;
   session_env_.descriptors = &MessageDescriptors::Default();
   session_env_.chain = ChainEnv{

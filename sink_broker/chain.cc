@@ -130,18 +130,19 @@ void ChainRun::InvokeNow(const BindingConfig* b) {
         if (slot) return self->StartCall(b, call, until, std::move(slot));
         const v1::Binding& spec = b->spec;
         self->Finished(
-            call, absl::DeadlineExceededError(absl::StrCat(
-                      "no call slot within the deadline: binding ",
-                      spec.name(), " has ",
-                      self->env_.call_limits->LimitOf(b->max_in_flight),
-                      " calls in flight (max_in_flight, "
-                      "--max-sink-calls-in-flight)")));
+            call,
+            absl::DeadlineExceededError(absl::StrCat(
+                "no call slot within the deadline: binding ", spec.name(),
+                " has ", self->env_.call_limits->LimitOf(b->max_in_flight),
+                " calls in flight (max_in_flight, "
+                "--max-sink-calls-in-flight)")));
       });
 }
 
-void ChainRun::StartCall(const BindingConfig* b, const std::shared_ptr<Call>& call,
-                    std::chrono::system_clock::time_point until,
-                    SinkCallLimits::Slot slot) {
+void ChainRun::StartCall(const BindingConfig* b,
+                         const std::shared_ptr<Call>& call,
+                         std::chrono::system_clock::time_point until,
+                         SinkCallLimits::Slot slot) {
   const v1::Binding& spec = b->spec;
   const ChainOptions& opts = *env_.options;
   const SinkConfig* sink = config_->FindSink(spec.sink());

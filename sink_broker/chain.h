@@ -117,8 +117,8 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
   // Waits for the binding's call slot (sink_calls.h), then StartCall.
   void InvokeNow(const BindingConfig* b);
   void StartCall(const BindingConfig* b, const std::shared_ptr<Call>& call,
-            std::chrono::system_clock::time_point until,
-            SinkCallLimits::Slot slot);
+                 std::chrono::system_clock::time_point until,
+                 SinkCallLimits::Slot slot);
   void Finished(const std::shared_ptr<Call>& call,
                 absl::StatusOr<v1::Verdict> result);
   void Failure(const v1::Binding& spec, const std::string& why);

@@ -229,8 +229,7 @@ absl::Status LeaseTable::Stage(const std::string& token,
     limit = "bytes";
     why = absl::StrCat("this lease has ", l.staged_bytes,
                        " bytes of edits staged; ", bytes, " more would pass ",
-                       limits_.max_staged_bytes,
-                       " (--lease-max-staged-bytes)");
+                       limits_.max_staged_bytes, " (--lease-max-staged-bytes)");
   }
   if (limit != nullptr) {
     MetricsRegistry::Default()

@@ -338,10 +338,10 @@ void SessionState::OpenIncoming(const std::string& tx) {
     incoming_fd_ = env_->descriptors->TryAcquire();
     if (!incoming_fd_) {
       no_descriptor_ = true;
-      incoming_error_ = absl::UnavailableError(absl::StrCat(
-          env_->descriptors->in_use(),
-          " descriptors held for messages, the limit "
-          "(--max-message-descriptors)"));
+      incoming_error_ = absl::UnavailableError(
+          absl::StrCat(env_->descriptors->in_use(),
+                       " descriptors held for messages, the limit "
+                       "(--max-message-descriptors)"));
       return;
     }
   }

@@ -38,7 +38,11 @@ Counter& WaitsCounter(const std::string& binding, const char* outcome) {
 
 struct SinkCallLimits::Waiter {
   Waiter(Strand s, std::string b, uint32_t m, std::function<void(Slot)> d)
-      : strand(s), timer(s), binding(std::move(b)), max(m), done(std::move(d)) {}
+      : strand(s),
+        timer(s),
+        binding(std::move(b)),
+        max(m),
+        done(std::move(d)) {}
   Strand strand;
   asio::steady_timer timer;
   const std::string binding;
@@ -54,10 +58,9 @@ SinkCallLimits::~SinkCallLimits() {
 }
 
 SinkCallLimits::Slot SinkCallLimits::MakeSlot(const std::string& binding) {
-  return Slot(static_cast<void*>(this),
-              [binding](void* self) {
-                static_cast<SinkCallLimits*>(self)->Release(binding);
-              });
+  return Slot(static_cast<void*>(this), [binding](void* self) {
+    static_cast<SinkCallLimits*>(self)->Release(binding);
+  });
 }
 
 void SinkCallLimits::Acquire(const BindingConfig& binding, Strand strand,
@@ -76,9 +79,8 @@ void SinkCallLimits::Acquire(const BindingConfig& binding, Strand strand,
       b.waiters.push_back(w);
       WaitingGauge(name).Add(1);
       w->timer.expires_at(deadline);
-      w->timer.async_wait([this, w](const boost::system::error_code&) {
-        TimedOut(w);
-      });
+      w->timer.async_wait(
+          [this, w](const boost::system::error_code&) { TimedOut(w); });
       return;
     }
   }
@@ -142,8 +144,9 @@ int64_t SinkCallLimits::in_flight(const std::string& binding) const {
 int64_t SinkCallLimits::waiting(const std::string& binding) const {
   absl::MutexLock lock(&mu_);
   auto it = bindings_.find(binding);
-  return it == bindings_.end() ? 0
-                               : static_cast<int64_t>(it->second.waiters.size());
+  return it == bindings_.end()
+             ? 0
+             : static_cast<int64_t>(it->second.waiters.size());
 }
 
 }  // namespace sinkline::broker

@@ -23,11 +23,11 @@ using namespace std::chrono_literals;
 class LeaseLimitsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    path_ = fs::path(::testing::TempDir()) /
-            ("lease-limits-" +
-             std::string(::testing::UnitTest::GetInstance()
-                             ->current_test_info()
-                             ->name()));
+    path_ =
+        fs::path(::testing::TempDir()) /
+        ("lease-limits-" +
+         std::string(
+             ::testing::UnitTest::GetInstance()->current_test_info()->name()));
     std::ofstream(path_) << "Subject: x\r\n\r\nbody\r\n";
     binding_.set_name(
         ::testing::UnitTest::GetInstance()->current_test_info()->name());
@@ -75,8 +75,8 @@ class LeaseLimitsTest : public ::testing::Test {
   fs::path path_;
   v1::Binding binding_;
   boost::asio::thread_pool pool_{1};
-  LeaseTable table_{pool_, LeaseLimits{.max_staged_edits = 3,
-                                       .max_staged_bytes = 10000}};
+  LeaseTable table_{
+      pool_, LeaseLimits{.max_staged_edits = 3, .max_staged_bytes = 10000}};
   std::shared_ptr<MessageRecord> record_;
   std::vector<size_t> published_;
 };
