@@ -13,13 +13,15 @@ Broker::Broker(BrokerOptions options, Config config,
                std::unique_ptr<SinkInvoker> sinks)
     : options_(std::move(options)),
       in_flight_(options_.max_messages_in_flight, options_.in_flight_wait),
+      sink_calls_(options_.max_sink_calls_in_flight),
       pool_(std::max(1, options_.workers)),
       messages_(
           MessageTable::Limits{.keep_submitted = options_.keep_submitted}),
       spool_(options_.spool_dir, options_.store),
+      space_(options_.spool_dir, options_.spool_min_free_bytes),
       queue_(std::move(queue)),
       sinks_(sinks ? std::move(sinks) : std::make_unique<GrpcSinkInvoker>()),
-      leases_(pool_),
+      leases_(pool_, options_.lease_limits),
       chain_options_{.chain_deadline = options_.chain_deadline,
                      .lease_max = options_.lease_max,
                      .inline_max_bytes = options_.inline_max_bytes,
@@ -36,13 +38,22 @@ Broker::Broker(BrokerOptions options, Config config,
           *queue_, spool_, messages_, leases_, pool_),
       session_gate_(options_.edge_guard,
                     options_.peer_limits.session_streams_per_edge) {
+  MessageDescriptors::Default().set_limit(options_.max_message_descriptors);
+  space_.set_on_change([this](bool) { Publish(bindings_.config()); });
+  space_.Check();
   session_env_.pool = &pool_;
   session_env_.config = [this] { return bindings_.config(); };
+  session_env_.binding_map = [this] {
+    return EdgeBindingMap(*bindings_.config());
+  };
+  session_env_.space = &space_;
+  session_env_.descriptors = &MessageDescriptors::Default();
   session_env_.chain = ChainEnv{
       .sinks = sinks_.get(),
       .leases = &leases_,
       .messages = &messages_,
       .options = &chain_options_,
+      .call_limits = &sink_calls_,
       .finished =
           [spool = &spool_](const std::string& id, const std::string& binding) {
             spool->MarkFinished(id, binding);
@@ -78,8 +89,18 @@ Broker::Broker(BrokerOptions options, Config config,
 
 Broker::~Broker() { Drain(); }
 
+v1::BindingMap Broker::EdgeBindingMap(const Config& config) const {
+  v1::BindingMap map = config.MakeBindingMap();
+  if (space_.low()) {
+    bool has_mail = false;
+    for (int e : map.events()) has_mail |= e == v1::EVENT_TYPE_MAIL;
+    if (!has_mail) map.add_events(v1::EVENT_TYPE_MAIL);
+  }
+  return map;
+}
+
 void Broker::Publish(const std::shared_ptr<const Config>& config) {
-  const size_t told = hub_.Broadcast(config->MakeBindingMap());
+  const size_t told = hub_.Broadcast(EdgeBindingMap(*config));
   spdlog::info("configuration: {} sinks, {} bindings; told {} sessions",
                config->sinks.size(), config->bindings.size(), told);
 }

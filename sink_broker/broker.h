@@ -21,8 +21,10 @@
 #include "sink_broker/queue_backend.h"
 #include "sink_broker/recovery.h"
 #include "sink_broker/session_stream.h"
+#include "sink_broker/sink_calls.h"
 #include "sink_broker/sink_client.h"
 #include "sink_broker/spool.h"
+#include "sink_broker/spool_space.h"
 #include "sink_broker/submission.h"
 #include "sinkline/common/grpc_security.h"
 
@@ -77,6 +79,17 @@ struct BrokerOptions {
   // it is answered 451 4.3.2.
   int64_t max_messages_in_flight = 1000;
   std::chrono::milliseconds in_flight_wait{30000};
+  // What one lease may stage (lease.h).
+  LeaseLimits lease_limits;
+  // Sink calls in flight per binding without its own max_in_flight
+  // (sink_calls.h; 0: no limit).
+  uint32_t max_sink_calls_in_flight = 256;
+  // Below this much free space on the spool's file system MAIL is answered
+  // 452 4.3.1 (spool_space.h; 0: not checked).
+  uint64_t spool_min_free_bytes = 0;
+  // Descriptors held for messages before new transactions are answered
+  // 451 4.3.2 (descriptors.h; 0: no limit).
+  int64_t max_message_descriptors = 0;
 };
 
 class Broker {
@@ -106,6 +119,9 @@ class Broker {
 
   // Measures the spool and what operators alert on (spool scans).
   void UpdateGauges();
+  // Measures the spool's free space (main.cc does, now and then); edges
+  // are told a new binding map when it crosses --spool-min-free-bytes.
+  void CheckSpoolSpace() { space_.Check(); }
 
   // Waits for in-flight work (post-commit chains, submissions) to finish.
   void Drain();
@@ -113,13 +129,18 @@ class Broker {
  private:
   // Tells every edge stream the new binding map.
   void Publish(const std::shared_ptr<const Config>& config);
+  // The configuration's binding map, with MAIL while the spool is low on
+  // space (the broker answers it).
+  v1::BindingMap EdgeBindingMap(const Config& config) const;
 
   const BrokerOptions options_;
   // Before the pools: slots are given back on their threads.
   InFlightLimit in_flight_;
+  SinkCallLimits sink_calls_;
   boost::asio::thread_pool pool_;
   MessageTable messages_;
   const Spool spool_;
+  SpoolSpace space_;
   std::unique_ptr<QueueBackend> queue_;
   std::unique_ptr<SinkInvoker> sinks_;
   LeaseTable leases_;

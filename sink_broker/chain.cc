@@ -101,10 +101,51 @@ void ChainRun::Invoke(const BindingConfig* b) {
 void ChainRun::InvokeNow(const BindingConfig* b) {
   const v1::Binding& spec = b->spec;
   const ChainOptions& opts = *env_.options;
-  const SinkConfig* sink = config_->FindSink(spec.sink());
   auto call = std::make_shared<Call>();
   call->binding = b;
   call->started = std::chrono::steady_clock::now();
+  auto deadline = std::chrono::milliseconds(spec.deadline_ms());
+  if (phase_ != Phase::kPost || event_.type() != v1::EVENT_TYPE_EOD) {
+    // Before the client's reply the whole chain has a budget.
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        chain_started_ + opts.chain_deadline -
+        std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      return Finished(
+          call, absl::DeadlineExceededError("the chain's deadline is spent"));
+    }
+    deadline = std::min(deadline, left);
+  }
+  if (config_->FindSink(spec.sink()) == nullptr) {
+    return Finished(call, absl::NotFoundError("no such sink " + spec.sink()));
+  }
+  const auto until = std::chrono::system_clock::now() + deadline;
+  if (env_.call_limits == nullptr) return StartCall(b, call, until, nullptr);
+  // Calls in flight per binding are bounded: wait for a slot up to the
+  // call's deadline (sink_calls.h), then it is a deadline miss.
+  auto self = shared_from_this();
+  env_.call_limits->Acquire(
+      *b, strand_, call->started + deadline,
+      [self, b, call, until](SinkCallLimits::Slot slot) {
+        if (slot) return self->StartCall(b, call, until, std::move(slot));
+        const v1::Binding& spec = b->spec;
+        self->Finished(
+            call,
+            absl::DeadlineExceededError(absl::StrCat(
+                "no call slot within the deadline: binding ", spec.name(),
+                " has ", self->env_.call_limits->LimitOf(b->max_in_flight),
+                " calls in flight (max_in_flight, "
+                "--max-sink-calls-in-flight)")));
+      });
+}
+
+void ChainRun::StartCall(const BindingConfig* b,
+                         const std::shared_ptr<Call>& call,
+                         std::chrono::system_clock::time_point until,
+                         SinkCallLimits::Slot slot) {
+  const v1::Binding& spec = b->spec;
+  const ChainOptions& opts = *env_.options;
+  const SinkConfig* sink = config_->FindSink(spec.sink());
   auto req = std::make_shared<v1::SinkRequest>(
       MakeSinkRequest(event_, message ? message->envelope() : envelope_, spec,
                       phase_ == Phase::kPost, redelivery_));
@@ -138,37 +179,26 @@ void ChainRun::InvokeNow(const BindingConfig* b) {
     }
     AttachLease(**lease, opts.advertise, opts.inline_max_bytes, *req);
   }
-  auto deadline = std::chrono::milliseconds(spec.deadline_ms());
-  if (phase_ != Phase::kPost || event_.type() != v1::EVENT_TYPE_EOD) {
-    // Before the client's reply the whole chain has a budget.
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        chain_started_ + opts.chain_deadline -
-        std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
-      return Finished(
-          call, absl::DeadlineExceededError("the chain's deadline is spent"));
-    }
-    deadline = std::min(deadline, left);
-  }
-  if (sink == nullptr) {
-    return Finished(call, absl::NotFoundError("no such sink " + spec.sink()));
-  }
   // With session affinity every event of a session goes to one replica.
   SinkConfig to = *sink;
   if (spec.session_affinity()) {
     to.target = AffinityTarget(sink->target, event_.session().session_id());
   }
   auto self = shared_from_this();
-  // Calls in flight per binding (bounded, after COMMIT, by the messages in
-  // flight: in_flight.h).
-  Gauge& in_flight = MetricsRegistry::Default().GetGauge(
-      "sinkline_sink_calls_in_flight", "Sink calls under way, by binding.",
-      {{"binding", spec.name()}});
-  in_flight.Add(1);
+  // Without a limit table (tests) the calls are still counted.
+  Gauge* counted = nullptr;
+  if (!slot) {
+    counted = &MetricsRegistry::Default().GetGauge(
+        "sinkline_sink_calls_in_flight", "Sink calls under way, by binding.",
+        {{"binding", spec.name()}});
+    counted->Add(1);
+  }
   env_.sinks->Invoke(
-      to, std::move(req), std::chrono::system_clock::now() + deadline,
-      [self, call, &in_flight](absl::StatusOr<v1::Verdict> result) {
-        in_flight.Add(-1);
+      to, std::move(req), until,
+      [self, call, counted,
+       slot = std::move(slot)](absl::StatusOr<v1::Verdict> result) mutable {
+        if (counted) counted->Add(-1);
+        slot.reset();  // the binding's slot is free once the sink answered
         asio::post(self->strand_,
                    [self, call, result = std::move(result)]() mutable {
                      self->Finished(call, std::move(result));
@@ -217,8 +247,17 @@ void ChainRun::Finished(const std::shared_ptr<Call>& call,
   if (!call->token.empty()) {
     // The verdict's edits go through the lease: published when it ends.
     if (v.hold_lease()) {
-      for (auto& e : content) (void)leases.StageContent(call->token, e);
-      for (auto& e : envelope) (void)leases.StageEnvelope(call->token, e);
+      // All of them or none: edits past the lease's limits end the lease
+      // with nothing of it published.
+      if (auto st = content.empty() && envelope.empty()
+                        ? absl::OkStatus()
+                        : leases.Stage(call->token, std::move(content),
+                                       std::move(envelope));
+          !st.ok()) {
+        leases.Fail(call->token);
+        Failure(spec, absl::StrCat("edits refused: ", st.message()));
+        return Step();
+      }
       spdlog::debug("binding={} holds its lease on queue_id={}", spec.name(),
                     event_.queue_id());
     } else if (auto st = leases.Release(call->token, false, content, envelope);

@@ -19,6 +19,7 @@
 #include "sink_broker/config.h"
 #include "sink_broker/lease.h"
 #include "sink_broker/messages.h"
+#include "sink_broker/sink_calls.h"
 #include "sink_broker/sink_client.h"
 
 namespace sinkline::broker {
@@ -44,6 +45,9 @@ struct ChainEnv {
   LeaseTable* leases = nullptr;
   MessageTable* messages = nullptr;
   const ChainOptions* options = nullptr;
+  // Bounds sink calls in flight per binding (nullptr: no bound; the calls
+  // are still counted).
+  SinkCallLimits* call_limits = nullptr;
   // A binding after COMMIT finished with a message (made durable so that a
   // restart does not run it again).
   std::function<void(const std::string& queue_id, const std::string& binding)>
@@ -110,7 +114,11 @@ class ChainRun : public std::enable_shared_from_this<ChainRun> {
 
   void Step();
   void Invoke(const BindingConfig* b);
+  // Waits for the binding's call slot (sink_calls.h), then StartCall.
   void InvokeNow(const BindingConfig* b);
+  void StartCall(const BindingConfig* b, const std::shared_ptr<Call>& call,
+                 std::chrono::system_clock::time_point until,
+                 SinkCallLimits::Slot slot);
   void Finished(const std::shared_ptr<Call>& call,
                 absl::StatusOr<v1::Verdict> result);
   void Failure(const v1::Binding& spec, const std::string& why);

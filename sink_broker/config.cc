@@ -183,7 +183,7 @@ absl::StatusOr<Config> ParseConfig(const std::string& text,
               ctx, b,
               {"name", "sink", "event", "priority", "rule", "deadline_ms",
                "failure_policy", "content_access", "enabled", "expiry_policy",
-               "session_affinity", "discard"},
+               "session_affinity", "discard", "max_in_flight"},
               "a binding");
           !st.ok()) {
         return st;
@@ -217,6 +217,9 @@ absl::StatusOr<Config> ParseConfig(const std::string& text,
           Number(ctx, b, "deadline_ms", kDefaultDeadlineMs, 1, 600000);
       if (!deadline.ok()) return deadline.status();
       spec.set_deadline_ms(*deadline);
+      auto max_in_flight = Number(ctx, b, "max_in_flight", 0, 0, 1000000);
+      if (!max_in_flight.ok()) return max_in_flight.status();
+      bc.max_in_flight = *max_in_flight;
       auto rule = String(ctx, b, "rule", false);
       if (!rule.ok()) return rule.status();
       auto parsed = Rule::Parse(*rule);
@@ -358,6 +361,9 @@ std::string BindingsToYaml(const std::vector<BindingConfig>& bindings) {
         << (s.expiry_policy() == v1::EXPIRY_POLICY_HOLD ? "hold" : "release");
     out << YAML::Key << "enabled" << YAML::Value << s.enabled();
     if (s.discard()) out << YAML::Key << "discard" << YAML::Value << true;
+    if (b.max_in_flight > 0) {
+      out << YAML::Key << "max_in_flight" << YAML::Value << b.max_in_flight;
+    }
     if (s.session_affinity()) {
       out << YAML::Key << "session_affinity" << YAML::Value << true;
     }

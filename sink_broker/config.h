@@ -26,6 +26,9 @@ struct SinkConfig {
 struct BindingConfig {
   v1::Binding spec;  // as the Admin service shows it
   Rule rule;
+  // Most calls of this binding under way at once (sink_calls.h; 0: the
+  // broker's --max-sink-calls-in-flight). Bindings file only.
+  uint32_t max_in_flight = 0;
 };
 
 struct Config {

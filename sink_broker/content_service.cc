@@ -129,16 +129,15 @@ class ContentService final : public v1::Content::CallbackService {
         End(ToGrpc(lease.status()));
         return;
       }
-      // Our own descriptor on the snapshot: the lease may end meanwhile.
-      // (The lease's reference keeps the snapshot open while we dup it.)
-      auto snapshot = (*lease)->snapshot();
-      if (!snapshot) {
+      // Our own reference to the snapshot, which keeps it open should the
+      // lease end meanwhile (no descriptor of our own: pread needs none).
+      snapshot_ = (*lease)->snapshot();
+      if (!snapshot_) {
         End(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "lease ended"));
         return;
       }
-      fd_ = ::dup(snapshot->fd());
       struct stat st {};
-      ::fstat(fd_, &st);
+      ::fstat(snapshot_->fd(), &st);
       size_ = static_cast<uint64_t>(st.st_size);
       if (req.offset() > size_) {
         End(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
@@ -156,10 +155,7 @@ class ContentService final : public v1::Content::CallbackService {
       }
       Next();
     }
-    void OnDone() override {
-      if (fd_ >= 0) ::close(fd_);
-      delete this;
-    }
+    void OnDone() override { delete this; }
 
    private:
     void Next() {
@@ -177,7 +173,7 @@ class ContentService final : public v1::Content::CallbackService {
       }
       const size_t n = std::min<uint64_t>(65536, end_ - pos_);
       std::string buf(n, '\0');
-      const ssize_t got = ::pread(fd_, buf.data(), n, pos_);
+      const ssize_t got = ::pread(snapshot_->fd(), buf.data(), n, pos_);
       if (got <= 0) {
         End(grpc::Status(grpc::StatusCode::INTERNAL, "read failed"));
         return;
@@ -194,10 +190,11 @@ class ContentService final : public v1::Content::CallbackService {
     // end: a next call right after it finds the place free.
     void End(const grpc::Status& st) {
       slot_.reset();
+      snapshot_.reset();
       Finish(st);
     }
     std::unique_ptr<PeerShare> slot_;
-    int fd_ = -1;
+    std::shared_ptr<SnapshotFile> snapshot_;
     uint64_t size_ = 0, pos_ = 0, end_ = 0;
     bool sent_any_ = false;
     v1::ReadRangeResponse resp_;

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "sink_broker/descriptors.h"
 #include "sink_broker/ids.h"
 #include "sink_broker/message_edit.h"
 #include "sinkline/common/metrics.h"
@@ -59,8 +60,16 @@ void MessageRecord::WhenNoWriter(std::function<void()> go) {
   go();
 }
 
+SnapshotFile::SnapshotFile(int fd, uint64_t version)
+    : fd_(fd), version_(version) {
+  if (fd_ >= 0) MessageDescriptors::Default().Add();
+}
+
 SnapshotFile::~SnapshotFile() {
-  if (fd_ >= 0) ::close(fd_);
+  if (fd_ >= 0) {
+    ::close(fd_);
+    MessageDescriptors::Default().Remove();
+  }
 }
 
 LeaseTable::~LeaseTable() {
@@ -165,36 +174,75 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Find(
 
 absl::Status LeaseTable::StageContent(const std::string& token,
                                       v1::ContentEdit edit) {
-  if (auto st = ValidateEdit(edit); !st.ok()) return st;
-  auto lease = Lookup(token);
-  if (!lease.ok()) return lease.status();
-  if ((*lease)->access != v1::CONTENT_ACCESS_READ_WRITE) {
-    return absl::PermissionDeniedError(
-        "read lease: writes need content_access read-write");
-  }
-  absl::MutexLock lock(&(*lease)->mu);
-  if (auto st = NotActive((*lease)->state); !st.ok()) return st;
-  (*lease)->staged_content.push_back(std::move(edit));
-  return absl::OkStatus();
+  std::vector<v1::ContentEdit> one;
+  one.push_back(std::move(edit));
+  return Stage(token, std::move(one), {});
 }
 
 absl::Status LeaseTable::StageEnvelope(const std::string& token,
                                        v1::EnvelopeEdit edit) {
+  std::vector<v1::EnvelopeEdit> one;
+  one.push_back(std::move(edit));
+  return Stage(token, {}, std::move(one));
+}
+
+absl::Status LeaseTable::Stage(const std::string& token,
+                               std::vector<v1::ContentEdit> content,
+                               std::vector<v1::EnvelopeEdit> envelope) {
+  for (const auto& e : content) {
+    if (auto st = ValidateEdit(e); !st.ok()) return st;
+  }
   auto lease = Lookup(token);
   if (!lease.ok()) return lease.status();
-  if ((*lease)->access != v1::CONTENT_ACCESS_READ_WRITE) {
+  Lease& l = **lease;
+  if (l.access != v1::CONTENT_ACCESS_READ_WRITE) {
     return absl::PermissionDeniedError(
-        "read lease: envelope edits need content_access read-write");
+        content.empty()
+            ? "read lease: envelope edits need content_access read-write"
+            : "read lease: writes need content_access read-write");
   }
-  // The same grammar as verdict edits and the edge (message_edit.h).
-  if (auto st = ValidateEnvelopeEdit(
-          edit, EnvelopeIsUtf8((*lease)->message->envelope()));
-      !st.ok()) {
-    return st;
+  if (!envelope.empty()) {
+    // The same grammar as verdict edits and the edge (message_edit.h).
+    const bool utf8 = EnvelopeIsUtf8(l.message->envelope());
+    for (const auto& e : envelope) {
+      if (auto st = ValidateEnvelopeEdit(e, utf8); !st.ok()) return st;
+    }
   }
-  absl::MutexLock lock(&(*lease)->mu);
-  if (auto st = NotActive((*lease)->state); !st.ok()) return st;
-  (*lease)->staged_envelope.push_back(std::move(edit));
+  uint64_t bytes = 0;
+  for (const auto& e : content) bytes += e.ByteSizeLong();
+  for (const auto& e : envelope) bytes += e.ByteSizeLong();
+  const size_t edits = content.size() + envelope.size();
+  absl::MutexLock lock(&l.mu);
+  if (auto st = NotActive(l.state); !st.ok()) return st;
+  const size_t staged = l.staged_content.size() + l.staged_envelope.size();
+  const char* limit = nullptr;
+  std::string why;
+  if (limits_.max_staged_edits > 0 &&
+      staged + edits > limits_.max_staged_edits) {
+    limit = "edits";
+    why = absl::StrCat("this lease has ", staged, " edits staged; at most ",
+                       limits_.max_staged_edits,
+                       " (--lease-max-staged-edits): release the lease to "
+                       "publish them");
+  } else if (limits_.max_staged_bytes > 0 &&
+             l.staged_bytes + bytes > limits_.max_staged_bytes) {
+    limit = "bytes";
+    why = absl::StrCat("this lease has ", l.staged_bytes,
+                       " bytes of edits staged; ", bytes, " more would pass ",
+                       limits_.max_staged_bytes, " (--lease-max-staged-bytes)");
+  }
+  if (limit != nullptr) {
+    MetricsRegistry::Default()
+        .GetCounter("sinkline_lease_staged_refused_total",
+                    "Staging calls refused because the lease reached "
+                    "--lease-max-staged-edits or --lease-max-staged-bytes.",
+                    {{"binding", l.binding}, {"limit", limit}})
+        .Inc();
+    return absl::ResourceExhaustedError(why);
+  }
+  for (auto& e : content) l.staged_content.push_back(std::move(e));
+  for (auto& e : envelope) l.staged_envelope.push_back(std::move(e));
+  l.staged_bytes += bytes;
   return absl::OkStatus();
 }
 
@@ -310,6 +358,7 @@ void LeaseTable::End(const std::shared_ptr<Lease>& lease, Lease::State how) {
     absl::MutexLock l(&lease->mu);
     lease->staged_content.clear();
     lease->staged_envelope.clear();
+    lease->staged_bytes = 0;
     lease->timer->cancel();
     // Readers that took the snapshot keep it open until they are done.
     lease->file.reset();

@@ -149,8 +149,8 @@ class MessageRecord {
 class SnapshotFile {
  public:
   // `version`: the record's content version the file holds.
-  explicit SnapshotFile(int fd, uint64_t version = 0)
-      : fd_(fd), version_(version) {}
+  // Counted in MessageDescriptors while open.
+  explicit SnapshotFile(int fd, uint64_t version = 0);
   ~SnapshotFile();
   SnapshotFile(const SnapshotFile&) = delete;
   SnapshotFile& operator=(const SnapshotFile&) = delete;
@@ -191,15 +191,35 @@ struct Lease {
   State state ABSL_GUARDED_BY(mu) = State::kActive;
   std::vector<v1::ContentEdit> staged_content ABSL_GUARDED_BY(mu);
   std::vector<v1::EnvelopeEdit> staged_envelope ABSL_GUARDED_BY(mu);
+  // The encoded size of what is staged (LeaseLimits).
+  uint64_t staged_bytes ABSL_GUARDED_BY(mu) = 0;
   std::unique_ptr<boost::asio::steady_timer> timer ABSL_GUARDED_BY(mu);
   // Called once when the lease ends, with how it ended.
   std::function<void(State)> on_end;
 };
 
+// What one lease may stage before it ends (issue 15): without a bound a
+// sink could make the broker keep any number of edits, of any size, in
+// memory. Past either limit a staging call is refused with
+// RESOURCE_EXHAUSTED and stages nothing (counted in
+// sinkline_lease_staged_refused_total{binding,limit}); what the lease
+// staged before stays, and is published (or dropped) whole.
+struct LeaseLimits {
+  // Edits (header edits, body replacements, range writes, envelope edits)
+  // staged by one lease (--lease-max-staged-edits; 0: no limit).
+  size_t max_staged_edits = 1000;
+  // Their encoded size in bytes (--lease-max-staged-bytes; 0: no limit).
+  uint64_t max_staged_bytes = 80ull << 20;
+};
+
 class LeaseTable {
  public:
-  explicit LeaseTable(boost::asio::thread_pool& pool) : pool_(pool) {}
+  explicit LeaseTable(boost::asio::thread_pool& pool,
+                      LeaseLimits limits = LeaseLimits())
+      : pool_(pool), limits_(limits) {}
   ~LeaseTable();
+
+  const LeaseLimits& limits() const { return limits_; }
 
   // Grants a lease on `message` for `binding`, expiring after `ttl`
   // (renewable up to `max_ttl`).
@@ -212,9 +232,15 @@ class LeaseTable {
   // released".
   absl::StatusOr<std::shared_ptr<Lease>> Find(const std::string& token);
 
-  // Stages edits under a read-write lease (PERMISSION_DENIED otherwise).
+  // Stages edits under a read-write lease (PERMISSION_DENIED otherwise;
+  // RESOURCE_EXHAUSTED past the lease's limits, staging nothing).
   absl::Status StageContent(const std::string& token, v1::ContentEdit edit);
   absl::Status StageEnvelope(const std::string& token, v1::EnvelopeEdit edit);
+  // Stages all of `content` and `envelope` or, when one is invalid or they
+  // do not fit in the lease's limits, none of them.
+  absl::Status Stage(const std::string& token,
+                     std::vector<v1::ContentEdit> content,
+                     std::vector<v1::EnvelopeEdit> envelope);
 
   // Ends a lease normally: its staged writes (plus `more`) become visible
   // atomically, unless `discard`.
@@ -248,6 +274,7 @@ class LeaseTable {
   void ArmTimer(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu);
 
   boost::asio::thread_pool& pool_;
+  const LeaseLimits limits_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Lease>> leases_ ABSL_GUARDED_BY(mu_);
   // Tokens of ended leases and released messages, bounded.

@@ -2,6 +2,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <iostream>
@@ -84,6 +85,30 @@ ABSL_FLAG(int64_t, max_messages_in_flight, 1000,
 ABSL_FLAG(int, in_flight_wait_ms, 30000,
           "how long an EOD waits for an in-flight slot before it is "
           "answered 451 4.3.2");
+ABSL_FLAG(uint64_t, lease_max_staged_edits, 1000,
+          "edits (header edits, body replacements, range writes, envelope "
+          "edits) one lease may stage before it ends; past it a staging call "
+          "is refused with RESOURCE_EXHAUSTED (0: no limit)");
+ABSL_FLAG(uint64_t, lease_max_staged_bytes, 80u << 20,
+          "bytes of edits one lease may stage before it ends; past it a "
+          "staging call is refused with RESOURCE_EXHAUSTED (0: no limit)");
+ABSL_FLAG(uint32_t, max_sink_calls_in_flight, 256,
+          "sink calls of one binding under way at once, unless the binding "
+          "sets max_in_flight; a call past it waits for a slot up to its "
+          "deadline, then the binding's failure policy applies (0: no "
+          "limit)");
+ABSL_FLAG(int64_t, max_message_descriptors, -1,
+          "descriptors the broker holds for messages (arriving files, lease "
+          "snapshots); at the limit a new transaction is answered 451 4.3.2 "
+          "(-1: the soft RLIMIT_NOFILE less a quarter, at least 64, kept "
+          "for sockets and short-lived files; 0: no limit)");
+ABSL_FLAG(uint64_t, spool_min_free_bytes, 64u << 20,
+          "free space the spool's file system must keep; below it MAIL is "
+          "answered 452 4.3.1 before the client sends a body (0: not "
+          "checked)");
+ABSL_FLAG(int, spool_free_check_ms, 1000,
+          "how often the spool's free space is measured (each transaction "
+          "also measures it)");
 ABSL_FLAG(std::string, edge_token_file, "",
           "file holding the token edges present on session streams as "
           "'authorization: Bearer <token>' (the edge's --broker-token-file)");
@@ -233,6 +258,16 @@ int main(int argc, char** argv) {
   opts.max_messages_in_flight = absl::GetFlag(FLAGS_max_messages_in_flight);
   opts.in_flight_wait =
       std::chrono::milliseconds(absl::GetFlag(FLAGS_in_flight_wait_ms));
+  opts.lease_limits.max_staged_edits =
+      absl::GetFlag(FLAGS_lease_max_staged_edits);
+  opts.lease_limits.max_staged_bytes =
+      absl::GetFlag(FLAGS_lease_max_staged_bytes);
+  opts.max_sink_calls_in_flight = absl::GetFlag(FLAGS_max_sink_calls_in_flight);
+  opts.max_message_descriptors = absl::GetFlag(FLAGS_max_message_descriptors);
+  if (opts.max_message_descriptors < 0) {
+    opts.max_message_descriptors = sb::MessageDescriptors::DefaultLimit();
+  }
+  opts.spool_min_free_bytes = absl::GetFlag(FLAGS_spool_min_free_bytes);
   opts.received_header = absl::GetFlag(FLAGS_received_header);
   opts.config_path = config_path;
   opts.admin_state_path = absl::GetFlag(FLAGS_admin_state);
@@ -299,6 +334,12 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", st.ToString());
     return 1;
   }
+  spdlog::info(
+      "limits: {} descriptors for messages, spool minimum free {} bytes, {} "
+      "sink calls per binding, {} edits / {} bytes staged per lease",
+      opts.max_message_descriptors, opts.spool_min_free_bytes,
+      opts.max_sink_calls_in_flight, opts.lease_limits.max_staged_edits,
+      opts.lease_limits.max_staged_bytes);
   spdlog::info("broker {} serving on port {} (content endpoint {}, {})",
                opts.broker_id, server->port, opts.advertise,
                sinkline::GrpcTls().enabled() ? "TLS" : "plaintext");
@@ -344,10 +385,25 @@ int main(int argc, char** argv) {
       }
     });
   }
+  // The spool's free space, more often than the scan (statvfs is cheap).
+  std::thread space_checker;
+  if (const int every = absl::GetFlag(FLAGS_spool_free_check_ms);
+      every > 0 && opts.spool_min_free_bytes > 0) {
+    space_checker = std::thread([&stop, &broker, every] {
+      while (!stop.load()) {
+        broker->CheckSpoolSpace();
+        for (int waited = 0; waited < every && !stop.load(); waited += 50) {
+          std::this_thread::sleep_for(
+              std::chrono::milliseconds(std::min(50, every)));
+        }
+      }
+    });
+  }
   const int sig = sinkline::WaitForShutdownSignal([&] { reload("SIGHUP"); });
   stop.store(true);
   if (watcher.joinable()) watcher.join();
   if (scanner.joinable()) scanner.join();
+  if (space_checker.joinable()) space_checker.join();
   spdlog::info("signal {}: shutting down (grace {}s)", sig,
                absl::GetFlag(FLAGS_shutdown_grace_s));
   server->Stop(std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_s)));

@@ -62,8 +62,14 @@ class SessionState : public std::enable_shared_from_this<SessionState> {
   void DiscardIncoming() {
     if (incoming_) env_->chain.messages->Forget(ReceivingKey());
     incoming_.reset();
+    incoming_fd_.reset();
     incoming_tx_.clear();
     incoming_error_ = absl::OkStatus();
+    no_descriptor_ = false;
+  }
+  v1::BindingMap CurrentBindingMap() const {
+    return env_->binding_map ? env_->binding_map()
+                             : env_->config()->MakeBindingMap();
   }
   std::string ReceivingKey() const {
     return absl::StrCat(session_id_, "-", incoming_tx_);
@@ -81,6 +87,10 @@ class SessionState : public std::enable_shared_from_this<SessionState> {
   bool finished_ = false;
   std::string session_id_;
   std::unique_ptr<IncomingMessage> incoming_;
+  // The arriving file's place in the descriptor limit.
+  MessageDescriptors::Hold incoming_fd_;
+  // The transaction found the descriptor limit reached (451 4.3.2).
+  bool no_descriptor_ = false;
   std::string incoming_tx_;
   // The queue id of the message that arrives: chosen when its content
   // starts (it is in the Received: header), given to the client at COMMIT.
@@ -296,7 +306,7 @@ void SessionState::OnMessage(v1::SessionRequest req) {
       spdlog::debug("session {} from {}", session_id_,
                     req.start().session().client().ip());
       v1::SessionResponse resp;
-      *resp.mutable_binding_map() = env_->config()->MakeBindingMap();
+      *resp.mutable_binding_map() = CurrentBindingMap();
       Send(std::move(resp));
       return ReadNext();
     }
@@ -316,6 +326,25 @@ void SessionState::OpenIncoming(const std::string& tx) {
   incoming_tx_ = tx;
   // The broker's own id names the file, never what the edge sent.
   incoming_qid_ = NewQueueId();
+  // Nothing is stored while the spool is low on space, or while the broker
+  // holds its limit of descriptors for messages.
+  if (env_->space != nullptr && env_->space->Check()) {
+    SpoolSpace::CountRefusal("data");
+    incoming_error_ = absl::ResourceExhaustedError(
+        "the spool's free space is below --spool-min-free-bytes");
+    return;
+  }
+  if (env_->descriptors != nullptr) {
+    incoming_fd_ = env_->descriptors->TryAcquire();
+    if (!incoming_fd_) {
+      no_descriptor_ = true;
+      incoming_error_ = absl::UnavailableError(
+          absl::StrCat(env_->descriptors->in_use(),
+                       " descriptors held for messages, the limit "
+                       "(--max-message-descriptors)"));
+      return;
+    }
+  }
   auto m = IncomingMessage::Create(env_->commit.spool->dir(), incoming_qid_);
   if (!m.ok()) {
     incoming_error_ = m.status();
@@ -366,6 +395,17 @@ void SessionState::HandleEvent(const v1::SessionRequest& req) {
   }
   if (req.notify_only()) return ReadNext();
   if (event.type() == v1::EVENT_TYPE_EOD) return HandleEod(event);
+  if (event.type() == v1::EVENT_TYPE_MAIL && env_->space != nullptr &&
+      env_->space->Check()) {
+    // Before the client sends a body (Postfix's queue_minfree).
+    SpoolSpace::CountRefusal("mail");
+    v1::SessionResponse resp;
+    resp.mutable_result()->set_sequence(event.sequence());
+    *resp.mutable_result()->mutable_reply() = MakeReply(
+        452, "4.3.1", "Error: insufficient system storage, try again later");
+    Send(std::move(resp));
+    return ReadNext();
+  }
 
   auto run =
       std::make_shared<ChainRun>(env_->chain, strand_, env_->config(), event);
@@ -422,6 +462,14 @@ void SessionState::CommitEod(v1::Event event, InFlightLimit::Slot slot) {
   if (incoming_error_.ok() && !incoming_) {
     incoming_error_ = absl::InternalError("no spool file for the content");
   }
+  if (no_descriptor_) {
+    spdlog::warn("session {} transaction {}: {}; answering 451 4.3.2",
+                 session_id_, event.transaction_id(),
+                 std::string(incoming_error_.message()));
+    return AnswerEod(event, MakeReply(451, "4.3.2",
+                                      "Error: too many messages open in the "
+                                      "broker, try again later"));
+  }
   if (!incoming_error_.ok()) {
     spdlog::error(
         "session {} transaction {}: content could not be stored, answering "
@@ -437,6 +485,9 @@ void SessionState::CommitEod(v1::Event event, InFlightLimit::Slot slot) {
 
   // The message now belongs to this run, which outlives the session.
   std::shared_ptr<IncomingMessage> message = std::move(incoming_);
+  // COMMIT closes the arriving file: its descriptor counts until then.
+  auto fd_hold =
+      std::make_shared<MessageDescriptors::Hold>(std::move(incoming_fd_));
   auto run = std::make_shared<ChainRun>(env_->chain, strand_, env_->config(),
                                         std::move(event));
   auto committed = std::make_shared<v1::QueueEntry>();
@@ -449,9 +500,12 @@ void SessionState::CommitEod(v1::Event event, InFlightLimit::Slot slot) {
   run->message = record;
 
   const SessionEnv* env = env_;
-  auto native = [env, message, committed, record,
+  auto native = [env, message, committed, record, fd_hold,
                  qid = incoming_qid_](ChainRun& r) {
-    return CommitMessage(env->commit, qid, *message, *record, r, *committed);
+    const NativeResult result =
+        CommitMessage(env->commit, qid, *message, *record, r, *committed);
+    fd_hold->reset();
+    return result;
   };
   // The client gets its reply as soon as COMMIT (or a refusal) settled it;
   // sinks after COMMIT run after that.

@@ -14,9 +14,11 @@
 #include "sink_broker/chain.h"
 #include "sink_broker/commit.h"
 #include "sink_broker/config.h"
+#include "sink_broker/descriptors.h"
 #include "sink_broker/in_flight.h"
 #include "sink_broker/messages.h"
 #include "sink_broker/peer_auth.h"
+#include "sink_broker/spool_space.h"
 #include "sink_broker/submission.h"
 #include "sinkline/v1/session.grpc.pb.h"
 
@@ -49,6 +51,14 @@ struct SessionEnv {
   SessionHub* hub = nullptr;
   // Who may open a stream (null: everyone; unit tests).
   SessionGate* gate = nullptr;
+  // The spool's free space (null: not checked): MAIL and a transaction's
+  // content are refused 452 4.3.1 while it is low.
+  SpoolSpace* space = nullptr;
+  // Descriptors for messages (null: not bounded): a transaction's content
+  // is refused 451 4.3.2 at the limit.
+  MessageDescriptors* descriptors = nullptr;
+  // The binding map told to edges (null: the configuration's).
+  std::function<v1::BindingMap()> binding_map;
   // Add a Received: trace header (RFC 5321 §4.4) to every message.
   bool received_header = true;
 };

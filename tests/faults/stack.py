@@ -163,7 +163,12 @@ class FaultStack:
                     "--submit-retry-min-ms=500",
                     "--submit-retry-max-ms=4000",
                     f"--broker-id=broker-{n}", "--admin-allow-loopback",
-                    "--session-allow-loopback"]
+                    "--session-allow-loopback",
+                    # A small tmpfs for the full-spool row: keep 4 MiB
+                    # free instead of the default 64 MiB.
+                    "--spool-min-free-bytes="
+                    + str(4 << 20 if self.spool_root != self.workdir
+                          else 64 << 20)]
         return argv
 
     def _edge_argv(self, listen):

@@ -95,9 +95,11 @@ def tcp_ready(port):
 class Process:
     """One started service: its PID, log file and port."""
 
-    def __init__(self, name, argv, workdir, env=None):
+    def __init__(self, name, argv, workdir, env=None, preexec_fn=None):
         self.name = name
         self.env = env
+        # Run in the child before exec (e.g. resource.setrlimit).
+        self.preexec_fn = preexec_fn
         self.argv = argv
         self.log_path = os.path.join(workdir, f"{name}.log")
         self.port_file = os.path.join(workdir, f"{name}.port")
@@ -114,6 +116,7 @@ class Process:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=self.env,
+            preexec_fn=self.preexec_fn,
         )
         log.close()
 
@@ -230,7 +233,8 @@ class Stack:
             f.write("\n".join(lines) + "\n")
 
     def start_broker(self, listen="127.0.0.1:0", extra=(), queue_dir=True,
-                     admin_loopback=True, session_loopback=True):
+                     admin_loopback=True, session_loopback=True,
+                     preexec_fn=None):
         """queue_dir=False: the caller names another backend in `extra`
         (e.g. --relay-host). admin_loopback: pass --admin-allow-loopback
         (the development stack's trust; tests call Admin from loopback).
@@ -244,7 +248,7 @@ class Stack:
                     + (["--admin-allow-loopback"] if admin_loopback else [])
                     + (["--session-allow-loopback"] if session_loopback
                        else [])
-                    + list(extra), self.workdir)
+                    + list(extra), self.workdir, preexec_fn=preexec_fn)
         self.broker = self._add(p)
         return p
 

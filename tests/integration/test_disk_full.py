@@ -2,7 +2,10 @@
 mounts. Filled up, an EOD is answered 452 4.3.1 (RFC 3463: insufficient
 system storage; counted in sinkline_broker_spool_full_total), never 250 for
 a message that is not stored; with the space back, 250 again, and every 250
-is queued."""
+is queued. Before it is full: with less than --spool-min-free-bytes free,
+MAIL is answered 452 4.3.1 before the client sends a body (Postfix's
+queue_minfree; counted in sinkline_broker_spool_low_refusals_total), and
+MAIL is taken again once the space is back."""
 
 import errno
 import os
@@ -68,7 +71,9 @@ class DiskFullTest(StackTestCase):
 
     def test_full_spool_answers_452_then_recovers(self):
         self.stack.write_config([])
-        self.stack.start_broker(extra=["--metrics-listen=127.0.0.1:0"])
+        # No minimum free space: what a full disk does at EOD.
+        self.stack.start_broker(extra=["--metrics-listen=127.0.0.1:0",
+                                       "--spool-min-free-bytes=0"])
         self.stack.start_edge()
         mport = metrics_port(self.stack.broker)
         edge = self.stack.edge.port
@@ -103,6 +108,64 @@ class DiskFullTest(StackTestCase):
         # Nothing refused was kept in the spool.
         wait_for(lambda: os.listdir(os.path.join(self.mount, "incoming"))
                  == [], 10, "incoming/ empty")
+
+
+    def test_low_space_refuses_mail_before_the_body(self):
+        self.stack.write_config([])
+        self.stack.start_broker(extra=["--metrics-listen=127.0.0.1:0",
+                                       f"--spool-min-free-bytes={1 << 20}",
+                                       "--spool-free-check-ms=100"])
+        self.stack.start_edge()
+        mport = metrics_port(self.stack.broker)
+        edge = self.stack.edge.port
+        acked = []
+        code, resp = send(edge, "before", 20000)
+        self.assertEqual(code, 250, resp)
+        acked.append(resp)
+        self.stack.queued(QUEUED.search(resp).group(1).decode())
+        wait_for(lambda: os.listdir(os.path.join(self.mount, "committed"))
+                 == [], 10, "committed/ empty")
+
+        # Less than the minimum free, but room enough for a message.
+        filler = os.path.join(self.mount, "filler")
+        self.fill(filler)
+        os.truncate(filler, os.path.getsize(filler) - (600 << 10))
+        wait_for(lambda: mail_reply(edge)[0] == 452, 10,
+                 "MAIL answered 452 with the space low")
+        for n in range(3):
+            code, resp = mail_reply(edge)
+            self.assertEqual(code, 452, resp)
+            self.assertIn(b"4.3.1", resp)
+        # A client that sends on anyway never gets to DATA.
+        code, resp = send(edge, "low", 20000)
+        self.assertGreaterEqual(code, 500, resp)
+        metrics = samples(scrape(mport)[2])
+        self.assertGreaterEqual(metrics.get(
+            'sinkline_broker_spool_low_refusals_total{at="mail"}', 0), 5)
+        self.assertEqual(metrics.get("sinkline_broker_spool_low"), 1)
+        self.assertEqual(os.listdir(os.path.join(self.mount, "incoming")),
+                         [])
+
+        os.unlink(filler)
+        wait_for(lambda: mail_reply(edge)[0] == 250, 10,
+                 "MAIL answered 250 with the space back")
+        for n in range(3):
+            code, resp = send(edge, f"after-{n}", 20000)
+            self.assertEqual(code, 250, resp)
+            acked.append(resp)
+        for resp in acked:
+            qid = QUEUED.search(resp).group(1).decode()
+            _, data = self.stack.queued(qid)
+            self.assertGreater(len(data), 20000 - 200)
+        self.assertEqual(
+            samples(scrape(mport)[2]).get("sinkline_broker_spool_low"), 0)
+
+
+def mail_reply(port):
+    """The reply to MAIL FROM in a fresh session."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.ehlo("client.example.test")
+        return s.mail("low@example.test")
 
 
 if __name__ == "__main__":
