@@ -15,7 +15,7 @@ namespace sinkline::broker {
 namespace fs = std::filesystem;
 
 namespace {
-absl::Status Errno(const std::string& what) {
+absl::Status QueueErrno(const std::string& what) {
   return absl::UnavailableError(absl::StrCat(what, ": ", strerror(errno)));
 }
 }  // namespace
@@ -45,11 +45,11 @@ absl::StatusOr<SubmitOutcome> QueueDirBackend::Submit(
   const std::string tmp = absl::StrCat(dir_, "/tmp/", entry.queue_id());
   const std::string dst = absl::StrCat(dir_, "/new/", entry.queue_id());
   int out = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (out < 0) return Errno("open " + tmp);
+  if (out < 0) return QueueErrno("open " + tmp);
   int in = ::open(content_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (in < 0) {
     ::close(out);
-    return Errno("open " + content_path);
+    return QueueErrno("open " + content_path);
   }
   json += "\n";
   absl::Status st = WriteAll(out, json);
@@ -57,15 +57,15 @@ absl::StatusOr<SubmitOutcome> QueueDirBackend::Submit(
   while (st.ok()) {
     ssize_t n = ::read(in, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) st = Errno("read " + content_path);
+    if (n < 0) st = QueueErrno("read " + content_path);
     if (n <= 0) break;
     st = WriteAll(out, absl::string_view(buf, static_cast<size_t>(n)));
   }
-  if (st.ok() && ::fsync(out) != 0) st = Errno("fsync " + tmp);
+  if (st.ok() && ::fsync(out) != 0) st = QueueErrno("fsync " + tmp);
   ::close(in);
   ::close(out);
   if (st.ok() && ::rename(tmp.c_str(), dst.c_str()) != 0) {
-    st = Errno("rename " + tmp);
+    st = QueueErrno("rename " + tmp);
   }
   if (st.ok()) st = SyncDirectory(dir_ + "/new");
   if (!st.ok()) {

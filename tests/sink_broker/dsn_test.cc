@@ -134,11 +134,11 @@ v1::QueueEntry WithParam(v1::QueueEntry e, const std::string& key,
   return e;
 }
 
-constexpr char kMessage[] =
+constexpr char kDsnOriginal[] =
     "Subject: hi\r\nMessage-ID: <m@x>\r\n\r\nthe body\r\n.dot line\r\n";
 
 TEST(Dsn, HeadersOnlyWithoutRetOrWithRetHdrs) {
-  ContentFile f(kMessage);
+  ContentFile f(kDsnOriginal);
   for (const auto& e : {Original(), WithParam(Original(), "RET", "HDRS")}) {
     const ReturnedContent r = ContentToReturn(e, f.path(), {});
     EXPECT_FALSE(r.full);
@@ -148,17 +148,17 @@ TEST(Dsn, HeadersOnlyWithoutRetOrWithRetHdrs) {
 }
 
 TEST(Dsn, RetFullReturnsTheWholeMessageAsMessageRfc822) {
-  ContentFile f(kMessage);
+  ContentFile f(kDsnOriginal);
   const auto e = WithParam(Original(), "RET", "FULL");
-  const ReturnedContent r =
-      ContentToReturn(e, f.path(), {.max_return_bytes = sizeof kMessage - 1});
+  const ReturnedContent r = ContentToReturn(
+      e, f.path(), {.max_return_bytes = sizeof kDsnOriginal - 1});
   ASSERT_TRUE(r.full);
-  EXPECT_EQ(r.bytes, kMessage);
+  EXPECT_EQ(r.bytes, kDsnOriginal);
   const std::string dsn =
       BuildDsn(e, {Failed("a@example.test", "550 5.1.1 no")}, r,
                "mx.example.test", "D1", absl::FromUnixSeconds(1800000000));
   EXPECT_TRUE(absl::StrContains(
-      dsn, absl::StrCat("Content-Type: message/rfc822\r\n\r\n", kMessage,
+      dsn, absl::StrCat("Content-Type: message/rfc822\r\n\r\n", kDsnOriginal,
                         "\r\n--=_dsn_D1_")))
       << dsn;
   EXPECT_FALSE(absl::StrContains(dsn, "text/rfc822-headers"));
@@ -166,10 +166,10 @@ TEST(Dsn, RetFullReturnsTheWholeMessageAsMessageRfc822) {
 }
 
 TEST(Dsn, RetFullLargerThanTheLimitFallsBackToTheHeaderWithANote) {
-  ContentFile f(kMessage);
+  ContentFile f(kDsnOriginal);
   const auto e = WithParam(Original(), "RET", "full");
-  const ReturnedContent r =
-      ContentToReturn(e, f.path(), {.max_return_bytes = sizeof kMessage - 2});
+  const ReturnedContent r = ContentToReturn(
+      e, f.path(), {.max_return_bytes = sizeof kDsnOriginal - 2});
   EXPECT_FALSE(r.full);
   EXPECT_EQ(r.bytes, "Subject: hi\r\nMessage-ID: <m@x>\r\n");
   EXPECT_TRUE(absl::StrContains(r.note, "only its header is returned"))
