@@ -10,7 +10,7 @@ RUN cmake --preset release && cmake --build --preset release --target sinkline-b
 
 FROM debian:12-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgrpc++1.51 libprotobuf32 libspdlog1.10 libboost-system1.74.0 libssl3 libyaml-cpp0.7 \
+ && apt-get install -y --no-install-recommends libgrpc++1.51 libprotobuf32 libspdlog1.10 libboost-system1.74.0 libssl3 libyaml-cpp0.7 librocksdb7.8 libgflags2.2 libsnappy1v5 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home sinkline
 COPY --from=build /src/build/release/bin/sinkline-broker /usr/local/bin/sinkline-broker
