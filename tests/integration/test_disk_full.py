@@ -69,6 +69,16 @@ class DiskFullTest(StackTestCase):
                 return
         self.fail("the tmpfs never filled")
 
+    def send_and_drain(self, edge):
+        """One message acknowledged, submitted and out of the spool before
+        the test fills it (its removal would make room); its 250."""
+        code, resp = send(edge, "before", 20000)
+        self.assertEqual(code, 250, resp)
+        self.stack.queued(QUEUED.search(resp).group(1).decode())
+        wait_for(lambda: os.listdir(os.path.join(self.mount, "committed"))
+                 == [], 10, "committed/ empty")
+        return resp
+
     def test_full_spool_answers_452_then_recovers(self):
         self.stack.write_config([])
         # No minimum free space: what a full disk does at EOD.
@@ -77,15 +87,7 @@ class DiskFullTest(StackTestCase):
         self.stack.start_edge()
         mport = metrics_port(self.stack.broker)
         edge = self.stack.edge.port
-        acked = []
-        code, resp = send(edge, "before", 20000)
-        self.assertEqual(code, 250, resp)
-        acked.append(resp)
-        # Submitted and out of the spool before it is filled (its removal
-        # would make room).
-        self.stack.queued(QUEUED.search(resp).group(1).decode())
-        wait_for(lambda: os.listdir(os.path.join(self.mount, "committed"))
-                 == [], 10, "committed/ empty")
+        acked = [self.send_and_drain(edge)]
 
         filler = os.path.join(self.mount, "filler")
         self.fill(filler)
@@ -118,13 +120,7 @@ class DiskFullTest(StackTestCase):
         self.stack.start_edge()
         mport = metrics_port(self.stack.broker)
         edge = self.stack.edge.port
-        acked = []
-        code, resp = send(edge, "before", 20000)
-        self.assertEqual(code, 250, resp)
-        acked.append(resp)
-        self.stack.queued(QUEUED.search(resp).group(1).decode())
-        wait_for(lambda: os.listdir(os.path.join(self.mount, "committed"))
-                 == [], 10, "committed/ empty")
+        acked = [self.send_and_drain(edge)]
 
         # Less than the minimum free, but room enough for a message.
         filler = os.path.join(self.mount, "filler")
