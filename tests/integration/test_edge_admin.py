@@ -6,6 +6,7 @@ in flight finish, answers 421 after it and turns the health NOT_SERVING.
 Calls need the operator's token when one is configured."""
 
 import os
+from pathlib import Path
 import smtplib
 import socket
 import unittest
@@ -57,7 +58,7 @@ class EdgeAdminTest(StackTestCase):
         # The admin port file follows the SMTP one: wait for it too.
         admin_port = wait_for(
             lambda: os.path.exists(admin_port_file)
-            and open(admin_port_file).read().strip(), 10,
+            and Path(admin_port_file).read_text().strip(), 10,
             "the EdgeAdmin port file")
         admin_port = int(admin_port)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{admin_port}")
@@ -100,7 +101,11 @@ class EdgeAdminTest(StackTestCase):
         self.assertEqual(info.session.helo_name, "busy.example.net")
         self.assertGreater(info.connected.seconds, 0)
 
-        after = self.counters()
+        # The first session's QUIT is answered before the edge ends the
+        # session and lowers the gauge: wait until only the open one is left.
+        after = wait_for(lambda: (lambda c: c if c.get(
+            "sinkline_edge_sessions", 0) == 1 else None)(self.counters()),
+                         10, "the first session over, the open one counted")
 
         def moved(key):
             return after.get(key, 0) - before.get(key, 0)
