@@ -36,6 +36,11 @@ class EdgeAdminTest(StackTestCase):
             "GetCounters", admin_pb2.GetCountersRequest(),
             admin_pb2.GetCountersResponse).counters}
 
+    def counters_when(self, ready, what):
+        """The counters, once ready(counters) holds (within 10 s)."""
+        return wait_for(lambda: (lambda c: c if ready(c) else None)(
+            self.counters()), 10, what)
+
     def health(self):
         fn = self.channel.unary_unary(
             "/grpc.health.v1.Health/Check",
@@ -75,10 +80,10 @@ class EdgeAdminTest(StackTestCase):
         # The harness's readiness probe is a session too: wait until the
         # edge has counted it and closed it, so that it is not counted below
         # (a slow edge, e.g. under the sanitizers, counts it late).
-        before = wait_for(lambda: (lambda c: c if c.get(
-            "sinkline_edge_sessions_total", 0) >= 1 and c.get(
-                "sinkline_edge_sessions", 0) == 0 else None)(self.counters()),
-                          10, "the readiness probe's session counted and over")
+        before = self.counters_when(
+            lambda c: c.get("sinkline_edge_sessions_total", 0) >= 1
+            and c.get("sinkline_edge_sessions", 0) == 0,
+            "the readiness probe's session counted and over")
         # One whole message, and an unknown command.
         with smtplib.SMTP("127.0.0.1", self.stack.edge.port, timeout=30) as s:
             s.sendmail("a@example.net", ["b@example.test"],
@@ -103,9 +108,9 @@ class EdgeAdminTest(StackTestCase):
 
         # The first session's QUIT is answered before the edge ends the
         # session and lowers the gauge: wait until only the open one is left.
-        after = wait_for(lambda: (lambda c: c if c.get(
-            "sinkline_edge_sessions", 0) == 1 else None)(self.counters()),
-                         10, "the first session over, the open one counted")
+        after = self.counters_when(
+            lambda c: c.get("sinkline_edge_sessions", 0) == 1,
+            "the first session over, the open one counted")
 
         def moved(key):
             return after.get(key, 0) - before.get(key, 0)
